@@ -1,0 +1,27 @@
+# The two commands of the README: `make report` and `make test`. Both set up .venv first when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mp3kit-installed
+
+.PHONY: setup report test bench clean-report
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# The whole report on the embedded synthetic dataset (quick profile).
+report: setup
+	$(PY) -m mp3kit report --profile quick
+
+# Unit tests plus the three notebooks under nbval in the smoke profile.
+test: setup
+	MP3KIT_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
+bench: setup
+	$(PY) -m mp3kit bench

@@ -1,0 +1,230 @@
+"""The mp3kit command line: data, train, runs, submit, bench, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mp3kit.util import UserError
+
+
+def _cmd_data_synth(args) -> int:
+    from mp3kit import synth
+
+    kw = {} if args.images is None else {"n_images": args.images}
+    devkit = synth.make_synthetic_voc(args.root, seed=args.seed, progress=not args.quiet, **kw)
+    print(f"Wrote a synthetic VOC 2007 tree (not real photographs) to {devkit}")
+    return 0
+
+
+def _cmd_data_fetch(args) -> int:
+    from mp3kit import fetch
+
+    devkit = fetch.fetch_voc(args.root, progress=not args.quiet)
+    print(f"PASCAL VOC 2007 is ready in {devkit}")
+    return 0
+
+
+def _cmd_data_check(args) -> int:
+    from mp3kit import data
+
+    report = data.check_tree(args.root)
+    print(data.format_check(report))
+    return 0 if not report.get("missing") else 1
+
+
+def _parse_model(value: str):
+    if value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--model {value!r} is not valid JSON ({exc.msg}): give a model name or a JSON spec.") from exc
+    if value.endswith(".json"):
+        path = Path(value)
+        if not path.exists():
+            raise UserError(f"--model {value}: the spec file does not exist; give a model name or an existing JSON spec file.")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--model {value} is not valid JSON ({exc.msg}): fix the spec file.") from exc
+    return value
+
+
+def config_from_args(args):
+    """Fill a TrainConfig from the train subcommand's flags (unset flags keep the course defaults)."""
+    from mp3kit.train import TrainConfig
+
+    fields = ("epochs", "lr", "optimizer", "batch_size", "image_size", "augment", "seed", "momentum", "weight_decay",
+              "schedule", "warmup_epochs", "eval_every", "device", "amp", "pipeline", "max_images", "pretrained_weights",
+              "difficult")
+    changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    if args.model is not None:
+        changes["model"] = _parse_model(args.model)
+    if args.freeze_features:
+        changes["freeze_features"] = True
+    return TrainConfig(**changes)
+
+
+def _cmd_train(args) -> int:
+    from mp3kit import train
+
+    config = config_from_args(args)
+    run = train.fit(config, args.data_root, name=args.name, runs_dir=args.runs_dir, resume=args.resume,
+                    progress=not args.quiet)
+    if run.status != "complete":
+        print(f"Run {run.name} {run.status}: {run.reason}", file=sys.stderr)
+        return 1
+    kind = " (synthetic data)" if run.synthetic else ""
+    print(f"{run.name}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f}{kind} -> {run.path}")
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from mp3kit import runs
+
+    found = runs.list_runs(args.runs_dir)
+    if not found:
+        print(f"No runs in {args.runs_dir}.")
+        return 0
+    print(f"{'name':40s} {'status':9s} {'epochs':>6s} {'test mAP':>9s} {'best val':>9s}")
+    for run in found:
+        s = run.summary()
+        fmt = lambda v: f"{v:9.4f}" if v is not None else f"{'-':>9s}"  # noqa: E731
+        print(f"{s['name'][:40]:40s} {s['status']:9s} {s['epochs_done']:6d} {fmt(s['test_map'])} {fmt(s['best_val_map'])}")
+    return 0
+
+
+def _cmd_submit(args) -> int:
+    from mp3kit import kaggle
+
+    if args.check:
+        problems = kaggle.check_kaggle_csv(args.check)
+        if problems:
+            for p in problems:
+                print(p, file=sys.stderr)
+            return 2
+        print(f"{args.check} is a valid Kaggle submission; its score (1 - mAP) is {kaggle.kaggle_score(args.check):.5f}.")
+        return 0
+    if not args.run:
+        raise UserError("mp3kit submit needs --check FILE or --run RUN_DIR: give one of them.")
+    from mp3kit import runs
+
+    run = runs.load_run(args.run)
+    if not run.complete:
+        raise UserError(f"The run {run.path} is {run.status}, with no test evaluation yet: resume it first (mp3kit train --resume).")
+    out = Path(args.out or run.path / "kaggle.csv")
+    kaggle.write_kaggle_csv(out, run.test_ap)
+    print(f"Wrote {out}: Kaggle score (1 - mAP) {1 - run.test_map:.5f}" + (" (synthetic data)" if run.synthetic else ""))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from mp3kit import bench
+
+    bench.main(images=args.images, device=args.device, quick=args.quick)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from mp3kit import report
+
+    return report.main(profile=args.profile, data_root=args.data_root, only=args.only, report_dir=args.report_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argparse parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="mp3kit", description="Multi-label classification on PASCAL VOC 2007, for coursework.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="get, make or check a VOC 2007 tree")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    s = dsub.add_parser("synth", help="write the embedded synthetic dataset in the real VOC layout")
+    s.add_argument("--root", required=True, help="folder to write VOCdevkit/VOC2007 into")
+    s.add_argument("--images", type=int, default=None, help="number of images (default: the kit's size)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_data_synth)
+    f = dsub.add_parser("fetch", help="download and extract the two official VOC 2007 tars (about 900 MB)")
+    f.add_argument("--root", required=True, help="folder that will hold VOCdevkit/VOC2007")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=_cmd_data_fetch)
+    c = dsub.add_parser("check", help="report the splits, images and labels found under a VOC tree")
+    c.add_argument("--root", required=True)
+    c.set_defaults(func=_cmd_data_check)
+
+    t = sub.add_parser("train", help="train one run and record it under the runs folder")
+    t.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
+    t.add_argument("--name", default=None, help="run name (default: model plus a hash of the config)")
+    t.add_argument("--runs-dir", default="runs")
+    t.add_argument("--model", default=None, help="simple, alexnet, alexnet-pretrained, seed, basenet, or a JSON spec / .json file")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--schedule", choices=["none", "step", "cosine"])
+    t.add_argument("--warmup-epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--augment", choices=["none", "seed", "standard"])
+    t.add_argument("--eval-every", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    t.add_argument("--amp", choices=["auto", "on", "off"])
+    t.add_argument("--pipeline", choices=["cached", "per-item"])
+    t.add_argument("--difficult", choices=["positive", "negative", "ignore"])
+    t.add_argument("--max-images", type=int, help="use at most N images per split (quick checks)")
+    t.add_argument("--pretrained-weights", help="AlexNet ImageNet weights file (alexnet-pretrained)")
+    t.add_argument("--freeze-features", action="store_true", help="pretrained AlexNet: train the head only")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    r = sub.add_parser("runs", help="list the recorded runs and their test mAP")
+    r.add_argument("--runs-dir", default="runs")
+    r.set_defaults(func=_cmd_runs)
+
+    k = sub.add_parser("submit", help="write or check the Kaggle CSV (id,category = 1 - AP per class)")
+    k.add_argument("--check", metavar="FILE", help="validate a Kaggle CSV")
+    k.add_argument("--run", metavar="RUN_DIR", help="write the Kaggle CSV of a complete run")
+    k.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/kaggle.csv)")
+    k.set_defaults(func=_cmd_submit)
+
+    b = sub.add_parser("bench", help="measure the input pipeline and training throughput")
+    b.add_argument("--images", type=int, default=None)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--quick", action="store_true", help="fewer images, for a check in seconds")
+    b.set_defaults(func=_cmd_bench)
+
+    rep = sub.add_parser("report", help="run the notebooks with papermill and rebuild report/")
+    rep.add_argument("--profile", choices=["smoke", "quick", "full"], default="quick")
+    rep.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
+    rep.add_argument("--only", default=None, help="run one notebook (e.g. 01_introduction)")
+    rep.add_argument("--report-dir", default="report")
+    rep.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the mp3kit command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"mp3kit: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"mp3kit: {exc.strerror or exc}{where}: check the path, free space and permissions.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mp3kit: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,65 @@
+"""Small shared pieces: the user-error type, atomic writes, device choice."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class UserError(Exception):
+    """An error the user can fix: its message is one sentence naming the file or value and the fix."""
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write bytes to path through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write text (UTF-8) to path atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj) -> Path:
+    """Write obj as indented JSON to path atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def pick_device(name: str = "auto"):
+    """Return the torch device to use: CUDA, then Apple MPS, then CPU when name is 'auto'."""
+    import torch
+
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise UserError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"Device {name!r} was asked for but CUDA is not available here: use --device auto or cpu.")
+        if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UserError(f"Device {name!r} was asked for but Apple MPS is not available here: use --device auto or cpu.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_cache_dir() -> Path:
+    """Return mp3kit's cache folder ($MP3KIT_CACHE, else ~/.cache/mp3kit)."""
+    return Path(os.environ.get("MP3KIT_CACHE") or Path.home() / ".cache" / "mp3kit")

@@ -1,0 +1,59 @@
+"""The project's set-up files agree with each other and the console entry points work."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch"}  # pip name -> conda name where they differ
+
+
+def _names(requirements):
+    return {re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].strip().lower() for r in requirements}
+
+
+def _conda_names():
+    names = set()
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        m = re.match(r"\s*-\s+([A-Za-z0-9_.\-]+)", line)
+        if m:
+            names.add(m.group(1).lower())
+    return names
+
+
+def test_environment_yml_names_every_runtime_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = _conda_names()
+    missing = [n for n in _names(project["dependencies"]) if CONDA_NAMES.get(n, n) not in conda]
+    assert not missing, f"environment.yml lacks runtime dependencies {missing}"
+
+
+def test_environment_yml_names_every_dev_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = _conda_names()
+    missing = [n for n in _names(project["optional-dependencies"]["dev"]) if CONDA_NAMES.get(n, n) not in conda]
+    assert not missing, f"environment.yml lacks dev dependencies {missing}"
+
+
+def test_python_dash_m_and_console_script_show_help():
+    out = subprocess.run([sys.executable, "-m", "mp3kit", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "report" in out.stdout and "train" in out.stdout
+    script = Path(sys.executable).with_name("mp3kit")
+    out = subprocess.run([str(script), "data", "synth", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--root" in out.stdout
+
+
+def test_every_subcommand_has_help():
+    for argv in (["data", "fetch"], ["data", "check"], ["train"], ["runs"], ["submit"], ["bench"], ["report"]):
+        out = subprocess.run([sys.executable, "-m", "mp3kit", *argv, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0, argv
+        assert "usage: mp3kit" in out.stdout
+
+
+def test_readme_shows_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "make report" in readme and "make test" in readme
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^report:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
