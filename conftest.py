@@ -1,0 +1,12 @@
+"""Keep the test session hermetic: caches, runs and figures go to a temporary folder."""
+
+import os
+import tempfile
+from pathlib import Path
+
+_session_dir = Path(tempfile.mkdtemp(prefix="mp3kit-tests-"))
+os.environ.setdefault("MP3KIT_CACHE", str(_session_dir / "cache"))
+os.environ.setdefault("MP3KIT_RUNS_DIR", str(_session_dir / "runs"))
+os.environ.setdefault("MP3KIT_FIGURES_DIR", str(_session_dir / "figures"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("MP3KIT_QUIET", "1")
