@@ -32,7 +32,7 @@ def _cmd_data_check(args) -> int:
 
     report = data.check_tree(args.root)
     print(data.format_check(report))
-    return 0 if not report.get("missing") else 1
+    return 0 if report["ok"] else 1
 
 
 def _parse_model(value: str):
