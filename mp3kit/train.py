@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ class Data:
 def _subset(split: voc.VOCSplit, n: int | None) -> voc.VOCSplit:
     if n is None or n >= len(split):
         return split
-    return dataclasses.replace(split, ids=list(split.ids[:n]), targets=split.targets[:n], difficult=split.difficult[:n])
+    return split.subset(slice(0, n))
 
 
 def load_data(data_root=None, max_images: int | None = None) -> Data:
@@ -280,13 +281,18 @@ def _load_state(model, state: dict, path) -> None:
 
 
 def build_model(config: TrainConfig):
-    """Build the network a config names (with pretrained weights when it asks for them)."""
+    """Build the network a config names (with pretrained weights when it asks for them).
+
+    The ImageNet AlexNet weights are downloaded only when $MP3KIT_ALLOW_DOWNLOAD is 1 (the Colab
+    set-up cell sets it); otherwise they must already be on disk.
+    """
     return models.model_from_name(
         config.model,
         num_classes=len(voc.VOC_CLASSES),
         image_size=config.image_size,
         weights_path=config.pretrained_weights,
         freeze_features=config.freeze_features,
+        allow_download=os.environ.get("MP3KIT_ALLOW_DOWNLOAD") == "1",
     )
 
 
@@ -295,9 +301,9 @@ def load_model(run_or_path, device: str = "cpu"):
     run = run_or_path if isinstance(run_or_path, Run) else runs.load_run(run_or_path)
     config = TrainConfig.from_dict(run.config)
     ckpt = load_checkpoint(run.checkpoint_path)
-    if config.model in ("alexnet-pretrained",):
+    if config.model in ("alexnet-pretrained", "alexnet-pretrained-frozen"):
         # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file.
-        config = config.replace(model="alexnet")
+        config = config.replace(model="alexnet", pretrained_weights=None)
     model = build_model(config)
     _load_state(model, ckpt["model"], run.checkpoint_path)
     return model.to(pick_device(device)).eval()

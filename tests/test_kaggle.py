@@ -1,0 +1,144 @@
+"""Kaggle submission CSV: writing, checking every kind of bad file, scoring; the predictions CSV."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mp3kit.kaggle import check_kaggle_csv, kaggle_score, write_kaggle_csv, write_predictions_csv
+from mp3kit.metrics import average_precision, mean_average_precision
+from mp3kit.util import UserError
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+GOOD_ROWS = [f"{i},0.5" for i in range(20)]
+
+
+def write(tmp_path, lines, name="sub.csv"):
+    """Write lines to a CSV file in tmp_path and return its path."""
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_roundtrip_score_is_one_minus_map(tmp_path):
+    rng = np.random.default_rng(0)
+    targets = (rng.random((300, 20)) < 0.2).astype(int)
+    targets[0] = 1
+    scores = rng.normal(size=(300, 20)) + targets
+    path = write_kaggle_csv(tmp_path / "sub.csv", average_precision(targets, scores))
+    assert check_kaggle_csv(path) == []
+    lines = path.read_text().splitlines()
+    assert lines[0] == "id,category" and len(lines) == 21
+    assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(20)]
+    assert kaggle_score(path) == pytest.approx(1 - mean_average_precision(targets, scores), abs=1e-12)
+
+
+def test_accepts_torch_and_a_class_mapping(tmp_path):
+    aps = torch.linspace(0.1, 0.9, 20)
+    assert kaggle_score(write_kaggle_csv(tmp_path / "a.csv", aps)) == pytest.approx(1 - aps.double().mean().item())
+    pytest.importorskip("mp3kit.data")
+    mapping = {c: float(i) / 20 for i, c in enumerate(VOC_CLASSES)}
+    path = write_kaggle_csv(tmp_path / "b.csv", dict(reversed(list(mapping.items()))))  # order of keys must not matter
+    assert path.read_text().splitlines()[4] == f"3,{1 - 3 / 20!r}"
+
+
+@pytest.mark.parametrize(
+    "aps, problem",
+    [
+        ([0.5] * 19, "exactly 20"),
+        ([0.5] * 19 + [float("nan")], "NaN"),
+        ([0.5] * 19 + [1.5], "outside"),
+        ([0.5] * 19 + [-0.1], "outside"),
+        (["a"] * 20, "not numbers"),
+    ],
+)
+def test_refuses_bad_aps_and_keeps_the_existing_file(tmp_path, aps, problem):
+    path = write(tmp_path, ["id,category", *GOOD_ROWS])
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=problem):
+        write_kaggle_csv(path, aps)
+    assert path.read_bytes() == before
+
+
+def test_failed_write_leaves_the_existing_file_intact(tmp_path, monkeypatch):
+    path = write(tmp_path, ["id,category", *GOOD_ROWS])
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        write_kaggle_csv(path, [0.9] * 20)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "lines, fragment",
+    [
+        ([], "is empty"),
+        (GOOD_ROWS, "no header line"),
+        (["Id,Category", *GOOD_ROWS], "header"),
+        (["id,category", *GOOD_ROWS[:19]], "19 data rows"),
+        (["id,category", *GOOD_ROWS, "20,0.5"], "outside 0 to 19"),
+        (["id,category", *GOOD_ROWS[:19], "3,0.5"], "repeats line 5"),
+        (["id,category", *GOOD_ROWS[:19], "x,0.5"], "'x' is not an integer"),
+        (["id,category", *GOOD_ROWS[:19], "19,abc"], "'abc' is not a number"),
+        (["id,category", *GOOD_ROWS[:19], "19,1.2"], "outside [0, 1]"),
+        (["id,category", *GOOD_ROWS[:19], "19,nan"], "outside [0, 1]"),
+        (["id,category", *GOOD_ROWS[:19], "19,0.5,7"], "3 fields"),
+    ],
+)
+def test_each_bad_csv_gets_a_clear_problem(tmp_path, lines, fragment):
+    path = write(tmp_path, lines)
+    problems = check_kaggle_csv(path)
+    assert problems, "a bad file passed the check"
+    assert any(fragment in p for p in problems), problems
+    assert all(str(path) in p for p in problems)
+    with pytest.raises(UserError):
+        kaggle_score(path)
+
+
+def test_problem_names_the_line(tmp_path):
+    path = write(tmp_path, ["id,category", *GOOD_ROWS[:19], "19,abc"])
+    assert check_kaggle_csv(path) == [f"{path} line 21: value 'abc' is not a number; write 1 - AP as a decimal."]
+
+
+def test_missing_file(tmp_path):
+    problems = check_kaggle_csv(tmp_path / "nope.csv")
+    assert len(problems) == 1 and "does not exist" in problems[0]
+    with pytest.raises(UserError, match="does not exist"):
+        kaggle_score(tmp_path / "nope.csv")
+
+
+def test_tolerates_bom_crlf_and_trailing_blank_lines(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(("\ufeffid,category\r\n" + "\r\n".join(GOOD_ROWS) + "\r\n\r\n").encode("utf-8"))
+    assert check_kaggle_csv(path) == []
+    assert kaggle_score(path) == pytest.approx(0.5)
+
+
+def test_predictions_csv_with_explicit_classes(tmp_path):
+    scores = torch.tensor([[0.1, 0.9], [0.25, 0.5]])
+    path = write_predictions_csv(tmp_path / "pred.csv", ["000001", "000002"], scores, classes=["cat", "dog"])
+    assert path.read_text().splitlines() == ["id,cat,dog", "000001,0.1,0.9", "000002,0.25,0.5"]
+
+
+def test_predictions_csv_has_the_voc_columns(tmp_path):
+    pytest.importorskip("mp3kit.data")
+    scores = np.random.default_rng(0).random((3, 20))
+    lines = write_predictions_csv(tmp_path / "pred.csv", ["a", "b", "c"], scores).read_text().splitlines()
+    assert lines[0] == "id," + ",".join(VOC_CLASSES)
+    assert len(lines) == 4 and lines[2].startswith("b,")
+
+
+@pytest.mark.parametrize("ids, shape, problem", [(["a"], (2, 2), "2 score rows"), (["a", "b"], (2, 3), "expected")])
+def test_predictions_csv_refuses_mismatches(tmp_path, ids, shape, problem):
+    with pytest.raises(UserError, match=problem):
+        write_predictions_csv(tmp_path / "pred.csv", ids, np.zeros(shape), classes=["cat", "dog"])
+    assert not (tmp_path / "pred.csv").exists()
