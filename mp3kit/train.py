@@ -363,18 +363,18 @@ def fit(
                 run.history = old.history[: ckpt["epoch"]]
         elif resume and old.complete and _same_config(old, config, data):
             return old
-    if ckpt is None and path.exists():
-        for f in runs.RUN_FILES:
-            (path / f).unlink(missing_ok=True)
-    path.mkdir(parents=True, exist_ok=True)
-    runs.write_config(run)
-
+    # Build the model before touching the run folder: a missing weights file must not leave a half run behind.
     device = pick_device(config.device)
     _set_seed(config.seed)
     model = build_model(config)
     if ckpt is not None:
         _load_state(model, ckpt["model"], run.checkpoint_path)
     model.to(device)
+    if ckpt is None and path.exists():
+        for f in runs.RUN_FILES:
+            (path / f).unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    runs.write_config(run)
     optimizer = _make_optimizer(config, model.parameters())
     amp_dtype = _amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
