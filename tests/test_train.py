@@ -25,17 +25,21 @@ def _history_numbers(run):
     return [[h[k] for k in keys] for h in run.history]
 
 
-@pytest.mark.slow
+TINY_NET = {"name": "tiny", "blocks": [{"conv": 16, "s": 2, "bn": True}, {"conv": 32, "s": 2, "bn": True},
+                                        {"conv": 64, "s": 2, "bn": True}], "pool": "global", "head": []}
+
+
 def test_training_lowers_loss_and_lifts_map_well_above_chance(voc_root, tmp_path):
-    cfg = train.TrainConfig(model="simple", image_size=64, epochs=6, eval_every=1, batch_size=25,
-                            optimizer="adam", lr=1e-3)
+    cfg = train.TrainConfig(model=TINY_NET, image_size=64, epochs=8, eval_every=1, batch_size=16,
+                            optimizer="adam", lr=3e-3)
     run = train.fit(cfg, voc_root, name="learn", runs_dir=tmp_path, progress=False)
     data = train.load_data(voc_root)
     chance = float(data.test.targets.mean())  # AP of random scores is about the class prevalence
     first, last = run.history[0], run.history[-1]
-    assert last["train_loss"] < 0.9 * first["train_loss"]
-    assert last["val_map"] > first["val_map"]
-    assert run.test_map > chance + 0.2, (run.test_map, chance)
+    assert last["train_loss"] < 0.6 * first["train_loss"]
+    assert last["val_map"] > first["val_map"] + 0.05
+    assert run.test_map > chance + 0.12, (run.test_map, chance)
+    assert run.test_map < 0.95  # the synthetic set is learnable, not trivial
 
 
 def test_run_record_on_disk_matches_the_returned_run(voc_root, tmp_path):
