@@ -12,7 +12,9 @@ import torch
 from mp3kit import runs, synth, train
 from mp3kit.util import UserError
 
-SMALL = dict(model="simple", image_size=64, max_images=60, epochs=3, eval_every=1, batch_size=20)
+TINY_NET = {"name": "tiny", "blocks": [{"conv": 16, "s": 2, "bn": True}, {"conv": 32, "s": 2, "bn": True},
+                                        {"conv": 64, "s": 2, "bn": True}], "pool": "global", "head": []}
+SMALL = dict(model=TINY_NET, image_size=64, max_images=60, epochs=3, eval_every=1, batch_size=20)
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +25,6 @@ def voc_root():
 def _history_numbers(run):
     keys = ("train_loss", "val_loss", "train_map", "val_map")
     return [[h[k] for k in keys] for h in run.history]
-
-
-TINY_NET = {"name": "tiny", "blocks": [{"conv": 16, "s": 2, "bn": True}, {"conv": 32, "s": 2, "bn": True},
-                                        {"conv": 64, "s": 2, "bn": True}], "pool": "global", "head": []}
 
 
 def test_training_lowers_loss_and_lifts_map_well_above_chance(voc_root, tmp_path):
