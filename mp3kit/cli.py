@@ -130,7 +130,8 @@ def _cmd_bench(args) -> int:
 def _cmd_report(args) -> int:
     from mp3kit import report
 
-    return report.main(profile=args.profile, data_root=args.data_root, only=args.only, report_dir=args.report_dir)
+    return report.main(profile=args.profile, data_root=args.data_root, only=args.only, report_dir=args.report_dir,
+                       execute=not args.no_execute)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
     rep.add_argument("--only", default=None, help="run one notebook (e.g. 01_introduction)")
     rep.add_argument("--report-dir", default="report")
+    rep.add_argument("--no-execute", action="store_true",
+                     help="run no notebook: rebuild report.md/html from the runs already on disk (seconds)")
     rep.set_defaults(func=_cmd_report)
     return p
 

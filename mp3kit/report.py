@@ -1,0 +1,820 @@
+"""Rebuild report/ headlessly: run the notebooks with papermill, gather every run's numbers, write report.md and .html.
+
+The flow is one-way: notebooks -> run records + manifests (runs/<profile>/) -> results.json -> report.md -> report.html.
+Everything is built in a staging folder inside the report folder and swapped in only when every step succeeded,
+so a failing notebook leaves the previous report as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import mimetypes
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from mp3kit import __version__
+from mp3kit import runs as run_records
+from mp3kit.util import UserError, atomic_write_json, atomic_write_text
+
+NOTEBOOKS = ("01_introduction", "02_scratch_vs_pretrained", "03_develop_classifier")
+PROFILES = ("smoke", "quick", "full")
+NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
+# The generated part of a report folder, swapped in as a whole; report.md goes last so it never links to figures
+# that are not there yet.
+GENERATED = ("figures", "executed", "results.json", "report.html", "report.md")
+SYNTHETIC_BANNER = (
+    "These numbers come from the embedded SYNTHETIC dataset, not PASCAL VOC photographs; they check the pipeline "
+    "and are not comparable with the course's reference figures."
+)
+MARKER = re.compile(r"<!-- mp3kit:(begin|end) ([A-Za-z0-9_.-]+) -->")
+CONFIG_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size", "schedule", "augment",
+                 "image_size", "freeze_features", "max_images", "seed")
+
+
+class NotebookError(Exception):
+    """A notebook failed or timed out under papermill; the message names the notebook and the cell."""
+
+
+def main(profile="quick", data_root=None, only=None, report_dir="report", execute=True) -> int:
+    """Rebuild the report for `mp3kit report`; return the exit status."""
+    try:
+        build(profile, data_root, only=only, report_dir=report_dir, execute=execute)
+    except NotebookError as exc:
+        print(f"mp3kit: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build(profile="quick", data_root=None, *, only=None, report_dir="report", notebooks_dir=None, runs_dir=None,
+          template=None, execute=True, timeout_s=None) -> Path:
+    """Run the notebooks (all, or only one), then rebuild report_dir from the run records; return report.md's path.
+
+    execute=False runs no notebook and rebuilds the report from the manifests and runs already on disk.
+    """
+    if profile not in PROFILES:
+        raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
+    notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else find_repo() / "notebooks"
+    repo = notebooks_dir.parent
+    names = select_notebooks(notebooks_dir, only) if execute else []
+    runs_dir = Path(runs_dir).resolve() if runs_dir else repo / "runs" / profile
+    report_dir = Path(report_dir).resolve()
+    template = Path(template) if template else find_template(report_dir, repo)
+    if profile == "full" and data_root is None:
+        raise UserError("--profile full trains on the real PASCAL VOC 2007: add --data-root DIR (download it with "
+                        "`mp3kit data fetch --root DIR`).")
+    if data_root is not None and not Path(data_root).exists():
+        raise UserError(f"--data-root {data_root} does not exist: give the folder holding VOCdevkit, or leave it out "
+                        "to use the embedded synthetic dataset.")
+    markdown = _markdown_renderer()
+    # Check the student's report.md before spending minutes on notebooks that could not be merged into it.
+    _read_existing(report_dir / "report.md")
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(report_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=report_dir))
+    (staging / "pid").write_text(str(os.getpid()))
+    try:
+        for part in ("figures", "executed"):
+            old = report_dir / part
+            # A partial rebuild keeps the other notebooks' figures; a full one starts clean so none goes stale.
+            if (only is not None or not execute) and old.is_dir():
+                shutil.copytree(old, staging / part)
+            else:
+                (staging / part).mkdir()
+        parameters = {
+            "PROFILE": profile,
+            "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else None,
+            "RUNS_DIR": str(runs_dir),
+            "FIGURES_DIR": str(staging / "figures"),
+        }
+        timeout_s = timeout_s or NOTEBOOK_TIMEOUT_S[profile]
+        seconds = {}
+        where = "embedded synthetic dataset" if data_root is None else str(data_root)
+        print(f"Building the report (profile {profile}, data: {where}) into {report_dir}", flush=True)
+        for i, name in enumerate(names, 1):
+            print(f"[{i}/{len(names)}] {name} ...", end="", flush=True)
+            t0 = time.monotonic()
+            try:
+                run_notebook(notebooks_dir / f"{name}.ipynb", staging / "executed" / f"{name}.ipynb", parameters,
+                             runs_dir, timeout_s, report_dir)
+            except NotebookError:
+                print(f" failed after {time.monotonic() - t0:.0f} s", flush=True)
+                raise
+            seconds[name] = round(time.monotonic() - t0, 1)
+            print(f" done in {seconds[name]:.0f} s", flush=True)
+
+        results = collect_results(runs_dir, profile, staging, seconds)
+        atomic_write_json(staging / "results.json", results)
+        existing = _read_existing(report_dir / "report.md")
+        text = merge_sections(template.read_text(encoding="utf-8"), existing, render_sections(results))
+        atomic_write_text(staging / "report.md", text)
+        atomic_write_text(staging / "report.html", render_html(text, markdown, [staging, report_dir]))
+        _swap_in(staging, report_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _print_summary(results, report_dir)
+    return report_dir / "report.md"
+
+
+# ---------------------------------------------------------------- finding things
+
+
+def find_repo() -> Path:
+    """Return the mp3kit repository root: the checkout holding this package, else the working directory."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "notebooks").is_dir() and (root / "report").is_dir():
+            return root
+    raise UserError("Cannot find the notebooks/ and report/ folders: run mp3kit report from the root of the mp3kit "
+                    "repository.")
+
+
+def find_template(report_dir: Path, repo: Path) -> Path:
+    """Return the report template: report_dir/template.md if there, else the repository's report/template.md."""
+    checkout = Path(__file__).resolve().parents[1] / "report" / "template.md"
+    for path in (report_dir / "template.md", repo / "report" / "template.md", checkout):
+        if path.exists():
+            return path
+    raise UserError(f"Cannot find the report template {repo / 'report' / 'template.md'}: restore it from the repository.")
+
+
+def select_notebooks(notebooks_dir: Path, only=None) -> list[str]:
+    """Return the notebook names to run, in order: all of them, or the one named by only (with or without .ipynb)."""
+    present = [n for n in NOTEBOOKS if (notebooks_dir / f"{n}.ipynb").exists()]
+    if only is None:
+        missing = [n for n in NOTEBOOKS if n not in present]
+        if missing:
+            raise UserError(f"{notebooks_dir / (missing[0] + '.ipynb')} is missing: restore it from the repository.")
+        return present
+    wanted = Path(str(only)).name.removesuffix(".ipynb")
+    matches = [n for n in present if n == wanted] or [n for n in present if n.startswith(wanted)]
+    if len(matches) != 1:
+        raise UserError(f"--only {only}: no single notebook of that name in {notebooks_dir}; use one of "
+                        f"{', '.join(present) or '(none found)'}.")
+    return matches
+
+
+# ---------------------------------------------------------------- running notebooks
+
+
+@contextmanager
+def _environ(**values):
+    """Set environment variables for the duration of the block (the kernel inherits them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_notebook(path: Path, output: Path, parameters: dict, runs_dir: Path, timeout_s: float, report_dir: Path) -> None:
+    """Execute one notebook with papermill (cwd = its folder) into output; raise NotebookError naming the failing cell."""
+    import papermill
+    from jupyter_client.kernelspec import NoSuchKernel
+    from papermill.exceptions import PapermillExecutionError
+
+    deadline = time.monotonic() + timeout_s
+    current = {}
+
+    def time_left(cell) -> int:
+        # nbclient asks before every cell, so the whole notebook shares one budget.
+        current["cell"] = cell
+        return max(1, int(deadline - time.monotonic()))
+
+    failed_copy = Path(runs_dir) / f"{path.stem}.failed.ipynb"
+    kept = f"the report in {report_dir} was left as it was"
+    try:
+        with _environ(MP3KIT_QUIET="1"):
+            # A quiet kernel log keeps one progress line per notebook: otherwise every kernel prints a
+            # TCP-transport warning at start and a caught KeyboardInterrupt at shutdown. A cell's
+            # errors still reach the executed notebook and the failure message.
+            papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
+                                       kernel_name="python3", progress_bar=False, log_output=False,
+                                       timeout_func=time_left, extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+    except PapermillExecutionError as exc:
+        where = _cell_position(path, exc.source, exc.cell_index)
+        evalue = (exc.evalue or "").strip().splitlines()
+        message = f"{exc.ename}: {evalue[0][:300]}" if evalue else exc.ename
+        raise NotebookError(f"{path.name} failed in {where}: {message}. {_keep_failed(output, failed_copy)}; "
+                            f"{kept}.") from None
+    except TimeoutError:
+        cell = current.get("cell")
+        where = _cell_position(path, cell.source, None) if cell is not None else "a cell"
+        raise NotebookError(f"{path.name} ran past its {timeout_s:.0f} s limit in {where}. "
+                            f"{_keep_failed(output, failed_copy)}; {kept}.") from None
+    except NoSuchKernel:
+        raise UserError("The Jupyter kernel python3 is not installed in this environment: run `make setup` or "
+                        "`python -m ipykernel install --sys-prefix --name python3`.") from None
+    except Exception as exc:  # the kernel died (e.g. out of memory) or could not start
+        cell = current.get("cell")
+        where = f" in {_cell_position(path, cell.source, None)}" if cell is not None else ""
+        raise NotebookError(f"{path.name} stopped{where}: {type(exc).__name__}: {str(exc).strip()[:300]}. "
+                            f"{_keep_failed(output, failed_copy)}; {kept}.") from None
+    failed_copy.unlink(missing_ok=True)
+
+
+def _cell_position(path: Path, source: str, fallback_index) -> str:
+    """Describe a cell as 'cell N (`its first code line`)', N counted from 1 in the notebook as saved."""
+    import nbformat
+
+    cells = nbformat.read(str(path), as_version=4).cells
+    # Matched by source: papermill's indices count the parameters cell it injected.
+    index = next((i for i, c in enumerate(cells) if c.source == source), fallback_index)
+    lines = [line.strip() for line in source.splitlines() if line.strip()]
+    first = next((line for line in lines if not line.startswith("#")), lines[0] if lines else "")
+    first = first if len(first) <= 80 else first[:77] + "..."
+    number = f"cell {index + 1}" if index is not None else "a cell"
+    return f"{number} (`{first}`)" if first else number
+
+
+def _keep_failed(output: Path, failed_copy: Path) -> str:
+    """Copy the failed executed notebook next to the runs (the staging folder is about to go); say where it is."""
+    if not output.exists():
+        return "No executed copy was written"
+    failed_copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(output, failed_copy)
+    return f"The executed copy with the full traceback is {failed_copy}"
+
+
+# ---------------------------------------------------------------- results.json
+
+
+def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict) -> dict:
+    """Gather every notebook's manifest and runs into the results.json dict (figures checked in staging/figures)."""
+    notebooks = {name: _notebook_results(Path(runs_dir), name, staging, seconds.get(name)) for name in NOTEBOOKS}
+    synthetic = any(nb.get("synthetic") for nb in notebooks.values()) or any(
+        run.get("synthetic") for nb in notebooks.values() for run in nb.get("runs", {}).values())
+    return {
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "profile": profile,
+        "synthetic": synthetic,
+        "mp3kit_version": __version__,
+        "runs_dir": str(runs_dir),
+        "notebooks": notebooks,
+    }
+
+
+def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict:
+    """Return one notebook's part of results.json, or {"missing": True} when it has no manifest yet."""
+    manifest_path = runs_dir / f"{name}.manifest.json"
+    if not manifest_path.exists():
+        return {"missing": True, "manifest": str(manifest_path)}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{manifest_path} is not valid JSON ({exc.msg}): delete it and run mp3kit report again.") from exc
+    runs = {key: _run_results(runs_dir / entry["run"], entry.get("label"))
+            for key, entry in manifest.get("runs", {}).items()}
+    figures, missing = {}, []
+    for key, rel in manifest.get("figures", {}).items():
+        if (staging / "figures" / rel).exists():
+            figures[key] = f"figures/{Path(rel).as_posix()}"
+        else:
+            missing.append(key)
+    executed = staging / "executed" / f"{name}.ipynb"
+    return {
+        "manifest": str(manifest_path),
+        "executed": f"executed/{name}.ipynb" if executed.exists() else None,
+        "seconds": seconds,
+        "synthetic": bool(manifest.get("synthetic")),
+        "data_root": manifest.get("data_root"),
+        "runs": runs,
+        "figures": figures,
+        "missing_figures": missing,
+        "values": _clean(manifest.get("values", {})),
+    }
+
+
+def _run_results(path: Path, label) -> dict:
+    """Return one run's summary numbers and key config fields, or a 'missing' entry when its folder is gone."""
+    if not (path / "config.json").exists():
+        return {"name": path.name, "label": label or path.name, "status": "missing", "reason": f"{path} is missing"}
+    run = run_records.load_run(path)
+    cfg, metrics = run.config, run.metrics
+    ap = metrics.get("test_ap")
+    classes = metrics.get("classes") or [str(i) for i in range(len(ap or []))]
+    return _clean({
+        "name": run.name,
+        "label": label or run.name,
+        "status": run.status,
+        "reason": run.reason or None,
+        "test_map": run.test_map,
+        "test_loss": run.test_loss,
+        "best_val_map": run.best_val_map(),
+        "epochs_done": len(run.history),
+        "seconds": metrics.get("seconds"),
+        "device": metrics.get("device"),
+        "synthetic": run.synthetic,
+        "test_ap": dict(zip(classes, ap)) if ap else None,
+        "config": {"model": model_label(cfg.get("model")), **{k: cfg.get(k) for k in CONFIG_FIELDS if k in cfg}},
+    })
+
+
+def model_label(model) -> str:
+    """Return a short name for a config's model: the name itself, or a spec's "name"."""
+    if isinstance(model, dict):
+        return str(model.get("name", "custom spec"))
+    return str(model)
+
+
+def _clean(value):
+    """Return value with NaN and infinities replaced by None, so results.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- report.md sections
+# Every number written below goes through one of these formatters, straight from results.json.
+
+
+def _f4(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _lr(x) -> str:
+    return "–" if x is None else f"{x:g}"
+
+
+def _score(x) -> str:
+    return "–" if x is None else f"{x:.5f}"
+
+
+def _cell(text) -> str:
+    """Return text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+FIGURE_CAPTIONS = {
+    "data-boxes": "Training images with their boxes and class names",
+    "label-stats": "Positives per class and how often classes appear together",
+    "simple-default-curves": "Simple classifier, course defaults: loss and mAP per epoch",
+    "simple-long-curves": "Simple classifier, longer training: loss and mAP per epoch",
+    "simple-adam-curves": "Simple classifier with Adam: loss and mAP per epoch",
+    "lr-study-curves": "Simple classifier, learning-rate study: loss and mAP per epoch",
+    "simple-per-class-ap": "Simple classifier: test AP per class",
+    "alexnet-scratch-sgd-curves": "AlexNet from scratch, course SGD: loss and mAP per epoch",
+    "alexnet-scratch-tuned-curves": "AlexNet from scratch, tuned SGD: loss and mAP per epoch",
+    "alexnet-scratch-adam-curves": "AlexNet from scratch with Adam: loss and mAP per epoch",
+    "alexnet-pretrained-curves": "Pretrained AlexNet: loss and mAP per epoch",
+    "scratch-vs-pretrained-curves": "The AlexNet runs side by side: loss and mAP per epoch",
+    "scratch-vs-pretrained-per-class": "Test AP per class of the AlexNet runs",
+    "final-curves": "Final model: loss and mAP per epoch",
+    "ablation-bars": "Ablation: test AP per class at each step",
+    "final-pr-curves": "Final model: precision-recall curves on the test split",
+    "final-top-images": "Final model: top-scoring test images, marked right or wrong",
+}
+
+
+class _Sections:
+    """Render the generated part of each report section from results.json."""
+
+    def __init__(self, results: dict):
+        self.results = results
+        self.profile = results["profile"]
+        self.shown: set[tuple[str, str]] = set()
+
+    def nb(self, name: str) -> dict | None:
+        nb = self.results["notebooks"].get(name) or {}
+        return None if nb.get("missing") else nb
+
+    def not_built(self, name: str) -> str:
+        return (f"_Not built yet: {name} has no results for the {self.profile} profile; run "
+                f"`mp3kit report --profile {self.profile} --only {name}`._")
+
+    def figures(self, name: str, *keys: str) -> str:
+        nb = self.nb(name) or {}
+        out = []
+        for key in keys:
+            if key in nb.get("figures", {}):
+                self.shown.add((name, key))
+                caption = FIGURE_CAPTIONS.get(key, key)
+                out.append(f"![{caption}]({nb['figures'][key]})\n\n_{caption}._")
+            elif key in nb.get("missing_figures", []):
+                out.append(f"_Figure {key} is missing from figures/: rebuild with "
+                           f"`mp3kit report --profile {self.profile} --only {name}`._")
+        return "\n\n".join(out)
+
+    def run_table(self, name: str, keys) -> str:
+        """Return a table of runs: what was changed (optimizer, lr, epochs ...) and the test results."""
+        runs = (self.nb(name) or {}).get("runs", {})
+        rows = [(k, runs[k]) for k in keys if k in runs]
+        if not rows:
+            return ""
+        lines = ["| Experiment | Model | Optimizer | Learning rate | Epochs | Batch | Augment | Image | "
+                 "Test mAP | Avg test loss |",
+                 "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+        notes = []
+        for key, r in rows:
+            c = r.get("config", {})
+            epochs = c.get("epochs")
+            done = r.get("epochs_done")
+            shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
+            lines.append(f"| {_cell(r['label'])} | {_cell(c.get('model', '–'))} | {c.get('optimizer', '–')} | {_lr(c.get('lr'))} | "
+                         f"{shown_epochs} | {c.get('batch_size', '–')} | {c.get('augment', '–')} | "
+                         f"{c.get('image_size', '–')} | {_f4(r.get('test_map'))} | {_f4(r.get('test_loss'))} |")
+            if r.get("status") != "complete":
+                notes.append(f"_{r['label']}: the run is {r.get('status')}"
+                             + (f" ({r['reason']})" if r.get("reason") else "") + "._")
+        return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
+
+    def best_line(self, name: str, keys) -> str:
+        runs = (self.nb(name) or {}).get("runs", {})
+        done = [runs[k] for k in keys if k in runs and runs[k].get("test_map") is not None]
+        if len(done) < 2:
+            return ""
+        best = max(done, key=lambda r: r["test_map"])
+        return f"Highest test mAP here: **{best['label']}**, {_f4(best['test_map'])}."
+
+    def headline(self, run: dict, what: str) -> str:
+        if run.get("test_map") is None:
+            return f"{what}: no test result yet (the run is {run.get('status')})."
+        return (f"{what} (**{run['label']}**): test mAP **{_f4(run['test_map'])}**, average test loss "
+                f"**{_f4(run['test_loss'])}**, after {run.get('epochs_done')} epochs.")
+
+    # -- the sections, in report order
+
+    def header(self) -> str:
+        r = self.results
+        lines = []
+        if r["synthetic"]:
+            lines.append(f"> **Synthetic data.** {SYNTHETIC_BANNER}\n")
+        lines.append(f"Generated by `mp3kit report --profile {r['profile']}` (mp3kit {r['mp3kit_version']}) on "
+                     f"{r['generated']}. Every number in the generated parts comes from `results.json`.")
+        built = [f"{n} ({nb['seconds']:.0f} s)" if nb.get("seconds") is not None else n
+                 for n, nb in r["notebooks"].items() if not nb.get("missing")]
+        if built:
+            lines.append(f"\nNotebooks in this report: {', '.join(built)}.")
+        missing = [n for n, nb in r["notebooks"].items() if nb.get("missing")]
+        if missing:
+            lines.append(f"\nNot built yet: {', '.join(missing)}.")
+        return "\n".join(lines)
+
+    def data(self) -> str:
+        name = NOTEBOOKS[0]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        source = ("the embedded synthetic dataset (drawn shapes in the PASCAL VOC layout, not photographs)"
+                  if nb.get("synthetic") else f"PASCAL VOC from `{nb.get('data_root')}`")
+        return f"Data: {source}.\n\n" + self.figures(name, "data-boxes", "label-stats")
+
+    def simple_results(self) -> str:
+        name = NOTEBOOKS[0]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        parts = []
+        if "simple-default" in nb["runs"]:
+            parts.append(self.headline(nb["runs"]["simple-default"], "Simple classifier with the course defaults"))
+        keys = ("simple-default", "simple-lr0.001", "simple-lr0.0001", "simple-long", "simple-adam")
+        parts.append("The hyperparameter study (one change at a time from the course defaults):\n\n"
+                     + self.run_table(name, keys))
+        parts.append(self.best_line(name, keys))
+        return "\n\n".join(p for p in parts if p)
+
+    def simple_plots(self) -> str:
+        name = NOTEBOOKS[0]
+        if self.nb(name) is None:
+            return self.not_built(name)
+        return self.figures(name, "simple-default-curves", "lr-study-curves", "simple-long-curves",
+                            "simple-adam-curves", "simple-per-class-ap")
+
+    def scratch_results(self) -> str:
+        name = NOTEBOOKS[1]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        keys = ("alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam")
+        parts = []
+        if "alexnet-scratch-sgd" in nb["runs"]:
+            parts.append(self.headline(nb["runs"]["alexnet-scratch-sgd"], "AlexNet from scratch, course defaults"))
+        parts += [self.run_table(name, keys), self.best_line(name, keys)]
+        return "\n\n".join(p for p in parts if p)
+
+    def scratch_plots(self) -> str:
+        name = NOTEBOOKS[1]
+        if self.nb(name) is None:
+            return self.not_built(name)
+        return self.figures(name, "alexnet-scratch-sgd-curves", "alexnet-scratch-tuned-curves",
+                            "alexnet-scratch-adam-curves")
+
+    def pretrained_results(self) -> str:
+        name = NOTEBOOKS[1]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        reason = nb["values"].get("pretrained_unavailable")
+        if "alexnet-pretrained" in nb["runs"]:
+            return (self.headline(nb["runs"]["alexnet-pretrained"], "ImageNet-pretrained AlexNet") + "\n\n"
+                    + self.run_table(name, ["alexnet-pretrained"]))
+        if reason:
+            return f"**Pretrained weights unavailable:** {reason}"
+        return "_No pretrained AlexNet run was recorded._"
+
+    def unavailable(self, nb: dict) -> str:
+        """Return the short pretrained-unavailable line (the reason itself is given once, in 3a), or ''."""
+        if "alexnet-pretrained" in nb["runs"] or not nb["values"].get("pretrained_unavailable"):
+            return ""
+        return "**Pretrained weights unavailable** (the reason is under 3a): only the runs from scratch are shown."
+
+    def pretrained_plots(self) -> str:
+        name = NOTEBOOKS[1]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        parts = [self.unavailable(nb), self.figures(name, "alexnet-pretrained-curves", "scratch-vs-pretrained-curves")]
+        return "\n\n".join(p for p in parts if p)
+
+    def scratch_vs_pretrained(self) -> str:
+        name = NOTEBOOKS[1]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        keys = [k for k in ("alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam", "alexnet-pretrained")
+                if k in nb["runs"] and nb["runs"][k].get("test_ap")]
+        parts = [self.unavailable(nb)]
+        if keys:
+            runs = [nb["runs"][k] for k in keys]
+            lines = ["| Class | " + " | ".join(_cell(r["label"]) for r in runs) + " |",
+                     "|---|" + "---:|" * len(runs)]
+            for cls in runs[0]["test_ap"]:
+                lines.append(f"| {cls} | " + " | ".join(_f4(r["test_ap"].get(cls)) for r in runs) + " |")
+            lines.append("| **mAP** | " + " | ".join(f"**{_f4(r.get('test_map'))}**" for r in runs) + " |")
+            parts.append("Test AP per class:\n\n" + "\n".join(lines))
+        parts.append(self.figures(name, "scratch-vs-pretrained-per-class"))
+        return "\n\n".join(p for p in parts if p)
+
+    def kaggle(self) -> str:
+        name = NOTEBOOKS[2]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        values = nb["values"]
+        if not values.get("kaggle_csv"):
+            final = nb["runs"].get("final") or {}
+            if final.get("test_ap") and None in final["test_ap"].values():
+                return ("_No Kaggle CSV: the final run has no AP for some class (its capped test split holds no "
+                        "positive image of it); the quick and full profiles test on every image._")
+            return "_No Kaggle CSV was recorded._"
+        csv = values["kaggle_csv"]
+        relative = os.path.relpath(csv) if Path(csv).is_absolute() else csv
+        csv = csv if relative.startswith("..") else relative
+        line = (f"The Kaggle CSV of the final model is `{csv}`; its score (1 − mAP) is "
+                f"**{_score(values.get('kaggle_score'))}**.")
+        if nb.get("synthetic"):
+            line += " It was computed on the synthetic data: do not upload it; rebuild with `--profile full` on VOC."
+        return line
+
+    def final_results(self) -> str:
+        name = NOTEBOOKS[2]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        parts = []
+        if "final" in nb["runs"]:
+            parts += [self.headline(nb["runs"]["final"], "Final model"), self.run_table(name, ["final"])]
+        parts.append(self.figures(name, "final-curves"))
+        return "\n\n".join(p for p in parts if p)
+
+    def final_architecture(self) -> str:
+        name = NOTEBOOKS[2]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        table = nb["values"].get("architecture_table")
+        if not table:
+            return "_No architecture table was recorded._"
+        total = nb["values"].get("total_params")
+        if total is not None and "Total parameters" not in table:
+            table = table.rstrip() + f"\n\nTotal parameters: {total:,}"
+        return table.rstrip()
+
+    def ablation(self) -> str:
+        name = NOTEBOOKS[2]
+        nb = self.nb(name)
+        if nb is None:
+            return self.not_built(name)
+        rows = nb["values"].get("ablation") or []
+        if not rows:
+            return "_No ablation was recorded._"
+        lines = ["| Serial # | Model architecture | Best mAP on test set |", "|---:|---|---:|"]
+        notes = []
+        for row in rows:
+            run = nb["runs"].get(row.get("key"), {})
+            label = row.get("label") or run.get("label", "–")
+            lines.append(f"| {row.get('serial')} | {_cell(label)} | {_f4(run.get('test_map'))} |")
+            if row.get("skipped"):
+                notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
+            elif run and run.get("status") != "complete":
+                notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
+                             + (f" ({run['reason']})" if run.get("reason") else "") + ".")
+        note = ("\"Best mAP on test set\" is the test mAP of that row's run, measured once after its last epoch; no "
+                "row is picked by its test score.")
+        final = nb["runs"].get("final")
+        if final and final.get("test_map") is not None:
+            note += f" The final model, **{final['label']}**, reaches {_f4(final['test_map'])}."
+        parts = ["\n".join(lines), " ".join(notes), note, self.figures(name, "ablation-bars")]
+        return "\n\n".join(p for p in parts if p)
+
+    def diagnostics(self) -> str:
+        name = NOTEBOOKS[2]
+        if self.nb(name) is None:
+            return self.not_built(name)
+        return self.figures(name, "final-pr-curves", "final-top-images")
+
+    def more_figures(self) -> str:
+        out = []
+        for name in NOTEBOOKS:
+            nb = self.nb(name) or {}
+            for key, rel in nb.get("figures", {}).items():
+                if (name, key) not in self.shown:
+                    out.append(f"![{key}]({rel})\n\n_{name}: {key}._")
+        return "\n\n".join(out) or "_None._"
+
+
+SECTION_KEYS = ("header", "data", "simple-results", "simple-plots", "scratch-results", "scratch-plots",
+                "pretrained-results", "pretrained-plots", "scratch-vs-pretrained", "kaggle", "final-results",
+                "final-architecture", "ablation", "diagnostics", "more-figures")
+
+
+def render_sections(results: dict) -> dict[str, str]:
+    """Return the generated markdown of every marker key, rendered from results.json (more-figures last)."""
+    sections = _Sections(results)
+    return {key: getattr(sections, key.replace("-", "_"))().strip() for key in SECTION_KEYS}
+
+
+# ---------------------------------------------------------------- markers
+
+
+def split_sections(text: str, source="report.md") -> list:
+    """Split text at its markers: a list of plain strings and (key, content) pairs; refuse unbalanced markers."""
+    pieces, pos, open_key, open_at, seen = [], 0, None, 0, set()
+    for m in MARKER.finditer(text):
+        kind, key = m.groups()
+        line = text.count("\n", 0, m.start()) + 1
+        if kind == "begin":
+            if open_key is not None:
+                raise UserError(f"{source} line {line}: marker begin {key} inside section {open_key}; restore the "
+                                f"`<!-- mp3kit:end {open_key} -->` line (or delete {source} to start again from the template).")
+            if key in seen:
+                raise UserError(f"{source} line {line}: section {key} appears twice; delete one copy of its markers.")
+            pieces.append(text[pos:m.start()])
+            open_key, open_at, pos = key, m.end(), m.end()
+            seen.add(key)
+        else:
+            if open_key != key:
+                raise UserError(f"{source} line {line}: marker end {key} has no matching begin; restore the "
+                                f"`<!-- mp3kit:begin {key} -->` line (or delete {source} to start again from the template).")
+            pieces.append((key, text[open_at:m.start()]))
+            open_key, pos = None, m.end()
+    if open_key is not None:
+        raise UserError(f"{source}: section {open_key} has no `<!-- mp3kit:end {open_key} -->` line; restore it "
+                        f"(or delete {source} to start again from the template).")
+    pieces.append(text[pos:])
+    return pieces
+
+
+def merge_sections(template: str, existing: str | None, generated: dict[str, str]) -> str:
+    """Fill the markers of existing (or, on the first build, of template) with generated; keep all other text as is."""
+    pieces = split_sections(existing if existing is not None else template)
+    present = {p[0] for p in pieces if isinstance(p, tuple)}
+    # A newer template may bring sections the student's report.md lacks: add them at the end rather than drop them.
+    added = [p for p in split_sections(template, "template.md") if isinstance(p, tuple) and p[0] not in present]
+    if added:
+        pieces.append("\n\n## Sections added by a newer template\n\n")
+        for piece in added:
+            pieces += [piece, "\n\n"]
+    out = []
+    for piece in pieces:
+        if isinstance(piece, tuple):
+            key, old = piece
+            body = generated.get(key)
+            # A section this version no longer generates keeps its old text.
+            inner = f"\n{body}\n" if body is not None else old
+            out.append(f"<!-- mp3kit:begin {key} -->{inner}<!-- mp3kit:end {key} -->")
+        else:
+            out.append(piece)
+    return "".join(out)
+
+
+def generated_text(report_md: str) -> dict[str, str]:
+    """Return the content of every marker section of a report, without its surrounding blank lines."""
+    return {p[0]: p[1].strip() for p in split_sections(report_md) if isinstance(p, tuple)}
+
+
+def _read_existing(path: Path) -> str | None:
+    """Return the student's report.md (checked for balanced markers), or None before the first build."""
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    split_sections(text, str(path))
+    return text
+
+
+# ---------------------------------------------------------------- report.html
+
+CSS = """
+body { font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       max-width: 62rem; margin: 2rem auto; padding: 0 1.25rem; }
+h1, h2, h3, h4 { line-height: 1.25; margin-top: 2rem; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: .9rem; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; }
+th { background: #f6f8fa; }
+tr:nth-child(even) td { background: #fbfcfd; }
+img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+blockquote { margin: 1rem 0; padding: .6rem 1rem; background: #fff8c5; border-left: 4px solid #d4a72c; }
+code { background: #f6f8fa; padding: .1rem .3rem; border-radius: 4px; font-size: .9em; }
+pre { background: #f6f8fa; padding: .75rem; overflow-x: auto; }
+pre code { padding: 0; }
+em { color: #57606a; }
+"""
+
+
+def _markdown_renderer():
+    """Return a markdown-to-HTML function (mistune, which Jupyter's nbconvert brings); fail early when it is absent."""
+    try:
+        import mistune
+    except ImportError:
+        raise UserError("report.html needs the mistune package: run `pip install mistune` (or `make setup`).") from None
+    return mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])
+
+
+def render_html(report_md: str, markdown, search_dirs) -> str:
+    """Return report_md as one self-contained HTML page: local images are embedded as data URIs."""
+    body = markdown(MARKER.sub("", report_md))
+
+    def embed(m):
+        tag = m.group(0)
+        src = re.search(r'\bsrc="([^"]*)"', tag).group(1)
+        if re.match(r"^(data:|https?:)", src):
+            return tag
+        for folder in search_dirs:
+            path = Path(folder) / src
+            if path.is_file():
+                mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                data = base64.b64encode(path.read_bytes()).decode("ascii")
+                return tag.replace(f'src="{src}"', f'src="data:{mime};base64,{data}"')
+        return f"<em>(image {src} not found)</em>"
+
+    body = re.sub(r'<img\b[^>]*\bsrc="[^"]*"[^>]*>', embed, body)
+    title = next((line[2:].strip() for line in report_md.splitlines() if line.startswith("# ")), "mp3kit report")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _remove_stale_staging(report_dir: Path) -> None:
+    """Delete staging folders left by a build that was killed (their process is gone)."""
+    for folder in report_dir.glob(".staging-*"):
+        try:
+            pid = int((folder / "pid").read_text())
+            os.kill(pid, 0)
+            continue  # another build is still running in this report folder
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _swap_in(staging: Path, report_dir: Path) -> None:
+    """Move the staged report into report_dir: files by atomic rename, folders by rename-aside then rename-in."""
+    old = staging / ".old"
+    old.mkdir()
+    for item in GENERATED:
+        src, dst = staging / item, report_dir / item
+        if not src.exists():
+            continue
+        if dst.is_dir():
+            os.replace(dst, old / item)
+        os.replace(src, dst)
+
+
+def _print_summary(results: dict, report_dir: Path) -> None:
+    """Print where the report is and the headline numbers."""
+    kind = " (SYNTHETIC data)" if results["synthetic"] else ""
+    print(f"Wrote {report_dir / 'report.md'} and {report_dir / 'report.html'}{kind}.")
+    missing = [n for n, nb in results["notebooks"].items() if nb.get("missing")]
+    if missing:
+        print(f"Not built yet: {', '.join(missing)} (run mp3kit report without --only).")

@@ -1,0 +1,323 @@
+"""The report builder: marker-preserving rebuilds, failures that keep the old report, numbers traceable to results.json."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from mp3kit import report, runs
+from mp3kit.util import UserError
+
+CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+           "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+# The number formats report.md may use; a number written any other way is not traceable.
+FORMATS = ("{:.4f}", "{:.5f}", "{:.0f}", "{:g}")
+NUMBER = re.compile(r"(?<![\w.-])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
+
+
+def write_run(runs_dir, name, *, test_map, test_loss, model="simple", optimizer="sgd", lr=0.01, epochs=3,
+              synthetic=True, status="complete", seed=0):
+    """Record a fake complete run with mp3kit.runs' writers and return its name."""
+    config = {"model": model, "optimizer": optimizer, "lr": lr, "momentum": 0.9, "epochs": epochs, "batch_size": 50,
+              "augment": "none", "image_size": 64, "eval_every": 1, "seed": seed,
+              "data": {"root": "/x", "synthetic": synthetic}}
+    history = [{"epoch": e, "train_loss": 0.5 - 0.01 * e, "val_loss": 0.4, "train_map": 0.1 * e, "val_map": 0.05 * e,
+                "seconds": 1.5, "images_per_s": 40.0, "lr": lr} for e in range(1, epochs + 1)]
+    ap = [round(0.05 + 0.037 * ((i * 7 + seed) % 20), 6) for i in range(20)]
+    ap[4] = math.nan  # a class with no positives
+    metrics = {"test_map": test_map, "test_loss": test_loss, "test_ap": ap, "classes": CLASSES,
+               "best_val_map": 0.05 * epochs, "epochs_done": epochs, "synthetic": synthetic, "device": "cpu",
+               "seconds": 12.25}
+    run = runs.Run(name=name, path=Path(runs_dir) / name, config=config, history=history, metrics=metrics,
+                   status=status)
+    run.path.mkdir(parents=True, exist_ok=True)
+    runs.write_config(run)
+    runs.write_progress(run)
+    runs.write_metrics(run)
+    return name
+
+
+def write_png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(path)
+
+
+def write_manifest(runs_dir, notebook, runs_, figures, values, synthetic=True):
+    manifest = {"notebook": notebook, "profile": "smoke", "synthetic": synthetic, "data_root": None,
+                "runs": {k: {"run": f"{notebook[:2]}-{k}", "label": label} for k, label in runs_.items()},
+                "figures": {k: f"{k}.png" for k in figures}, "values": values}
+    (Path(runs_dir) / f"{notebook}.manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def kit(tmp_path):
+    """A runs folder with fake runs and manifests for all three notebooks, and a report folder with their figures."""
+    return make_kit(tmp_path)
+
+
+def make_kit(tmp_path, synthetic=True, pretrained=False):
+    runs_dir, report_dir = tmp_path / "runs", tmp_path / "report"
+    runs_dir.mkdir()
+    plan = {
+        "01_introduction": {"simple-default": "SGD lr 0.01, 3 epochs (course defaults)",
+                            "simple-lr0.001": "SGD lr 0.001", "simple-lr0.0001": "SGD lr 0.0001",
+                            "simple-long": "SGD lr 0.01, 6 epochs", "simple-adam": "Adam lr 1e-4"},
+        "02_scratch_vs_pretrained": {"alexnet-scratch-sgd": "AlexNet, SGD 0.01", "alexnet-scratch-tuned": "AlexNet, tuned",
+                                     "alexnet-scratch-adam": "AlexNet, Adam 1e-4"},
+        "03_develop_classifier": {"ablation-1": "BaseNet (SGD)", "ablation-2": "BaseNet (Adam) | + BatchNorm",
+                                  "final": "BaseNet + BN + augmentation"},
+    }
+    if pretrained:
+        plan["02_scratch_vs_pretrained"]["alexnet-pretrained"] = "AlexNet, ImageNet weights"
+    figures = {
+        "01_introduction": ["data-boxes", "label-stats", "simple-default-curves", "lr-study-curves",
+                            "simple-per-class-ap", "an-extra-figure"],
+        "02_scratch_vs_pretrained": ["alexnet-scratch-sgd-curves", "scratch-vs-pretrained-per-class"],
+        "03_develop_classifier": ["final-curves", "ablation-bars", "final-pr-curves"],
+    }
+    values = {
+        "01_introduction": {},
+        "02_scratch_vs_pretrained": {} if pretrained else {
+            "pretrained_unavailable": "the ImageNet weights are not in the cache and downloads are off."},
+        "03_develop_classifier": {
+            "architecture_table": "| # | layer | params |\n|---:|---|---:|\n| 1 | Conv2d | 23,296 |\n\n"
+                                  "Total parameters: 23,296 (trainable 23,296, frozen 0)\n",
+            "total_params": 23296,
+            "ablation": [{"serial": 1, "label": "BaseNet (SGD)", "key": "ablation-1"},
+                         {"serial": 2, "label": "BaseNet (Adam) | + BatchNorm", "key": "ablation-2"},
+                         {"serial": 3, "label": "+ 2 Conv", "key": "ablation-3",
+                          "skipped": "Model 'basenet+conv' cannot take 48 px images"}],
+            "kaggle_csv": "runs/smoke/kaggle.csv", "kaggle_score": 0.6123456,
+        },
+    }
+    for i, (nb, planned) in enumerate(plan.items()):
+        for j, key in enumerate(planned):
+            write_run(runs_dir, f"{nb[:2]}-{key}", test_map=0.1 + 0.0123 * (3 * i + j), test_loss=0.25 - 0.001 * j,
+                      optimizer="adam" if "adam" in key else "sgd", lr=1e-4 if "adam" in key else 0.01,
+                      model={"name": "basenet+bn"} if nb.startswith("03") else "simple", synthetic=synthetic, seed=j)
+        write_manifest(runs_dir, nb, planned, figures[nb], values[nb], synthetic=synthetic)
+        for key in figures[nb]:
+            write_png(report_dir / "figures" / f"{key}.png")
+    return {"runs_dir": runs_dir, "report_dir": report_dir, "tmp": tmp_path}
+
+
+def build(kit, **kw):
+    kw.setdefault("execute", False)
+    return report.build("smoke", runs_dir=kit["runs_dir"], report_dir=kit["report_dir"], **kw)
+
+
+def numbers_in(value, found=None):
+    """Return every way results.json's numbers may be written in report.md, plus the numbers inside its strings."""
+    found = set() if found is None else found
+    if isinstance(value, bool) or value is None:
+        return found
+    if isinstance(value, (int, float)):
+        found.update(f.format(value) for f in FORMATS)
+        if isinstance(value, int):
+            found.update({str(value), f"{value:,}"})
+    elif isinstance(value, str):
+        found.update(NUMBER.findall(value))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            numbers_in(k, found)
+            numbers_in(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            numbers_in(v, found)
+    return found
+
+
+def test_first_build_fills_every_section_from_the_template(kit):
+    path = build(kit)
+    text = path.read_text()
+    sections = report.generated_text(text)
+    assert set(sections) == set(report.SECTION_KEYS)
+    assert "_Your analysis, at least 3 sentences" in text
+    results = json.loads((kit["report_dir"] / "results.json").read_text())
+    intro = results["notebooks"]["01_introduction"]
+    assert intro["runs"]["simple-default"]["test_ap"]["bottle"] is None  # NaN became null: strict JSON
+    assert intro["runs"]["simple-adam"]["config"]["optimizer"] == "adam"
+    assert results["notebooks"]["03_develop_classifier"]["runs"]["final"]["config"]["model"] == "basenet+bn"
+    assert f"{intro['runs']['simple-default']['test_map']:.4f}" in sections["simple-results"]
+    assert "0.61235" in sections["kaggle"]
+    assert "| 2 | BaseNet (Adam) \\| + BatchNorm |" in sections["ablation"]
+    assert "| 3 | + 2 Conv | – |" in sections["ablation"]
+    assert "Row 3 was skipped: Model 'basenet+conv' cannot take 48 px images." in sections["ablation"]
+    assert "figures/an-extra-figure.png" in sections["more-figures"]
+    assert not list(kit["report_dir"].glob(".staging-*"))
+
+
+def test_rebuild_keeps_prose_and_regenerates_only_the_markers(kit):
+    path = build(kit)
+    text = path.read_text()
+    text = text.replace("_Your analysis, at least 3 sentences: how do the training",
+                        "My own analysis of the simple classifier. _Was:_ how do the training")
+    text = text.replace("<!-- mp3kit:begin ablation -->\n", "<!-- mp3kit:begin ablation -->\nEDITED INSIDE\n")
+    text += "\nA closing paragraph of my own.\n"
+    path.write_text(text)
+    # A run is retrained with a different result between the two builds.
+    run = runs.load_run(kit["runs_dir"] / "01-simple-default")
+    run.metrics["test_map"] = 0.4321
+    runs.write_metrics(run)
+
+    new = build(kit).read_text()
+    assert "My own analysis of the simple classifier." in new
+    assert new.endswith("A closing paragraph of my own.\n")
+    assert "EDITED INSIDE" not in new
+    assert "0.4321" in report.generated_text(new)["simple-results"]
+    # Outside the markers nothing else moved.
+    outside = lambda t: [p for p in report.split_sections(t) if isinstance(p, str)]  # noqa: E731
+    assert outside(new) == outside(text)
+
+
+def test_every_number_in_report_md_comes_from_results_json(kit):
+    text = build(kit).read_text()
+    known = numbers_in(json.loads((kit["report_dir"] / "results.json").read_text()))
+    untraced = []
+    for key, body in report.generated_text(text).items():
+        body = re.sub(r"\]\([^)]*\)", "]", body)  # link and image targets are file names, not numbers
+        body = re.sub(r"`[^`]*`", "", body)  # code: commands and paths
+        body = body.replace("1 − mAP", "")  # the Kaggle score's definition
+        untraced += [(key, n) for n in NUMBER.findall(body) if n not in known]
+    assert not untraced, untraced
+
+
+def test_synthetic_data_carries_the_banner(kit):
+    text = build(kit).read_text()
+    assert report.SYNTHETIC_BANNER in report.generated_text(text)["header"]
+    assert json.loads((kit["report_dir"] / "results.json").read_text())["synthetic"] is True
+
+
+def test_real_data_has_no_banner(tmp_path):
+    kit = make_kit(tmp_path, synthetic=False, pretrained=True)
+    text = build(kit).read_text()
+    assert "SYNTHETIC" not in text
+    assert "do not upload" not in text
+
+
+def test_pretrained_unavailable_says_so_instead_of_a_number(kit):
+    sections = report.generated_text(build(kit).read_text())
+    reason = "the ImageNet weights are not in the cache and downloads are off."
+    assert sections["pretrained-results"] == f"**Pretrained weights unavailable:** {reason}"
+    assert "Pretrained weights unavailable" in sections["scratch-vs-pretrained"]
+
+
+def test_pretrained_run_is_reported_when_present(tmp_path):
+    kit = make_kit(tmp_path, pretrained=True)
+    sections = report.generated_text(build(kit).read_text())
+    assert "unavailable" not in sections["pretrained-results"]
+    assert "test mAP **0.1" in sections["pretrained-results"]
+    assert "AlexNet, ImageNet weights" in sections["scratch-vs-pretrained"]
+
+
+def test_html_is_self_contained(kit):
+    build(kit)
+    html = (kit["report_dir"] / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<table>" in html and "<!-- mp3kit:begin" not in html
+    assert "<link" not in html and "<script" not in html
+
+
+def test_missing_manifest_says_not_built_yet(kit):
+    (kit["runs_dir"] / "03_develop_classifier.manifest.json").unlink()
+    sections = report.generated_text(build(kit).read_text())
+    assert sections["ablation"].startswith("_Not built yet: 03_develop_classifier")
+    assert "Not built yet: 03_develop_classifier" in sections["header"]
+
+
+def test_a_newer_template_adds_its_new_sections(kit, tmp_path):
+    build(kit)
+    template = tmp_path / "template.md"
+    template.write_text(report.find_template(kit["report_dir"], Path(report.__file__).parents[1]).read_text()
+                        + "\n<!-- mp3kit:begin future-section -->\n<!-- mp3kit:end future-section -->\n")
+    text = build(kit, template=template).read_text()
+    assert "## Sections added by a newer template" in text
+    assert "<!-- mp3kit:begin future-section -->" in text
+
+
+def test_broken_markers_are_refused_before_anything_runs(kit):
+    path = build(kit)
+    path.write_text(path.read_text().replace("<!-- mp3kit:end ablation -->", ""))
+    with pytest.raises(UserError, match="ablation"):
+        build(kit)
+
+
+def test_only_names_a_notebook_with_or_without_ipynb(tmp_path):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    for name in report.NOTEBOOKS:
+        nbformat.write(nbformat.v4.new_notebook(), str(nbdir / f"{name}.ipynb"))
+    assert report.select_notebooks(nbdir, "02_scratch_vs_pretrained.ipynb") == ["02_scratch_vs_pretrained"]
+    assert report.select_notebooks(nbdir, "03") == ["03_develop_classifier"]
+    with pytest.raises(UserError, match="01_introduction, 02_scratch_vs_pretrained, 03_develop_classifier"):
+        report.select_notebooks(nbdir, "04_missing")
+
+
+def _notebook(nbdir, name, *cells):
+    params = nbformat.v4.new_code_cell('PROFILE = "quick"\nDATA_ROOT = None\nRUNS_DIR = "runs"\nFIGURES_DIR = "figures"')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A test notebook"), params,
+                                         *map(nbformat.v4.new_code_cell, cells)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(nbdir / f"{name}.ipynb"))
+
+
+def test_a_failing_notebook_names_the_cell_and_keeps_the_old_report(kit, capsys):
+    build(kit)
+    before = {p.relative_to(kit["report_dir"]): p.read_bytes() for p in kit["report_dir"].rglob("*") if p.is_file()}
+    nbdir = kit["tmp"] / "notebooks"
+    nbdir.mkdir()
+    _notebook(nbdir, "02_scratch_vs_pretrained", "x = 1",
+              "from PIL import Image\nImage.new('RGB', (4, 4)).save(f'{FIGURES_DIR}/alexnet-scratch-sgd-curves.png')",
+              "# train the pretrained net\nraise ValueError('boom: no weights')")
+    with pytest.raises(report.NotebookError) as err:
+        build(kit, only="02_scratch_vs_pretrained", notebooks_dir=nbdir, execute=True)
+    message = str(err.value)
+    assert "02_scratch_vs_pretrained.ipynb failed in cell 5 (`raise ValueError('boom: no weights')`)" in message
+    assert "ValueError: boom: no weights" in message
+    assert (kit["runs_dir"] / "02_scratch_vs_pretrained.failed.ipynb").exists()
+    after = {p.relative_to(kit["report_dir"]): p.read_bytes() for p in kit["report_dir"].rglob("*") if p.is_file()}
+    assert after == before
+    assert "[1/1] 02_scratch_vs_pretrained ... failed after" in capsys.readouterr().out
+
+
+def test_only_runs_one_notebook_with_the_report_parameters(kit, capsys):
+    build(kit)
+    nbdir = kit["tmp"] / "notebooks"
+    nbdir.mkdir()
+    _notebook(nbdir, "01_introduction",
+              "import json, os\nfrom pathlib import Path\nfrom PIL import Image\n"
+              "Image.new('RGB', (4, 4)).save(Path(FIGURES_DIR) / 'data-boxes.png')\n"
+              "m = json.loads((Path(RUNS_DIR) / '01_introduction.manifest.json').read_text())\n"
+              "m['figures'] = {'data-boxes': 'data-boxes.png'}\n"
+              "m['values'] = {'cwd': os.getcwd(), 'quiet': os.environ.get('MP3KIT_QUIET'), 'profile': PROFILE}\n"
+              "(Path(RUNS_DIR) / '01_introduction.manifest.json').write_text(json.dumps(m))")
+    report.build("smoke", runs_dir=kit["runs_dir"], report_dir=kit["report_dir"], only="01_introduction.ipynb",
+                 notebooks_dir=nbdir)
+    assert "[1/1] 01_introduction ... done in" in capsys.readouterr().out
+    results = json.loads((kit["report_dir"] / "results.json").read_text())
+    intro = results["notebooks"]["01_introduction"]
+    assert intro["values"] == {"cwd": str(nbdir), "quiet": "1", "profile": "smoke"}
+    assert intro["executed"] == "executed/01_introduction.ipynb" and intro["seconds"] is not None
+    assert (kit["report_dir"] / "executed" / "01_introduction.ipynb").exists()
+    # The other notebooks' figures and numbers are still in the report.
+    assert (kit["report_dir"] / "figures" / "final-curves.png").exists()
+    assert results["notebooks"]["03_develop_classifier"]["runs"]["final"]["test_map"] is not None
+
+
+def test_main_exits_non_zero_with_one_message(tmp_path, monkeypatch, capsys):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "report").mkdir()
+    _notebook(tmp_path / "notebooks", "03_develop_classifier", "1 / 0")
+    monkeypatch.setattr(report, "find_repo", lambda: tmp_path)
+    status = report.main(profile="smoke", only="03_develop_classifier", report_dir=str(tmp_path / "report"))
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("mp3kit: 03_develop_classifier.ipynb failed in cell 3 (`1 / 0`): ZeroDivisionError")
+    assert err.count("\n") == 1
+    assert not list((tmp_path / "report").iterdir())  # nothing was written there
