@@ -410,18 +410,13 @@ def fit(
             train_loader.set_epoch(epoch)
             model.train()
             t0 = time.perf_counter()
-            total, batches, seen = 0.0, 0, 0
-            for b, (x, y) in enumerate(_progress(train_loader, progress, leave=False, desc=f"epoch {epoch + 1}")):
+            losses, seen = [], 0
+            for x, y in _progress(train_loader, progress, leave=False, desc=f"epoch {epoch + 1}"):
                 if stop is not None and stop.is_set():
                     raise TrainingStopped
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(x)  # (B, 20)
                 loss = _loss(logits, y, pos_weight)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"The training loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}: lower the learning rate "
-                        f"(now {config.lr}); the checkpoint of the last good epoch is kept."
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -430,13 +425,19 @@ def fit(
                 else:
                     loss.backward()
                     optimizer.step()
-                total += loss.item()
-                batches += 1
+                # Kept on the device: a .item() per batch would make the CPU wait for every GPU step.
+                losses.append(loss.detach())
                 seen += x.shape[0]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            losses = torch.stack(losses).float()  # (batches,)
+            finite = torch.isfinite(losses)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0])
+                raise NonFiniteLoss(
+                    f"The training loss became {losses[bad].item()} at epoch {epoch + 1}, batch {bad + 1}: lower the "
+                    f"learning rate (now {config.lr}); the checkpoint of the last good epoch is kept."
+                )
             seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "train_loss": total / max(batches, 1), "val_loss": None, "train_map": None,
+            record = {"epoch": epoch + 1, "train_loss": losses.mean().item(), "val_loss": None, "train_map": None,
                       "val_map": None, "seconds": seconds, "images_per_s": seen / seconds if seconds else None,
                       "lr": optimizer.param_groups[0]["lr"]}
             if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
