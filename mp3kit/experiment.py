@@ -1,0 +1,463 @@
+"""Profiles and the Experiment helper behind the three notebooks.
+
+A notebook names a profile (how big its experiments are) and gives each of its runs a key;
+Experiment turns the profile plus a few changes into a TrainConfig, trains it with train.fit
+(reusing a run already complete on disk with the same config and data, resuming one that was
+interrupted), and keeps a manifest of runs, figures and values that `mp3kit report` reads:
+
+    <runs_dir>/<notebook>.manifest.json
+    {"notebook", "profile", "synthetic", "data_root",
+     "runs": {key: {"run": run name, "label": readable label}},
+     "figures": {key: file name under figures_dir}, "values": {key: JSON value}}
+
+Environment variables:
+    MP3KIT_PROFILE  the notebooks' default PROFILE (nbval runs them with smoke).
+    MP3KIT_QUIET    1 hides progress bars, 0 shows them. Unset: bars in an interactive front end
+                    (JupyterLab, Colab, VS Code, a terminal) and none under papermill or nbval, which
+                    run cells with stdin disallowed. `mp3kit report` sets it to 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from mp3kit import data as voc
+from mp3kit import kaggle, models, runs, synth, train
+from mp3kit.metrics import NoPositivesWarning
+from mp3kit.runs import Run
+from mp3kit.train import TrainConfig
+from mp3kit.util import UserError, atomic_write_json
+
+PROFILE_ENV = "MP3KIT_PROFILE"
+QUIET_ENV = "MP3KIT_QUIET"
+SPLIT_NAMES = ("train", "val", "test")
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big a notebook's experiments are: TrainConfig fields every run gets, and the longer run lengths."""
+
+    name: str
+    about: str
+    train: dict = field(default_factory=dict)  # TrainConfig fields set for every run
+    long_epochs: int = 40  # "longer training" (the seed report: 40 epochs against 20)
+    final_epochs: int = 55  # notebook 3's final model (the seed report: 55)
+    real_data: bool = False  # True: refuse the synthetic dataset
+
+    @property
+    def epochs(self) -> int:
+        """Return the epochs of an ordinary run."""
+        return int(self.train.get("epochs", TrainConfig.epochs))
+
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke",
+        "seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs",
+        train={"image_size": 64, "max_images": 40, "batch_size": 40, "epochs": 2, "eval_every": 1},
+        long_epochs=3,
+        final_epochs=3,
+    ),
+    "quick": Profile(
+        "quick",
+        "minutes on a laptop CPU: the embedded synthetic dataset at 64 px, 5 epochs, evaluation at 1 and 5",
+        train={"image_size": 64, "epochs": 5, "eval_every": 5},
+        long_epochs=8,
+        final_epochs=8,
+    ),
+    "full": Profile(
+        "full",
+        "the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps)",
+        train={},
+        long_epochs=40,
+        final_epochs=55,
+        real_data=True,
+    ),
+}
+
+
+def get_profile(name) -> Profile:
+    """Return the Profile called name (smoke, quick or full)."""
+    if isinstance(name, Profile):
+        return name
+    key = str(name).strip().lower()
+    if key not in PROFILES:
+        raise UserError(f"PROFILE = {name!r} is not a profile: use one of {', '.join(PROFILES)}.")
+    return PROFILES[key]
+
+
+def default_profile() -> str:
+    """Return $MP3KIT_PROFILE, or quick."""
+    return os.environ.get(PROFILE_ENV) or "quick"
+
+
+def show_progress() -> bool:
+    """Return True when progress bars help: an interactive notebook or terminal, unless $MP3KIT_QUIET says otherwise."""
+    setting = os.environ.get(QUIET_ENV, "").strip().lower()
+    if setting:
+        return setting in ("0", "false", "no", "off")
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if not shell:
+        return sys.stderr.isatty()
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return True  # the IPython terminal
+    # papermill and nbval send every cell with stdin disallowed; a person's front end allows it.
+    return bool(getattr(kernel, "_allow_stdin", True))
+
+
+class Table:
+    """Rows of dicts shown as a markdown table in a notebook and as aligned text elsewhere."""
+
+    def __init__(self, rows: list[dict], columns: list[str] | None = None, note: str = ""):
+        self.rows = rows
+        self.columns = columns or (list(rows[0]) if rows else [])
+        self.note = note
+
+    def _cells(self) -> list[list[str]]:
+        return [[_fmt(row.get(c)) for c in self.columns] for row in self.rows]
+
+    def to_markdown(self) -> str:
+        """Return the table as GitHub markdown (numbers right-aligned)."""
+        align = ["---:" if self.rows and isinstance(self.rows[0].get(c), (int, float)) else "---" for c in self.columns]
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "|".join(align) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self._cells()]
+        return "\n".join(lines) + (f"\n\n{self.note}" if self.note else "") + "\n"
+
+    def to_text(self) -> str:
+        """Return the table as aligned plain text."""
+        body = self._cells()
+        widths = [max(len(r[j]) for r in [self.columns, *body]) for j in range(len(self.columns))]
+        line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+        return "\n".join([line(self.columns), line(["-" * w for w in widths]), *map(line, body)]
+                         + ([self.note] if self.note else []))
+
+    def __repr__(self) -> str:
+        return self.to_text()
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+
+def _fmt(value) -> str:
+    """Return a table cell: floats with 4 decimals, ints with thousands separators, None as '-'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _has_voc_tree(root) -> bool:
+    """Return True when root holds a VOC2007 folder (complete or not)."""
+    try:
+        voc.find_voc_dir(root)
+    except UserError:
+        return False
+    return True
+
+
+def _same_run(old: Run, config: TrainConfig, data: train.Data) -> bool:
+    """Return True when old was made from config on the same data (so it can be resumed)."""
+    identities = {s: getattr(data, s).identity() for s in SPLIT_NAMES}
+    return ({k: v for k, v in old.config.items() if k != "data"} == config.to_dict()
+            and old.config.get("data", {}).get("identities") == identities)
+
+
+def _stamp(path: Path):
+    """Return the mtime and size of path, or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class Experiment:
+    """One notebook's runs, figures and values under a profile, recorded in a manifest for the report."""
+
+    def __init__(self, notebook: str, profile=None, data_root=None, runs_dir="runs", figures_dir="figures", *,
+                 retrain: bool = False, quiet: bool | None = None):
+        self.notebook = Path(str(notebook)).stem  # "01_introduction" (a path or .ipynb name works too)
+        self.profile = get_profile(profile or default_profile())
+        self.runs_dir = Path(runs_dir)
+        self.figures_dir = Path(figures_dir)
+        self.retrain = retrain
+        self.progress = show_progress() if quiet is None else not quiet
+        self.prefix = f"{self.notebook.split('_', 1)[0]}-{self.profile.name}"  # run names: 01-quick-<key>
+        self.requested_root = data_root
+        self.data_root, self.synthetic = self._resolve_data(data_root)
+        self._data: dict = {}
+        self.data = self._data_for(self.profile.train.get("max_images"))
+        self.runs: dict[str, Run] = {}
+        self.manifest = {"notebook": self.notebook, "profile": self.profile.name, "synthetic": self.synthetic,
+                         "data_root": str(self.data_root), "runs": {}, "figures": {}, "values": {}}
+        self._save()
+        print(self.notice())
+
+    # ------------------------------------------------------------------ data
+
+    def _resolve_data(self, data_root) -> tuple[Path, bool]:
+        """Return the VOC root to use and whether it is synthetic, refusing synthetic data in the full profile."""
+        hint = "run `mp3kit data fetch --root data/voc` and set DATA_ROOT = \"data/voc\""
+        if data_root is not None and str(data_root).strip() and _has_voc_tree(data_root):
+            root = Path(data_root).expanduser()
+            synthetic = train.load_data(root, max_images=2).synthetic
+            if synthetic and self.profile.real_data:
+                raise UserError(f"PROFILE \"full\" trains on real VOC 2007 but DATA_ROOT = {str(data_root)!r} holds the "
+                                f"synthetic dataset: {hint}, or use PROFILE = \"quick\".")
+            return root, synthetic
+        if self.profile.real_data:
+            where = "DATA_ROOT is not set" if data_root is None else f"DATA_ROOT = {str(data_root)!r} holds no VOC 2007 tree"
+            raise UserError(f"PROFILE \"full\" trains on real VOC 2007 but {where}: {hint}, or use PROFILE = \"quick\" "
+                            "for the embedded synthetic dataset.")
+        return synth.ensure_synthetic(progress=self.progress), True
+
+    def _data_for(self, max_images) -> train.Data:
+        """Return the train, val and test splits capped at max_images, loading them once."""
+        if max_images not in self._data:
+            self._data[max_images] = train.load_data(self.data_root, max_images)
+        return self._data[max_images]
+
+    def notice(self) -> str:
+        """Return the one-line statement of which data and profile this notebook uses."""
+        sizes = " / ".join(f"{len(getattr(self.data, s))} {s}" for s in SPLIT_NAMES)
+        size = self.profile.train.get("image_size", TrainConfig.image_size)
+        setup = f"profile {self.profile.name}: {size} px, {self.profile.epochs} epochs"
+        if not self.synthetic:
+            return f"Using PASCAL VOC 2007 from {self.data_root} ({sizes} images); {setup}."
+        asked = self.requested_root
+        why = f"No VOC tree in {asked}, so using" if asked is not None and str(asked).strip() else "Using"
+        return (f"{why} the embedded SYNTHETIC dataset: generated shapes, not real photographs, so its numbers say "
+                f"nothing about real VOC ({sizes} images); {setup}.")
+
+    def data_table(self) -> Table:
+        """Return the images and positive images per class of the train, val and test splits in use."""
+        rows = [{"class": name, **{s: int(getattr(self.data, s).targets[:, c].sum()) for s in SPLIT_NAMES}}
+                for c, name in enumerate(voc.VOC_CLASSES)]
+        rows.append({"class": "images", **{s: len(getattr(self.data, s)) for s in SPLIT_NAMES}})
+        return Table(rows, ["class", *SPLIT_NAMES], note="Positive images per class (difficult-only not counted).")
+
+    # ------------------------------------------------------------------ runs
+
+    def config(self, **changes) -> TrainConfig:
+        """Return the profile's TrainConfig with changes applied (course defaults for everything else)."""
+        return TrainConfig(**{**self.profile.train, **changes})
+
+    @property
+    def epochs(self) -> int:
+        """Return the epochs of an ordinary run in this profile (full: the course's 20)."""
+        return self.profile.epochs
+
+    @property
+    def long_epochs(self) -> int:
+        """Return the epochs of a "longer training" run in this profile (full: 40, as in the seed report)."""
+        return self.profile.long_epochs
+
+    @property
+    def final_epochs(self) -> int:
+        """Return the epochs of notebook 3's final model in this profile."""
+        return self.profile.final_epochs
+
+    def run_name(self, key: str) -> str:
+        """Return the run folder name of key, e.g. 01-quick-simple-default."""
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.', e.g. \"simple-adam\".")
+        return f"{self.prefix}-{key}"
+
+    def run(self, key: str, config=None, label: str | None = None) -> Run:
+        """Train config as run key (reusing a complete run with the same config), record it, print its numbers, return it."""
+        config = self._as_config(config)
+        name = self.run_name(key)
+        path = self.runs_dir / name
+        data = self._data_for(config.max_images)
+        if self.retrain and (path / "config.json").exists():
+            for f in runs.RUN_FILES:
+                (path / f).unlink(missing_ok=True)
+        resume = False
+        if (path / "checkpoint.pt").exists() and (path / "config.json").exists():
+            old = runs.load_run(path)
+            resume = old.status in ("running", "stopped") and _same_run(old, config, data)
+        before = _stamp(path / "metrics.json")
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                if config.max_images is not None:
+                    # A capped test split may lack a class; its AP is NaN and the report shows it as such.
+                    warnings.simplefilter("ignore", NoPositivesWarning)
+                run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=resume, reuse=True,
+                                progress=self.progress, data=data)
+        except train.NonFiniteLoss as exc:
+            run = runs.load_run(path)
+            print(f"{key}: FAILED, {exc}")
+        else:
+            reused = before is not None and before == _stamp(path / "metrics.json")
+            print(self._run_line(key, run, None if reused else time.perf_counter() - t0))
+        self.runs[key] = run
+        self.manifest["runs"][key] = {"run": name, "label": label or key}
+        self._save()
+        return run
+
+    def _as_config(self, config) -> TrainConfig:
+        """Return config as a TrainConfig: None is the profile's, a dict holds changes to it."""
+        if config is None:
+            return self.config()
+        if isinstance(config, dict):
+            return self.config(**config)
+        if not isinstance(config, TrainConfig):
+            raise UserError(f"Experiment.run got a {type(config).__name__}: pass exp.config(...) or a dict of TrainConfig changes.")
+        return config
+
+    def _run_line(self, key: str, run: Run, seconds) -> str:
+        """Return the one line printed when a run finishes or is reused."""
+        if run.status != "complete":
+            return f"{key}: {run.status} after {len(run.history)} epochs ({run.reason}); run the cell again to resume it."
+        how = f"trained in {seconds:.0f} s" if seconds is not None else "reused from disk"
+        return (f"{key}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f} "
+                f"({len(run.history)} epochs, {how})")
+
+    def labelled(self, *runs_or_keys) -> list[Run]:
+        """Return runs (given by key or as Runs of this notebook) renamed to their labels, for readable plot legends."""
+        by_name = {run.name: key for key, run in self.runs.items()}
+        out = []
+        for item in runs_or_keys:
+            key = by_name.get(item.name) if isinstance(item, Run) else item
+            if key not in self.runs:
+                continue  # a run this notebook skipped (e.g. the pretrained one without weights)
+            out.append(replace(self.runs[key], name=self.manifest["runs"][key]["label"]))
+        return out
+
+    def table(self, keys=None) -> Table:
+        """Return a table of runs (default: every run so far): label, epochs, test mAP, average test loss, best val mAP."""
+        keys = list(self.runs) if keys is None else [k for k in keys if k in self.runs]
+        rows = []
+        for key in keys:
+            run = self.runs[key]
+            rows.append({"run": self.manifest["runs"][key]["label"], "epochs": len(run.history),
+                         "test mAP": run.test_map, "avg test loss": run.test_loss, "best val mAP": run.best_val_map(),
+                         "status": run.status})
+        note = "Synthetic data: the numbers compare settings on generated shapes, not on VOC." if self.synthetic else ""
+        return Table(rows, ["run", "epochs", "test mAP", "avg test loss", "best val mAP", "status"], note)
+
+    def ablation(self, rows, epochs: int | None = None) -> Table:
+        """Run an ablation in order and return its table; each row is (label, change) applied on top of the row before.
+
+        A change is a model spec (a dict with "blocks"), a model name, or a dict of TrainConfig fields;
+        the first row's change applies to the profile's config. Runs are keyed ablation-1, ablation-2, ...
+        """
+        config = self.config(epochs=epochs or self.epochs)
+        table, recorded = [], []
+        for serial, row in enumerate(rows, start=1):
+            if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], str)):
+                raise UserError(f"Ablation row {serial} is {row!r}: write it as (\"label\", change).")
+            label, change = row
+            config = config.replace(**self._changes(change, serial))
+            key = f"ablation-{serial}"
+            try:
+                with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
+                    params = sum(p.numel() for p in train.build_model(config).parameters())
+            except UserError as exc:
+                # A network too deep for this profile's small images (the full profile's 227 px fit them all).
+                reason = str(exc).split(" (")[0]
+                print(f"{key} ({label}): skipped, {reason}.")
+                recorded.append({"serial": serial, "label": label, "key": key, "skipped": reason})
+                table.append({"serial": serial, "architecture": label, "params": None, "test mAP": None,
+                              "best val mAP": None, "note": "skipped: needs larger images"})
+                continue
+            run = self.run(key, config, label=label)
+            recorded.append({"serial": serial, "label": label, "key": key})
+            table.append({"serial": serial, "architecture": label, "params": params, "test mAP": run.test_map,
+                          "best val mAP": run.best_val_map(), "note": "" if run.complete else run.status})
+        self.record("ablation", recorded)
+        note = ("test mAP: the finished run on the test split (picking an epoch by test mAP would tune on the test set); "
+                "best val mAP: the best evaluation epoch on val.")
+        return Table(table, ["serial", "architecture", "params", "test mAP", "best val mAP", "note"], note)
+
+    @staticmethod
+    def _changes(change, serial: int) -> dict:
+        """Return the TrainConfig fields an ablation change sets."""
+        if isinstance(change, str) or (isinstance(change, dict) and "blocks" in change):
+            return {"model": change}
+        if isinstance(change, dict):
+            unknown = sorted(set(change) - set(TrainConfig.__dataclass_fields__))
+            if unknown:
+                raise UserError(f"Ablation row {serial} changes {unknown[0]!r}, which is not a TrainConfig field: "
+                                "give a model spec (with \"blocks\") or TrainConfig fields such as {\"optimizer\": \"adam\"}.")
+            return dict(change)
+        raise UserError(f"Ablation row {serial}: the change {change!r} is neither a model spec nor a dict of TrainConfig fields.")
+
+    def check_pretrained(self) -> str | None:
+        """Return None when the ImageNet AlexNet weights load offline, else record and print why they do not."""
+        try:
+            models.alexnet(pretrained=True)
+        except UserError as exc:
+            reason = str(exc)
+            self.record("pretrained_unavailable", reason)
+            print(f"Skipping the ImageNet-pretrained AlexNet. {reason}")
+            return reason
+        return None
+
+    def architecture(self, model="simple") -> models.ArchTable:
+        """Return the layer table of a model name or spec at this profile's image size."""
+        size = self.config().image_size
+        with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
+            return models.architecture_table(train.build_model(self.config(model=model)), (3, size, size))
+
+    def kaggle_csv(self, run: Run, path=None) -> Path | None:
+        """Write run's Kaggle CSV (1 - AP per class, default in its run folder), record its path and score, return the path."""
+        if run.test_ap is None or any(ap is None for ap in run.test_ap):
+            print(f"No Kaggle CSV: {run.name} has no AP for some class (a capped test split without a positive image; "
+                  "the quick and full profiles test on every image).")
+            return None
+        path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", run.test_ap)
+        score = kaggle.kaggle_score(path)
+        self.record("kaggle_csv", str(path))
+        self.record("kaggle_score", score)
+        kind = " on SYNTHETIC data, not a leaderboard number" if self.synthetic else ""
+        print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}{kind}.")
+        return path
+
+    # ------------------------------------------------------------------ figures, values, manifest
+
+    def figure(self, key: str) -> Path:
+        """Return the PNG path of figure key under figures_dir, recorded in the manifest."""
+        self.run_name(key)  # the same rules for figure keys
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest["figures"][key] = f"{key}.png"
+        self._save()
+        return self.figures_dir / f"{key}.png"
+
+    def record(self, key: str, value):
+        """Record a JSON value (a number, string, list or dict) under key for the report, and return it."""
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"The value recorded as {key!r} is not JSON ({exc}): record numbers, strings, lists or dicts.") from exc
+        self.manifest["values"][key] = value
+        self._save()
+        return value
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.runs_dir / f"{self.notebook}.manifest.json"
+
+    def _save(self) -> None:
+        atomic_write_json(self.manifest_path, self.manifest)
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.notebook!r}, profile={self.profile.name!r}, runs={list(self.runs)})"

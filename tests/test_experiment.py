@@ -1,0 +1,148 @@
+"""The notebooks' Experiment helper: profiles, run reuse, the manifest the report reads, and its errors."""
+
+import json
+
+import pytest
+
+from mp3kit import experiment, synth
+from mp3kit.experiment import Experiment
+from mp3kit.util import UserError
+
+TINY_NET = {"name": "tiny", "blocks": [{"conv": 8, "s": 2, "bn": True}, {"conv": 16, "s": 2, "bn": True}],
+            "pool": "global", "head": []}
+TINY = dict(model=TINY_NET, epochs=1, max_images=24)
+
+
+@pytest.fixture(scope="session")
+def voc_root():
+    return synth.ensure_synthetic()
+
+
+@pytest.fixture
+def exp(tmp_path, voc_root):
+    return Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+
+
+def _manifest(exp):
+    return json.loads(exp.manifest_path.read_text())
+
+
+def test_smoke_profile_says_synthetic_in_its_first_output(tmp_path, voc_root, capsys):
+    Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "SYNTHETIC" in first and "not real photographs" in first and "40 train" in first
+
+
+def test_a_data_root_without_a_voc_tree_falls_back_to_synthetic_and_names_it(tmp_path, voc_root, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    exp = Experiment("01_introduction", "smoke", empty, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    assert exp.synthetic
+    assert capsys.readouterr().out.startswith(f"No VOC tree in {empty}, so using the embedded SYNTHETIC dataset")
+
+
+@pytest.mark.parametrize("where", ["none", "empty", "synthetic"])
+def test_full_profile_without_real_voc_is_a_user_error(tmp_path, voc_root, where):
+    root = {"none": None, "empty": tmp_path, "synthetic": voc_root}[where]
+    with pytest.raises(UserError, match="mp3kit data fetch"):
+        Experiment("01_introduction", "full", root, tmp_path / "runs", tmp_path / "figures", quiet=True)
+
+
+def test_unknown_profile_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="smoke, quick, full"):
+        Experiment("01_introduction", "fast", None, tmp_path / "runs", tmp_path / "figures")
+
+
+def test_config_is_the_profile_plus_changes_on_the_course_defaults(exp):
+    cfg = exp.config(model="alexnet", optimizer="adam", lr=1e-4)
+    assert (cfg.image_size, cfg.max_images, cfg.epochs, cfg.eval_every) == (64, 40, 2, 1)
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.momentum) == ("alexnet", "adam", 1e-4, 0.9)
+    full = experiment.PROFILES["full"].train
+    assert full == {}  # the full profile is the course's TrainConfig defaults, untouched
+
+
+def test_manifest_records_runs_figures_and_values(exp):
+    run = exp.run("simple-default", exp.config(**TINY), label="tiny, SGD")
+    figure = exp.figure("simple-default-curves")
+    exp.record("kaggle_score", 0.75)
+    m = _manifest(exp)
+    assert m["notebook"] == "01_introduction" and m["profile"] == "smoke" and m["synthetic"] is True
+    assert m["data_root"] == str(exp.data_root)
+    assert m["runs"] == {"simple-default": {"run": "01-smoke-simple-default", "label": "tiny, SGD"}}
+    assert (exp.runs_dir / m["runs"]["simple-default"]["run"] / "metrics.json").exists()
+    assert run.status == "complete" and run.synthetic
+    assert m["figures"] == {"simple-default-curves": "simple-default-curves.png"}
+    assert figure == exp.figures_dir / "simple-default-curves.png" and exp.figures_dir.is_dir()
+    assert m["values"] == {"kaggle_score": 0.75}
+    (shown,) = exp.labelled(run, "alexnet-pretrained")  # a key never run is left out
+    assert shown.name == "tiny, SGD" and shown.path == run.path and run.name == "01-smoke-simple-default"
+
+
+def test_running_again_reuses_a_complete_run_and_retrains_a_changed_one(tmp_path, voc_root, capsys):
+    def fresh():
+        return Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+
+    first = fresh().run("simple-default", fresh().config(**TINY))
+    metrics = first.path / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    capsys.readouterr()
+
+    again = fresh()  # a re-executed notebook: a new Experiment, the same runs folder
+    reused = again.run("simple-default", again.config(**TINY))
+    assert "reused from disk" in capsys.readouterr().out
+    assert metrics.stat().st_mtime_ns == stamp and reused.metrics == first.metrics
+    assert _manifest(again)["runs"]["simple-default"]["run"] == first.name
+
+    changed = again.run("simple-default", again.config(**{**TINY, "lr": 0.001}))
+    assert "trained in" in capsys.readouterr().out and changed.config["lr"] == 0.001
+
+    forced = Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True,
+                        retrain=True)
+    forced.run("simple-default", forced.config(**{**TINY, "lr": 0.001}))
+    assert "trained in" in capsys.readouterr().out
+
+
+def test_ablation_applies_each_change_on_top_of_the_row_before(exp, capsys):
+    too_deep = {"name": "too-deep", "blocks": [{"conv": 8, "s": 2, "pool": 2, "repeat": 1}] * 6, "pool": "global"}
+    table = exp.ablation([("tiny (SGD)", TINY_NET), ("tiny (Adam)", {"optimizer": "adam", "lr": 1e-3}),
+                          ("too deep", too_deep)], epochs=1)
+    assert [r["serial"] for r in table.rows] == [1, 2, 3]
+    sgd, adam = exp.runs["ablation-1"], exp.runs["ablation-2"]
+    assert sgd.config["optimizer"] == "sgd" and adam.config["optimizer"] == "adam"
+    assert adam.config["model"] == TINY_NET  # the spec of row 1 carries over to row 2
+    recorded = _manifest(exp)["values"]["ablation"]
+    assert recorded[:2] == [{"serial": 1, "label": "tiny (SGD)", "key": "ablation-1"},
+                            {"serial": 2, "label": "tiny (Adam)", "key": "ablation-2"}]
+    assert recorded[2]["key"] == "ablation-3" and "64 px" in recorded[2]["skipped"]
+    assert "ablation-3" not in exp.runs and "skipped" in table.to_markdown()
+
+
+def test_ablation_rejects_a_change_that_is_not_a_config_field(exp):
+    with pytest.raises(UserError, match="'learning_rate'"):
+        exp.ablation([("base", TINY_NET), ("typo", {"learning_rate": 0.1})])
+
+
+def test_kaggle_csv_is_written_next_to_the_run_and_its_score_recorded(exp):
+    run = exp.run("final", exp.config(**{**TINY, "max_images": None, "image_size": 32}))
+    path = exp.kaggle_csv(run)
+    values = _manifest(exp)["values"]
+    assert path == run.path / "kaggle.csv" and values["kaggle_csv"] == str(path)
+    assert values["kaggle_score"] == pytest.approx(1 - run.test_map)
+
+
+def test_bad_keys_and_values_are_user_errors(exp):
+    with pytest.raises(UserError, match="Run key"):
+        exp.figure("../escape")
+    with pytest.raises(UserError, match="not JSON"):
+        exp.record("table", {1, 2})
+
+
+@pytest.mark.parametrize("setting, shown", [("1", False), ("0", True)])
+def test_quiet_setting_decides_progress_bars(monkeypatch, setting, shown):
+    monkeypatch.setenv(experiment.QUIET_ENV, setting)
+    assert experiment.show_progress() is shown
+
+
+def test_no_progress_bars_without_a_terminal_or_a_person(monkeypatch):
+    monkeypatch.delenv(experiment.QUIET_ENV, raising=False)
+    assert experiment.show_progress() is False  # pytest captures stderr, as papermill and nbval do
