@@ -286,11 +286,8 @@ class Experiment:
         name = self.run_name(key)
         path = self.runs_dir / name
         data = self._data_for(config.max_images)
-        if self.retrain and (path / "config.json").exists():
-            for f in runs.RUN_FILES:
-                (path / f).unlink(missing_ok=True)
         resume = False
-        if (path / "checkpoint.pt").exists() and (path / "config.json").exists():
+        if not self.retrain and (path / "checkpoint.pt").exists() and (path / "config.json").exists():
             old = runs.load_run(path)
             resume = old.status in ("running", "stopped") and _same_run(old, config, data)
         before = _stamp(path / "metrics.json")
@@ -300,7 +297,7 @@ class Experiment:
                 if config.max_images is not None:
                     # A capped test split may lack a class; its AP is NaN and the report shows it as such.
                     warnings.simplefilter("ignore", NoPositivesWarning)
-                run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=resume, reuse=True,
+                run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=resume, reuse=not self.retrain,
                                 progress=self.progress, data=data)
         except train.NonFiniteLoss as exc:
             run = runs.load_run(path)
