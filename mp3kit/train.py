@@ -164,7 +164,10 @@ def _make_optimizer(config: TrainConfig, params):
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+    # The fused kernel is several times faster than the per-tensor loop (measured on CPU with AlexNet).
+    fused = params[0].device.type in ("cuda", "cpu")
+    return cls(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
+               fused=fused)
 
 
 def lr_factor(config: TrainConfig, epoch: int) -> float:
@@ -488,6 +491,13 @@ def fit(
         "device": str(device),
         "seconds": time.perf_counter() - t_run,
     }
+    # A complete run is never resumed: keep its weights and config, not the optimizer state (AlexNet's is 2x the weights).
+    ckpt_done = load_checkpoint(run.checkpoint_path)
+    ckpt_done["optimizer"] = None
+    import io
+    buf = io.BytesIO()
+    torch.save(ckpt_done, buf)
+    atomic_write_bytes(run.checkpoint_path, buf.getvalue())
     runs.write_test_scores(run, data.test.ids, test_scores, data.test.targets, data.test.difficult)
     runs.write_metrics(run)
     run.status = "complete"

@@ -289,12 +289,12 @@ def runs_table_html(recorded, runs_dir, current=None) -> str:
         weight = "font-weight:bold;" if run.name == current else ""
         tds = "".join(f'<td style="{weight}padding:2px 10px;text-align:{a}">{v}</td>' for v, (_, a) in zip(values, _COLUMNS))
         rows.append(f"<tr>{tds}</tr>")
-    return (f'<div style="max-height:240px;overflow-y:auto"><table style="border-collapse:collapse;font-size:13px">'
+    return (f'<div style="max-height:160px;overflow-y:auto"><table style="border-collapse:collapse;font-size:13px">'
             f"<caption style='text-align:left'>Runs in <code>{html.escape(str(runs_dir))}</code>, newest first</caption>"
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def history_png(run, size=(9.0, 3.2)) -> bytes:
+def history_png(run, size=(9.0, 2.6)) -> bytes:
     """Return a PNG of the run's loss and mAP curves, train solid and val dashed."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
