@@ -629,7 +629,7 @@ def notebook_03() -> list:
         code("""
             from mp3kit.widgets import TrainPanel
 
-            TrainPanel(exp)
+            TrainPanel(exp, base_config=FINAL)  # starts from your network and recipe
         """),
     ]
 
