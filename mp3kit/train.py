@@ -446,6 +446,11 @@ def fit(
             if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 _, train_scores = evaluate(model, train_eval_loader, device, amp_dtype)
                 val_loss, val_scores = evaluate(model, val_loader, device, amp_dtype)
+                if not (np.isfinite(train_scores).all() and np.isfinite(val_scores).all()):
+                    raise NonFiniteLoss(
+                        f"The network's outputs became NaN or infinite at epoch {epoch + 1}: lower the learning rate "
+                        f"(now {config.lr}); the checkpoint of the last good epoch is kept."
+                    )
                 record["train_map"] = _map(data.train, train_scores)
                 record["val_map"] = _map(data.val, val_scores)
                 record["val_loss"] = val_loss

@@ -159,3 +159,10 @@ def test_cli_user_errors_are_one_sentence_and_exit_2(tmp_path):
     assert "mp3kit data" in out.stderr
     out = _cli("train", "--model", '{"blocks": ', "--runs-dir", str(tmp_path))
     assert out.returncode == 2 and "JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_diverging_outputs_stop_with_a_clear_error(voc_root, tmp_path):
+    cfg = train.TrainConfig(model="simple", image_size=64, max_images=40, epochs=2, eval_every=1, batch_size=40, lr=1e30)
+    with pytest.raises(UserError, match="lower the learning rate"):
+        train.fit(cfg, voc_root, name="diverge", runs_dir=tmp_path, progress=False)
+    assert runs.load_run(tmp_path / "diverge").status == "failed"
