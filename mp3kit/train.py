@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -245,12 +246,10 @@ def _progress(iterable, enabled: bool, **kw):
 
 
 def _checkpoint(model, optimizer, scaler, epoch: int, config: TrainConfig, best_val_map) -> bytes:
-    import io
-
     state = {
         "version": CHECKPOINT_VERSION,
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,  # epochs completed
         "config": config.to_dict(),
@@ -497,12 +496,7 @@ def fit(
         "seconds": time.perf_counter() - t_run,
     }
     # A complete run is never resumed: keep its weights and config, not the optimizer state (AlexNet's is 2x the weights).
-    ckpt_done = load_checkpoint(run.checkpoint_path)
-    ckpt_done["optimizer"] = None
-    import io
-    buf = io.BytesIO()
-    torch.save(ckpt_done, buf)
-    atomic_write_bytes(run.checkpoint_path, buf.getvalue())
+    atomic_write_bytes(run.checkpoint_path, _checkpoint(model, None, None, config.epochs, config, best_val_map))
     runs.write_test_scores(run, data.test.ids, test_scores, data.test.targets, data.test.difficult)
     runs.write_metrics(run)
     run.status = "complete"
