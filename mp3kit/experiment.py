@@ -33,6 +33,7 @@ import torch
 
 from mp3kit import data as voc
 from mp3kit import kaggle, models, runs, synth, train
+from mp3kit import metrics
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.train import TrainConfig
@@ -54,11 +55,19 @@ class Profile:
     long_epochs: int = 40  # "longer training" (the seed report: 40 epochs against 20)
     final_epochs: int = 55  # notebook 3's final model (the seed report: 55)
     real_data: bool = False  # True: refuse the synthetic dataset
+    # Per notebook ("01", "02", "03"): TrainConfig fields and run lengths that replace the ones above there.
+    notebooks: dict = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
         """Return the epochs of an ordinary run."""
         return int(self.train.get("epochs", TrainConfig.epochs))
+
+    def for_notebook(self, notebook: str) -> "Profile":
+        """Return this profile as notebook (e.g. "01_introduction") runs it, with that notebook's overrides applied."""
+        changes = dict(self.notebooks.get(str(notebook).split("_", 1)[0], {}))
+        train_changes = changes.pop("train", {})
+        return replace(self, train={**self.train, **train_changes}, notebooks={}, **changes)
 
 
 PROFILES = {
@@ -69,12 +78,17 @@ PROFILES = {
         long_epochs=3,
         final_epochs=3,
     ),
+    # Sized for a 2-core CPU. AlexNet-sized networks cost about 0.25 s a step there whatever the batch (their
+    # 9216 x 4096 layer sets the pace), so notebooks 2 and 3 take few, larger batches; the simple classifier is
+    # cheap per step but needs about 700 SGD steps to leave chance, so notebook 1 takes many small ones.
     "quick": Profile(
         "quick",
-        "minutes on a laptop CPU: the embedded synthetic dataset at 64 px, 5 epochs, evaluation at 1 and 5",
-        train={"image_size": 64, "epochs": 5, "eval_every": 5},
-        long_epochs=8,
+        "minutes on a laptop CPU: the embedded synthetic dataset at 64 px; notebook 1 batch 10 for 15 epochs, "
+        "notebooks 2 and 3 batch 25 for 3",
+        train={"image_size": 64, "epochs": 3, "batch_size": 25, "eval_every": 5},
+        long_epochs=6,
         final_epochs=8,
+        notebooks={"01": {"train": {"epochs": 15, "batch_size": 10}, "long_epochs": 30}},
     ),
     "full": Profile(
         "full",
@@ -194,7 +208,7 @@ class Experiment:
     def __init__(self, notebook: str, profile=None, data_root=None, runs_dir="runs", figures_dir="figures", *,
                  retrain: bool = False, quiet: bool | None = None):
         self.notebook = Path(str(notebook)).stem  # "01_introduction" (a path or .ipynb name works too)
-        self.profile = get_profile(profile or default_profile())
+        self.profile = get_profile(profile or default_profile()).for_notebook(self.notebook)
         self.runs_dir = Path(runs_dir)
         self.figures_dir = Path(figures_dir)
         self.retrain = retrain
@@ -207,7 +221,7 @@ class Experiment:
         self.runs: dict[str, Run] = {}
         self.manifest = {"notebook": self.notebook, "profile": self.profile.name, "synthetic": self.synthetic,
                          "data_root": str(self.data_root), "runs": {}, "figures": {}, "values": {}}
-        self._save()
+        self.chance_map = self.record("chance_map", metrics.chance_map(self.data.test.targets, self.data.test.difficult))
         print(self.notice())
 
     # ------------------------------------------------------------------ data
@@ -237,8 +251,8 @@ class Experiment:
     def notice(self) -> str:
         """Return the one-line statement of which data and profile this notebook uses."""
         sizes = " / ".join(f"{len(getattr(self.data, s))} {s}" for s in SPLIT_NAMES)
-        size = self.profile.train.get("image_size", TrainConfig.image_size)
-        setup = f"profile {self.profile.name}: {size} px, {self.profile.epochs} epochs"
+        config = self.config()
+        setup = f"profile {self.profile.name}: {config.image_size} px, batch {config.batch_size}, {config.epochs} epochs"
         if not self.synthetic:
             return f"Using PASCAL VOC 2007 from {self.data_root} ({sizes} images); {setup}."
         asked = self.requested_root
@@ -348,7 +362,9 @@ class Experiment:
             rows.append({"run": self.manifest["runs"][key]["label"], "epochs": len(run.history),
                          "test mAP": run.test_map, "avg test loss": run.test_loss, "best val mAP": run.best_val_map(),
                          "status": run.status})
-        note = "Synthetic data: the numbers compare settings on generated shapes, not on VOC." if self.synthetic else ""
+        note = f"Chance (a network that learned nothing): test mAP {self.chance_map:.4f}."
+        if self.synthetic:
+            note += " Synthetic data: the numbers compare settings on generated shapes, not on VOC."
         return Table(rows, ["run", "epochs", "test mAP", "avg test loss", "best val mAP", "status"], note)
 
     def ablation(self, rows, epochs: int | None = None) -> Table:
@@ -382,7 +398,7 @@ class Experiment:
                           "best val mAP": run.best_val_map(), "note": "" if run.complete else run.status})
         self.record("ablation", recorded)
         note = ("test mAP: the finished run on the test split (picking an epoch by test mAP would tune on the test set); "
-                "best val mAP: the best evaluation epoch on val.")
+                f"best val mAP: the best evaluation epoch on val. Chance: test mAP {self.chance_map:.4f}.")
         return Table(table, ["serial", "architecture", "params", "test mAP", "best val mAP", "note"], note)
 
     @staticmethod

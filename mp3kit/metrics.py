@@ -141,3 +141,15 @@ def mean_average_precision(targets, scores, difficult=None, count_difficult=Fals
             stacklevel=2,
         )
     return float(ap[~missing].mean())
+
+
+def chance_map(targets, difficult=None, count_difficult=False) -> float:
+    """Return the mAP of a classifier that has learned nothing: every image gets the same score for every class.
+
+    That is the mean over classes of the fraction of counted images that hold the class; a random ranking
+    scores about the same on average. A trained run near it has learned nothing.
+    """
+    targets = _as_numpy(targets, "targets")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoPositivesWarning)
+        return mean_average_precision(targets, np.zeros(targets.shape), difficult, count_difficult)

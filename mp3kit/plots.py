@@ -17,6 +17,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
@@ -65,13 +66,21 @@ def show_top_images(run, split, cls, k=8, path=None) -> None:
 # --- figure builders (each returns the Figure, for tests and for callers that want to edit it) ---
 
 
-def _make_history(runs, title=None):
-    """Return the Figure of loss and mAP against epoch for runs."""
+def history_png(runs, title=None, size=(12, 4.5)) -> bytes:
+    """Return the Loss Plot and mAP Plot of runs as PNG bytes, without pyplot (safe from a background thread)."""
+    fig = _make_history(runs, title, size, pyplot=False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _make_history(runs, title=None, size=(12, 4.5), pyplot=True):
+    """Return the Figure of loss and mAP against epoch for runs (x axis: every planned epoch)."""
     runs = _as_runs(runs)
     for run in runs:
         if not run.history:
             raise UserError(f"Run {run.name!r} ({run.path}) has no history yet: plot it after at least one epoch has finished.")
-    with _figure(1, 2, (12, 4.5)) as (fig, axes):
+    with _figure(1, 2, size, pyplot=pyplot) as (fig, axes):
         loss_ax, map_ax = axes[0]
         several = len(runs) > 1
         for i, run in enumerate(runs):
@@ -84,7 +93,10 @@ def _make_history(runs, title=None):
         loss_ax.set(title="Loss Plot", xlabel="epoch", ylabel="loss")
         map_ax.set(title="mAP Plot", xlabel="epoch", ylabel="mAP")
         map_ax.set_ylim(bottom=0)
+        # A stopped or running run shows the epochs still to come as empty space.
+        planned = max(max(int(run.config.get("epochs") or 0), len(run.history)) for run in runs)
         for ax in (loss_ax, map_ax):
+            ax.set_xlim(0.5, planned + 0.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if ax.has_data():
@@ -259,14 +271,22 @@ def _make_top_images(run, split, cls, k=8):
 
 
 @contextmanager
-def _figure(nrows, ncols, figsize, **subplot_kw):
-    """Yield a new pyplot figure and its 2-D axes grid, closing the figure if drawing fails."""
+def _figure(nrows, ncols, figsize, pyplot=True, **subplots_kw):
+    """Yield a new figure and its 2-D axes grid, closing a pyplot figure if drawing fails.
+
+    pyplot=False makes a bare Figure that pyplot does not track: it can be drawn from any thread.
+    """
     # A constrained layout keeps labels inside a fixed canvas, so every PNG has a known pixel size.
-    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, dpi=DPI, squeeze=False, layout="constrained", **subplot_kw)
+    if pyplot:
+        fig = plt.figure(figsize=figsize, dpi=DPI, layout="constrained")
+    else:
+        fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     try:
+        axes = fig.subplots(nrows, ncols, squeeze=False, **subplots_kw)  # e.g. width_ratios, sharex
         yield fig, axes
     except BaseException:
-        plt.close(fig)
+        if pyplot:
+            plt.close(fig)
         raise
 
 

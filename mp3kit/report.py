@@ -475,7 +475,10 @@ class _Sections:
             return self.not_built(name)
         source = ("the embedded synthetic dataset (drawn shapes in the PASCAL VOC layout, not photographs)"
                   if nb.get("synthetic") else f"PASCAL VOC from `{nb.get('data_root')}`")
-        return f"Data: {source}.\n\n" + self.figures(name, "data-boxes", "label-stats")
+        chance = nb["values"].get("chance_map")
+        level = (f" Chance level, the test mAP of a network that has learned nothing (the same score for every "
+                 f"image): **{_f4(chance)}**; a run near it has learned nothing.") if chance is not None else ""
+        return f"Data: {source}.{level}\n\n" + self.figures(name, "data-boxes", "label-stats")
 
     def simple_results(self) -> str:
         name = NOTEBOOKS[0]

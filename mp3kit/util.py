@@ -14,6 +14,11 @@ class UserError(Exception):
 
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write bytes to path through a temporary file in the same folder, then rename."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path, write) -> Path:
+    """Call write(f) on a binary file in path's folder, then rename it to path: readers see the old file or the new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -22,7 +27,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import re
 import threading
@@ -20,7 +19,7 @@ import ipywidgets as widgets
 
 from mp3kit import pipeline, runs, train
 from mp3kit.models import MODEL_NAMES
-from mp3kit.plots import SYNTHETIC_MARK
+from mp3kit.plots import SYNTHETIC_MARK, history_png
 from mp3kit.train import TrainConfig
 from mp3kit.util import UserError
 
@@ -31,6 +30,7 @@ MAX_EVAL_EVERY = 20
 MAX_BATCH_SIZE = 1024
 DESCRIPTION_WIDTH = "110px"
 CONTROL_WIDTH = "380px"
+PLOT_SIZE = (9.0, 2.6)  # inches at 100 dpi: the live loss and mAP figure under the controls
 COLOURS = {"idle": "#555", "busy": "#1f5fa8", "done": "#2a7a2a", "stopped": "#b36b00", "error": "#c62828"}
 PLOT_HINT = "The loss and mAP curves of a run appear here after its first epoch."
 
@@ -220,7 +220,7 @@ class TrainPanel:
     def _on_epoch(self, run) -> None:
         self.last_run = run
         if run.history:
-            self.plot.outputs = (_png_output(history_png(run)),)
+            self.plot.outputs = (_png_output(_panel_png(run)),)
         if run.status == "running" and not self._stop.is_set():
             done, total = len(run.history), run.config["epochs"]
             last = run.history[-1]
@@ -294,31 +294,10 @@ def runs_table_html(recorded, runs_dir, current=None) -> str:
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def history_png(run, size=(9.0, 2.6)) -> bytes:
-    """Return a PNG of the run's loss and mAP curves, train solid and val dashed."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=size, dpi=100, layout="constrained")
-    loss_ax, map_ax = fig.subplots(1, 2)
-    for ax, key, what in ((loss_ax, "loss", "Loss Plot"), (map_ax, "map", "mAP Plot")):
-        for split, style in (("train", "-"), ("val", "--")):
-            points = [(h["epoch"], h[f"{split}_{key}"]) for h in run.history if h.get(f"{split}_{key}") is not None]
-            if points:
-                ax.plot(*zip(*points), style, marker="o", markersize=3, color="C0" if split == "train" else "C1",
-                        label=split)
-        ax.set(title=what, xlabel="epoch", ylabel="mAP" if key == "map" else "loss")
-        ax.set_xlim(0.5, max(run.config.get("epochs", 1), len(run.history)) + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize="small")
-    map_ax.set_ylim(bottom=0)
+def _panel_png(run) -> bytes:
+    """Return the panel's live loss and mAP figure of run, titled with its progress."""
     title = f"{run.name}: epoch {len(run.history)}/{run.config.get('epochs', '?')}, {run.status}"
-    fig.suptitle(f"{title} {SYNTHETIC_MARK}" if _synthetic(run) else title)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return history_png(run, title=title, size=PLOT_SIZE)
 
 
 def _control_layout():

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mp3kit import experiment, synth, train
+from mp3kit import experiment, metrics, synth, train
 from mp3kit.experiment import Experiment
 from mp3kit.util import UserError
 
@@ -79,7 +79,8 @@ def test_manifest_records_runs_figures_and_values(exp):
     assert run.status == "complete" and run.synthetic
     assert m["figures"] == {"simple-default-curves": "simple-default-curves.png"}
     assert figure == exp.figures_dir / "simple-default-curves.png" and exp.figures_dir.is_dir()
-    assert m["values"] == {"kaggle_score": 0.75}
+    chance = metrics.chance_map(exp.data.test.targets, exp.data.test.difficult)
+    assert m["values"] == {"chance_map": chance, "kaggle_score": 0.75} and 0 < chance < 0.5
     (shown,) = exp.labelled(run, "alexnet-pretrained")  # a key never run is left out
     assert shown.name == "tiny, SGD" and shown.path == run.path and run.name == "01-smoke-simple-default"
 

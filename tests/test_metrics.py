@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from mp3kit.metrics import NoPositivesWarning, average_precision, mean_average_precision
+from mp3kit.metrics import NoPositivesWarning, average_precision, chance_map, mean_average_precision
 
 
 def sklearn_aps(targets, scores, keep=None):
@@ -181,3 +181,14 @@ def test_speed_on_a_full_test_split():
         average_precision(targets, scores)
     ms = (time.perf_counter() - start) / 10 * 1000
     print(f"average_precision on 5000 x 20: {ms:.1f} ms")  # reported, not asserted: timings vary by machine
+
+
+def test_chance_map_is_the_mean_prevalence_and_what_random_scores_average():
+    rng = np.random.default_rng(7)
+    targets = (rng.random((400, 5)) < [0.05, 0.1, 0.2, 0.4, 0.6]).astype(np.uint8)
+    difficult = (rng.random((400, 5)) < 0.05) & (targets == 0)
+    counted = ~difficult
+    by_hand = np.mean([targets[counted[:, c], c].mean() for c in range(5)])
+    assert chance_map(targets, difficult) == pytest.approx(by_hand, rel=1e-12)
+    random_maps = [mean_average_precision(targets, rng.random((400, 5)), difficult) for _ in range(200)]
+    assert np.mean(random_maps) == pytest.approx(by_hand, abs=0.01)
