@@ -10,3 +10,10 @@ os.environ.setdefault("MP3KIT_RUNS_DIR", str(_session_dir / "runs"))
 os.environ.setdefault("MP3KIT_FIGURES_DIR", str(_session_dir / "figures"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MP3KIT_QUIET", "1")
+
+
+def pytest_unconfigure(config):
+    """Remove the session's temporary folder (synthetic data, caches, runs) when the test session ends."""
+    import shutil
+
+    shutil.rmtree(_session_dir, ignore_errors=True)

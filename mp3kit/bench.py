@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mp3kit import data, models, pipeline, synth
+from mp3kit import data, models, pipeline, synth, train
 from mp3kit.util import default_cache_dir, pick_device
 
 DEFAULT_IMAGES = 1000  # synthetic images in the tree; the bench reads its trainval split (about half)
@@ -53,13 +53,6 @@ def machine_info(device: torch.device) -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def _amp_dtype(device: torch.device):
-    # As training does: mixed precision on CUDA (bfloat16 where supported), full precision elsewhere.
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _drain(loader, device: torch.device, passes: int = 1, min_seconds: float = 0.0) -> float:
     """Return the images per second of loader's fastest whole pass, over at least passes passes and min_seconds."""
     # The fastest pass, as timeit reports: other processes on a shared machine only ever slow a pass down.
@@ -78,10 +71,10 @@ class _Trainer:
     """One model, optimiser and loss, stepping on (x, y) batches the way training does."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.model = model.to(device).train()
+        self.model = train.place_model(model, device).train()
         self.device = device
-        self.amp_dtype = _amp_dtype(device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.amp_dtype = train.amp_dtype(train.TrainConfig(), device)  # as training does: CUDA only
+        self.optimizer = train.make_optimizer(train.TrainConfig(), self.model.parameters())  # the course's SGD
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

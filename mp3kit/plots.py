@@ -92,7 +92,9 @@ def _make_history(runs, title=None, size=(12, 4.5), pyplot=True):
             _plot_series(map_ax, run.history, "val_map", colour, "--", f"{prefix}val")
         loss_ax.set(title="Loss Plot", xlabel="epoch", ylabel="loss")
         map_ax.set(title="mAP Plot", xlabel="epoch", ylabel="mAP")
-        map_ax.set_ylim(bottom=0)
+        # From 0, with room above the highest point so that neither its marker nor the legend hides it.
+        highest = max((h.get(k) or 0.0 for run in runs for h in run.history for k in ("train_map", "val_map")), default=0.0)
+        map_ax.set_ylim(0, min(1.0, max(0.1, highest * 1.25)))
         # A stopped or running run shows the epochs still to come as empty space.
         planned = max(max(int(run.config.get("epochs") or 0), len(run.history)) for run in runs)
         for ax in (loss_ax, map_ax):

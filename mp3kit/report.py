@@ -346,6 +346,8 @@ def _clean(value):
 # Every number written below goes through one of these formatters, straight from results.json.
 
 
+NEAR_CHANCE = 1.25  # a best test mAP under 1.25x chance is reported as "near chance", not as a winner
+
 def _f4(x) -> str:
     return "–" if x is None else f"{x:.4f}"
 
@@ -442,7 +444,20 @@ class _Sections:
         if len(done) < 2:
             return ""
         best = max(done, key=lambda r: r["test_map"])
+        chance = self.chance()
+        if chance is not None and best["test_map"] < NEAR_CHANCE * chance:
+            # Differences of a few thousandths near chance are noise: naming a winner would mislead.
+            return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
+                    f"the highest at {_f4(best['test_map'])}: none has learned much yet.")
         return f"Highest test mAP here: **{best['label']}**, {_f4(best['test_map'])}."
+
+    def chance(self) -> float | None:
+        """Return the chance-level test mAP a notebook recorded (they share the test split), or None."""
+        for nb in self.results["notebooks"].values():
+            value = (nb.get("values") or {}).get("chance_map")
+            if value is not None:
+                return value
+        return None
 
     def headline(self, run: dict, what: str) -> str:
         if run.get("test_map") is None:
@@ -475,7 +490,7 @@ class _Sections:
             return self.not_built(name)
         source = ("the embedded synthetic dataset (drawn shapes in the PASCAL VOC layout, not photographs)"
                   if nb.get("synthetic") else f"PASCAL VOC from `{nb.get('data_root')}`")
-        chance = nb["values"].get("chance_map")
+        chance = self.chance()
         level = (f" Chance level, the test mAP of a network that has learned nothing (the same score for every "
                  f"image): **{_f4(chance)}**; a run near it has learned nothing.") if chance is not None else ""
         return f"Data: {source}.{level}\n\n" + self.figures(name, "data-boxes", "label-stats")

@@ -151,7 +151,7 @@ class TrainPanel:
                                             layout=_control_layout()),
         }
         self.train_button = _button("Train", "success", "play")
-        self.stop_button = _button("Stop", "danger", "stop")
+        self.stop_button = _button("Stop", "", "stop")  # red while a run trains (_set_busy)
         self.resume_button = _button("Resume", "", "forward")
         self.train_button.on_click(lambda _: self.train())
         self.stop_button.on_click(lambda _: self.stop())
@@ -170,8 +170,11 @@ class TrainPanel:
         self.plot.outputs = (_text_output(PLOT_HINT),)
         self.runs_table = widgets.HTML(layout=widgets.Layout(width="100%"))
         self.runs_table.add_class("mp3kit-runs")
-        title = widgets.HTML(f"<b>Training panel</b> &middot; runs are recorded in <code>{html.escape(str(self.runs_dir))}"
-                             "</code>; nothing trains until you click Train.")
+        where = html.escape(str(self.runs_dir))
+        # One line whatever the folder's length: a long path is cut with an ellipsis and shown whole on hover.
+        title = widgets.HTML(f'<div title="{where}" style="white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
+                             f"<b>Training panel</b> &middot; nothing trains until you click Train &middot; runs are "
+                             f"recorded in <code>{where}</code></div>", layout=widgets.Layout(width="100%"))
         self.widget = widgets.VBox([title, widgets.HBox([left, right]), self.status, self.plot, self.runs_table],
                                    layout=widgets.Layout(width="100%"))
         self.widget.add_class("mp3kit-panel")
@@ -246,6 +249,9 @@ class TrainPanel:
             control.disabled = busy
         self.train_button.disabled = busy
         self.stop_button.disabled = not busy
+        # Colour only on the button that can be clicked now: a pale red Stop reads as "press me" even when disabled.
+        self.train_button.button_style = "" if busy else "success"
+        self.stop_button.button_style = "danger" if busy else ""
         self.resume_button.disabled = busy or self.last_run is None or self.last_run.status != "stopped"
 
     def _set_status(self, text: str, kind: str) -> None:

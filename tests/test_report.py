@@ -59,7 +59,7 @@ def kit(tmp_path):
     return make_kit(tmp_path)
 
 
-def make_kit(tmp_path, synthetic=True, pretrained=False):
+def make_kit(tmp_path, synthetic=True, pretrained=False, chance=0.0726):
     runs_dir, report_dir = tmp_path / "runs", tmp_path / "report"
     runs_dir.mkdir()
     plan = {
@@ -80,7 +80,7 @@ def make_kit(tmp_path, synthetic=True, pretrained=False):
         "03_develop_classifier": ["final-curves", "ablation-bars", "final-pr-curves"],
     }
     values = {
-        "01_introduction": {},
+        "01_introduction": {"chance_map": chance},
         "02_scratch_vs_pretrained": {} if pretrained else {
             "pretrained_unavailable": "the ImageNet weights are not in the cache and downloads are off."},
         "03_develop_classifier": {
@@ -184,6 +184,18 @@ def test_every_number_in_report_md_comes_from_results_json(kit):
         body = body.replace("1 − mAP", "")  # the Kaggle score's definition
         untraced += [(key, n) for n in NUMBER.findall(body) if n not in known]
     assert not untraced, untraced
+
+
+def test_chance_level_is_stated_and_no_winner_is_named_among_runs_near_it(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    text = build(make_kit(tmp_path / "a")).read_text()
+    assert "Chance level" in text and "**0.0726**" in text
+    assert "Highest test mAP here: **Adam lr 1e-4**, 0.1492." in text  # 0.1492 > 1.25 x 0.0726
+    # The same runs against a chance level they do not clear by a quarter: no "highest", a plain warning.
+    text = build(make_kit(tmp_path / "b", chance=0.12)).read_text()
+    simple = text.split("<!-- mp3kit:begin simple-results -->")[1].split("<!-- mp3kit:end")[0]
+    assert "Highest test mAP" not in simple
+    assert "Every run here is near chance (0.1200" in simple and "the highest at 0.1492" in simple
 
 
 def test_synthetic_data_carries_the_banner(kit):

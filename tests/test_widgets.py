@@ -77,6 +77,7 @@ def test_controls_fill_the_config_from_the_experiments_base(tmp_path, data):
     assert c["model"].value == spec and "tiny" in c["model"].label
     assert panel.status_text.startswith("idle") and "mp3kit-status" in panel.status._dom_classes
     assert panel.stop_button.disabled and panel.resume_button.disabled and not panel.train_button.disabled
+    assert (panel.train_button.button_style, panel.stop_button.button_style) == ("success", ""), "only Train is coloured"
 
     c["model"].value = "alexnet"
     c["optimizer"].value = "adamw"
@@ -99,6 +100,7 @@ def test_train_click_records_a_run_and_shows_it(tmp_path, data):
     panel.controls["lr"].value = 0.003
     panel.train_button.click()
     assert panel.train_button.disabled and not panel.stop_button.disabled
+    assert (panel.train_button.button_style, panel.stop_button.button_style) == ("", "danger")
     assert all(w.disabled for w in panel.controls.values()), "controls stay locked while a run trains"
     assert panel.wait(120)
 
