@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
@@ -86,10 +87,9 @@ def _make_history(runs, title=None, size=(12, 4.5), pyplot=True):
         for i, run in enumerate(runs):
             colour = f"C{i % 10}"
             prefix = f"{run.name} " if several else ""
-            _plot_series(loss_ax, run.history, "train_loss", colour, "-", f"{prefix}train")
-            _plot_series(loss_ax, run.history, "val_loss", colour, "--", f"{prefix}val")
-            _plot_series(map_ax, run.history, "train_map", colour, "-", f"{prefix}train")
-            _plot_series(map_ax, run.history, "val_map", colour, "--", f"{prefix}val")
+            for ax, key in ((loss_ax, "loss"), (map_ax, "map")):
+                _plot_series(ax, run.history, f"train_{key}", colour, "-", f"{prefix}train")
+                _plot_series(ax, run.history, f"val_{key}", colour, "--", f"{prefix}val")
         loss_ax.set(title="Loss Plot", xlabel="epoch", ylabel="loss")
         map_ax.set(title="mAP Plot", xlabel="epoch", ylabel="mAP")
         # From 0, with room above the highest point so that neither its marker nor the legend hides it.
@@ -101,8 +101,15 @@ def _make_history(runs, title=None, size=(12, 4.5), pyplot=True):
             ax.set_xlim(0.5, planned + 0.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            if ax.has_data():
+            if ax.has_data() and not several:
                 ax.legend(fontsize="small")
+        if several:
+            # One legend under both plots, a colour per run and a line style per split, so that no curve is hidden.
+            handles = [Line2D([], [], color=f"C{i % 10}", label=run.name) for i, run in enumerate(runs)]
+            handles += [Line2D([], [], color="0.3", linestyle="-", label="train"),
+                        Line2D([], [], color="0.3", linestyle="--", marker="o", markersize=4, label="val")]
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize="small",
+                       frameon=False)
         default = runs[0].name if not several else "Training history"
         fig.suptitle(_title(title or default, any(r.synthetic for r in runs)))
         return fig

@@ -169,8 +169,12 @@ def test_history_with_no_evaluation_yet_and_several_runs(tmp_path):
                                                         "train_map": None, "val_map": None}])
     other = _make_run(tmp_path, "second")
     fig = plots._make_history([only_train, other], title="Compare")
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["first train", "second train", "second val"]
+    plotted = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert plotted == ["first train", "second train", "second val"]
+    # Several runs share one legend under the plots: a colour per run, a line style per split.
+    assert fig.axes[0].get_legend() is None and fig.axes[1].get_legend() is None
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["first", "second", "train", "val"]
     assert fig.get_suptitle().startswith("Compare")
 
 
