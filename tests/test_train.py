@@ -166,3 +166,24 @@ def test_diverging_outputs_stop_with_a_clear_error(voc_root, tmp_path):
     with pytest.raises(UserError, match="lower the learning rate"):
         train.fit(cfg, voc_root, name="diverge", runs_dir=tmp_path, progress=False)
     assert runs.load_run(tmp_path / "diverge").status == "failed"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizers_use_the_fused_kernel_and_fall_back_where_torch_has_none(name, monkeypatch):
+    config = train.TrainConfig(optimizer=name, lr=0.05, weight_decay=1e-4)
+    params = [torch.nn.Parameter(torch.ones(3))]
+    optimizer = train.make_optimizer(config, params)
+    group = optimizer.param_groups[0]
+    assert group["fused"] is True and group["lr"] == 0.05 and group["weight_decay"] == 1e-4
+    cls = type(optimizer)
+
+    class OlderTorch(cls):  # as torch < 2.3 (SGD) or < 2.4 (Adam on the CPU): no fused kernel
+        def __init__(self, *args, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, cls.__name__, OlderTorch)
+    optimizer = train.make_optimizer(config, params)
+    assert isinstance(optimizer, OlderTorch) and not optimizer.param_groups[0].get("fused")
+    assert optimizer.param_groups[0]["lr"] == 0.05
