@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 from mp3kit import data as voc
-from mp3kit import kaggle, models, runs, synth, train
-from mp3kit import metrics
+from mp3kit import kaggle, metrics, models, runs, synth, train
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.train import TrainConfig
