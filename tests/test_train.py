@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -187,3 +188,33 @@ def test_optimizers_use_the_fused_kernel_and_fall_back_where_torch_has_none(name
     optimizer = train.make_optimizer(config, params)
     assert isinstance(optimizer, OlderTorch) and not optimizer.param_groups[0].get("fused")
     assert optimizer.param_groups[0]["lr"] == 0.05
+
+
+def test_a_checkpoint_written_while_the_next_epoch_trains_holds_its_own_epochs_weights(voc_root, tmp_path, monkeypatch):
+    one = train.fit(train.TrainConfig(**{**SMALL, "epochs": 1}), voc_root, name="one", runs_dir=tmp_path, progress=False)
+    expected = train.load_checkpoint(one.checkpoint_path)["model"]
+
+    written, save = [], train._save_checkpoint
+
+    def slow_disk(path, state):
+        time.sleep(1.0)  # the next epoch trains meanwhile, changing the live weights
+        written.append((state["epoch"], {k: v.clone() for k, v in state["model"].items()}))
+        save(path, state)
+
+    monkeypatch.setattr(train, "_save_checkpoint", slow_disk)
+    three = train.fit(train.TrainConfig(**SMALL), voc_root, name="three", runs_dir=tmp_path, progress=False)
+    assert three.status == "complete" and [epoch for epoch, _ in written] == [1, 2, 3]
+    first = written[0][1]
+    assert first.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(first[key], value, msg=key)
+    assert train.load_checkpoint(three.checkpoint_path)["epoch"] == 3  # the last write is the finished run's
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_that_error(voc_root, tmp_path, monkeypatch):
+    def full_disk(path, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "_save_checkpoint", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train.fit(train.TrainConfig(**SMALL), voc_root, name="full", runs_dir=tmp_path, progress=False)
