@@ -7,6 +7,8 @@ Usage (from the repository root, after `make setup`):
 
 --state fresh deletes runs/<profile>/ and points MP3KIT_CACHE at an empty temporary folder, so the synthetic
 dataset and the decoded-image cache are rebuilt as on a fresh clone (set-up, i.e. creating .venv, is excluded).
+Runs are keyed to the data's folder, so a --state warm run straight after a fresh one trains again (it reads the
+dataset from the usual cache); the one after that measures the warm rebuild.
 The report goes to a temporary folder unless --report-dir is given, so report/ is left alone.
 
 Memory is reported two ways:
