@@ -37,6 +37,7 @@ from torch import nn
 from mp3kit.util import UserError
 
 ALEXNET_WEIGHTS_ENV = "MP3KIT_ALEXNET_WEIGHTS"
+ALLOW_DOWNLOAD_ENV = "MP3KIT_ALLOW_DOWNLOAD"  # "1": the ImageNet AlexNet weights may be downloaded when missing
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,7 +91,8 @@ def _missing_weights_error(reason: str) -> UserError:
     cache = alexnet_cache_path()
     return UserError(
         f"{reason}: download {url} to {cache} (in Colab: !mkdir -p {cache.parent} && wget -O {cache} {url}), "
-        f"or set {ALEXNET_WEIGHTS_ENV} or pass weights_path to where the file is, or pass allow_download=True."
+        f"or set {ALEXNET_WEIGHTS_ENV} (or weights_path) to where the file is, or set {ALLOW_DOWNLOAD_ENV}=1 to let "
+        "mp3kit download it."
     )
 
 
@@ -157,12 +159,15 @@ def freeze_feature_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def alexnet(pretrained=False, weights_path=None, freeze_features=False, num_classes=20, allow_download=False) -> nn.Module:
+def alexnet(pretrained=False, weights_path=None, freeze_features=False, num_classes=20, allow_download=None) -> nn.Module:
     """Return torchvision's AlexNet with a num_classes head, optionally with ImageNet weights for the rest."""
     # Weights come from weights_path, else $MP3KIT_ALEXNET_WEIGHTS, else torch's hub cache, else (only when
-    # allow_download) torchvision's download; otherwise a UserError says where to put the file.
+    # allow_download, by default $MP3KIT_ALLOW_DOWNLOAD=1) torchvision's download; otherwise a UserError says
+    # where to put the file.
     from torchvision.models import alexnet as tv_alexnet
 
+    if allow_download is None:
+        allow_download = os.environ.get(ALLOW_DOWNLOAD_ENV) == "1"
     if pretrained:
         state, source = _pretrained_alexnet_state(weights_path, allow_download)
         with torch.device("meta"):  # no random init for weights about to be replaced (saves seconds on a CPU)
@@ -464,7 +469,7 @@ def _check_image_size(model: nn.Module, image_size: int, label: str) -> None:
 
 
 def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=None, freeze_features=False,
-                    allow_download=False) -> nn.Module:
+                    allow_download=None) -> nn.Module:
     """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string or a .json path."""
     label = name_or_spec.get("name", "spec") if isinstance(name_or_spec, dict) else str(name_or_spec)
     name = name_or_spec.strip().lower() if isinstance(name_or_spec, str) else None

@@ -352,8 +352,8 @@ def _load_state(model, state: dict, path) -> None:
 def build_model(config: TrainConfig):
     """Build the network a config names (with pretrained weights when it asks for them).
 
-    The ImageNet AlexNet weights are downloaded only when $MP3KIT_ALLOW_DOWNLOAD is 1 (the Colab
-    set-up cell sets it); otherwise they must already be on disk.
+    The ImageNet AlexNet weights are downloaded only when $MP3KIT_ALLOW_DOWNLOAD is 1; otherwise they must
+    already be on disk (notebook 2's Colab cell puts them in torch's hub cache).
     """
     return models.model_from_name(
         config.model,
@@ -361,7 +361,6 @@ def build_model(config: TrainConfig):
         image_size=config.image_size,
         weights_path=config.pretrained_weights,
         freeze_features=config.freeze_features,
-        allow_download=os.environ.get("MP3KIT_ALLOW_DOWNLOAD") == "1",
     )
 
 

@@ -168,6 +168,13 @@ def test_download_only_when_allowed_and_failure_is_clear(imagenet_state, monkeyp
     monkeypatch.setattr(weights_class, "get_state_dict", offline)
     with pytest.raises(UserError, match="Downloading the pretrained AlexNet weights failed .*network is unreachable"):
         alexnet(pretrained=True, allow_download=True)
+    # By default $MP3KIT_ALLOW_DOWNLOAD decides, which is also what the missing-weights message offers.
+    monkeypatch.setenv(models.ALLOW_DOWNLOAD_ENV, "1")
+    with pytest.raises(UserError, match="Downloading the pretrained AlexNet weights failed"):
+        alexnet(pretrained=True)
+    monkeypatch.delenv(models.ALLOW_DOWNLOAD_ENV)
+    with pytest.raises(UserError, match="downloading is off: .* or set MP3KIT_ALLOW_DOWNLOAD=1 to let mp3kit download it"):
+        alexnet(pretrained=True)
 
 
 def test_mismatched_or_corrupt_checkpoint(tmp_path):
