@@ -1,6 +1,7 @@
 """Keep the test session hermetic: caches, runs and figures go to a temporary folder."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,4 @@ os.environ.setdefault("MP3KIT_QUIET", "1")
 
 def pytest_unconfigure(config):
     """Remove the session's temporary folder (synthetic data, caches, runs) when the test session ends."""
-    import shutil
-
     shutil.rmtree(_session_dir, ignore_errors=True)

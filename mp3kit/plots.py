@@ -69,10 +69,7 @@ def show_top_images(run, split, cls, k=8, path=None) -> None:
 
 def history_png(runs, title=None, size=(12, 4.5)) -> bytes:
     """Return the Loss Plot and mAP Plot of runs as PNG bytes, without pyplot (safe from a background thread)."""
-    fig = _make_history(runs, title, size, pyplot=False)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return _png_bytes(_make_history(runs, title, size, pyplot=False))
 
 
 def _make_history(runs, title=None, size=(12, 4.5), pyplot=True):
@@ -303,13 +300,18 @@ def _finish(fig, path) -> None:
     """Save fig to path (if given) atomically, show it when in a notebook, and close it."""
     try:
         if path is not None:
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=DPI)
-            atomic_write_bytes(path, buf.getvalue())
+            atomic_write_bytes(path, _png_bytes(fig))
         if _in_notebook():
             plt.show()
     finally:
         plt.close(fig)
+
+
+def _png_bytes(fig) -> bytes:
+    """Return fig drawn as a PNG at the figures' fixed dpi."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
 
 
 def _in_notebook() -> bool:

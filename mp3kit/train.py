@@ -319,6 +319,12 @@ class _CheckpointWriter:
         except BaseException as exc:  # handed to the training thread by wait()
             self._error = exc
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.wait()  # however training ends (Stop, an error, an interrupted kernel), the write in flight lands first
+
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
@@ -473,90 +479,83 @@ def fit(
     runs.write_progress(run)
     t_run = time.perf_counter()
     epochs = _progress(range(start_epoch, config.epochs), progress, desc=name, initial=start_epoch, total=config.epochs)
-    writer = _CheckpointWriter()
     try:
-        for epoch in epochs:
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(config, epoch)
-            train_loader.set_epoch(epoch)
-            model.train()
-            t0 = time.perf_counter()
-            losses, seen = [], 0
-            for x, y in _progress(train_loader, progress, leave=False, desc=f"epoch {epoch + 1}"):
-                if stop is not None and stop.is_set():
-                    raise TrainingStopped
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = model(x)  # (B, 20)
-                loss = _loss(logits, y, pos_weight)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                # Kept on the device: a .item() per batch would make the CPU wait for every GPU step.
-                losses.append(loss.detach())
-                seen += x.shape[0]
-            losses = torch.stack(losses).float()  # (batches,)
-            finite = torch.isfinite(losses)
-            if not bool(finite.all()):
-                bad = int((~finite).nonzero()[0])
-                raise NonFiniteLoss(
-                    f"The training loss became {losses[bad].item()} at epoch {epoch + 1}, batch {bad + 1}: lower the "
-                    f"learning rate (now {config.lr}); the checkpoint of the last good epoch is kept."
-                )
-            seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "train_loss": losses.mean().item(), "val_loss": None, "train_map": None,
-                      "val_map": None, "seconds": seconds, "images_per_s": seen / seconds if seconds else None,
-                      "lr": optimizer.param_groups[0]["lr"]}
-            if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                _, train_scores = evaluate(model, train_eval_loader, device, amp)
-                val_loss, val_scores = evaluate(model, val_loader, device, amp)
-                if not (np.isfinite(train_scores).all() and np.isfinite(val_scores).all()):
+        with _CheckpointWriter() as writer:
+            for epoch in epochs:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * lr_factor(config, epoch)
+                train_loader.set_epoch(epoch)
+                model.train()
+                t0 = time.perf_counter()
+                losses, seen = [], 0
+                for x, y in _progress(train_loader, progress, leave=False, desc=f"epoch {epoch + 1}"):
+                    if stop is not None and stop.is_set():
+                        raise TrainingStopped
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        logits = model(x)  # (B, 20)
+                    loss = _loss(logits, y, pos_weight)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    # Kept on the device: a .item() per batch would make the CPU wait for every GPU step.
+                    losses.append(loss.detach())
+                    seen += x.shape[0]
+                losses = torch.stack(losses).float()  # (batches,)
+                finite = torch.isfinite(losses)
+                if not bool(finite.all()):
+                    bad = int((~finite).nonzero()[0])
                     raise NonFiniteLoss(
-                        f"The network's outputs became NaN or infinite at epoch {epoch + 1}: lower the learning rate "
-                        f"(now {config.lr}); the checkpoint of the last good epoch is kept."
+                        f"The training loss became {losses[bad].item()} at epoch {epoch + 1}, batch {bad + 1}: "
+                        f"lower the learning rate (now {config.lr}); the checkpoint of the last good epoch is kept."
                     )
-                record["train_map"] = _map(data.train, train_scores)
-                record["val_map"] = _map(data.val, val_scores)
-                record["val_loss"] = val_loss
-                if best_val_map is None or record["val_map"] > best_val_map:
-                    best_val_map = record["val_map"]
-            run.history.append(record)
-            if epoch + 1 < config.epochs:
-                # After the last epoch the weights-only checkpoint below replaces this one within seconds; if the
-                # test evaluation is interrupted, resuming trains the last epoch again from the one before.
-                writer.save(run.checkpoint_path,
-                            _checkpoint_state(model, optimizer, scaler, epoch + 1, config, best_val_map))
-            runs.write_progress(run)
-            if callback is not None:
-                callback(run)
-        writer.wait()
+                seconds = time.perf_counter() - t0
+                record = {"epoch": epoch + 1, "train_loss": losses.mean().item(), "val_loss": None, "train_map": None,
+                          "val_map": None, "seconds": seconds, "images_per_s": seen / seconds if seconds else None,
+                          "lr": optimizer.param_groups[0]["lr"]}
+                if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                    _, train_scores = evaluate(model, train_eval_loader, device, amp)
+                    val_loss, val_scores = evaluate(model, val_loader, device, amp)
+                    if not (np.isfinite(train_scores).all() and np.isfinite(val_scores).all()):
+                        raise NonFiniteLoss(
+                            f"The network's outputs became NaN or infinite at epoch {epoch + 1}: lower the learning "
+                            f"rate (now {config.lr}); the checkpoint of the last good epoch is kept."
+                        )
+                    record["train_map"] = _map(data.train, train_scores)
+                    record["val_map"] = _map(data.val, val_scores)
+                    record["val_loss"] = val_loss
+                    if best_val_map is None or record["val_map"] > best_val_map:
+                        best_val_map = record["val_map"]
+                run.history.append(record)
+                if epoch + 1 < config.epochs:
+                    # After the last epoch the weights-only checkpoint below replaces this one within seconds; if the
+                    # test evaluation is interrupted, resuming trains the last epoch again from the one before.
+                    writer.save(run.checkpoint_path,
+                                _checkpoint_state(model, optimizer, scaler, epoch + 1, config, best_val_map))
+                runs.write_progress(run)
+                if callback is not None:
+                    callback(run)
     except TrainingStopped:
-        writer.wait()  # the last finished epoch's checkpoint is on disk before anyone can resume it
         run.status, run.reason = "stopped", f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
         runs.write_progress(run)
         if callback is not None:
             callback(run)
         return run
     except NonFiniteLoss as exc:
-        writer.wait()
         run.status, run.reason = "failed", str(exc)
         runs.write_progress(run)
         raise
     except torch.cuda.OutOfMemoryError as exc:
-        writer.wait()
         run.status, run.reason = "failed", "CUDA out of memory"
         runs.write_progress(run)
         raise UserError(
             f"The GPU ran out of memory with batch size {config.batch_size}: use a smaller batch size "
             f"(e.g. {max(1, config.batch_size // 2)}) or a smaller image size."
         ) from exc
-    except BaseException:
-        writer.wait()  # e.g. an interrupted kernel: the checkpoint being written lands before control returns
-        raise
 
     test_loader = pipeline.make_loader(data.test, train=False, **eval_kw)
     test_loss, test_scores = evaluate(model, test_loader, device, amp)
