@@ -1,19 +1,14 @@
 """The notebooks' Experiment helper: profiles, run reuse, the manifest the report reads, and its errors."""
 
-import importlib.util
 import json
 import threading
 from dataclasses import replace
-from pathlib import Path
 
-import nbformat
 import pytest
 
 from mp3kit import experiment, metrics, synth, train
 from mp3kit.experiment import Experiment
 from mp3kit.util import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY_NET = {"name": "tiny", "blocks": [{"conv": 8, "s": 2, "bn": True}, {"conv": 16, "s": 2, "bn": True}],
             "pool": "global", "head": []}
@@ -183,26 +178,3 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_notebook_goes_on(exp, cap
     run = exp.run("simple-lr1e30", exp.config(**{**TINY, "model": "simple", "batch_size": 8, "lr": 1e30}), label="far too large")
     assert run.status == "failed" and "FAILED" in capsys.readouterr().out
     assert _manifest(exp)["runs"]["simple-lr1e30"]["label"] == "far too large"
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "tools" / "make_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("name", ["01_introduction", "02_scratch_vs_pretrained", "03_develop_classifier"])
-def test_committed_notebooks_match_their_generator_and_keep_only_checked_outputs(name):
-    built = _generator().build(name)
-    path = ROOT / "notebooks" / f"{name}.ipynb"
-    committed = nbformat.read(str(path), as_version=4)
-    shape = lambda nb: [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]  # noqa: E731
-    assert shape(committed) == shape(built), f"run `python tools/make_notebooks.py --execute {name}`"
-    assert committed.metadata.kernelspec == {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                             "language": "python"}
-    assert committed.cells[0].metadata["tags"] == ["parameters"] and "google.colab" in committed.cells[1].source
-    for cell in committed.cells:
-        if cell.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" not in cell.source:
-            assert not cell.outputs, cell.source
-    assert path.stat().st_size < 200_000

@@ -1,0 +1,266 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+# mp3kit · Notebook 1: introduction to multi-label classification on PASCAL VOC 2007
+# Parameters: edit them here, or let papermill / `mp3kit report` set them (this cell is tagged "parameters").
+import os
+
+PROFILE = os.environ.get("MP3KIT_PROFILE", "quick")  # smoke (seconds, for tests) | quick (synthetic data, CPU minutes) | full (the course settings, real VOC)
+DATA_ROOT = None  # folder holding VOC 2007, e.g. "data/voc" (`mp3kit data fetch --root data/voc`); None: the embedded synthetic dataset
+RUNS_DIR = os.environ.get("MP3KIT_RUNS_DIR", "runs")  # every run is recorded here, and reused when a cell runs again
+FIGURES_DIR = os.environ.get("MP3KIT_FIGURES_DIR", "figures")  # every figure is saved here as a PNG
+RETRAIN = False  # True: train every run again even when a finished one with the same settings is on disk
+REPO_URL = "https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here: a git URL, or the path of an uploaded wheel
+LOWER_LEARNING_RATES = [0.001, 0.0001]  # compared with the course's SGD learning rate 0.01
+ADAM_LR = 1e-4  # the seed report's Adam: lr 1e-4, betas (0.9, 0.999), eps 1e-8
+
+# %%
+# Colab set-up; does nothing outside Colab (in JupyterLab, `pip install -e .` or `make setup` did it already).
+# It installs mp3kit without replacing Colab's own torch, torchvision and ipywidgets, turns on the widget
+# manager the training panel needs, and for PROFILE "full" downloads VOC 2007 (~900 MB) to /content/voc.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+    import tempfile
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pins = Path(tempfile.gettempdir()) / "colab-pins.txt"  # pip may add what is missing but must keep these builds
+    pins.write_text("".join(f"{p}=={version(p)}\n" for p in ("torch", "torchvision", "ipywidgets")))
+    # A git URL, a git+... spec, or the path of an uploaded mp3kit wheel or source folder.
+    source = REPO_URL if REPO_URL.startswith(("git+", "/", ".")) or REPO_URL.endswith(".whl") else f"git+{REPO_URL}"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(pins), source],
+                         capture_output=True, text=True)
+    if pip.returncode != 0:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed ({why}): set REPO_URL in the "
+                         "first cell to your course's mp3kit repository, or upload mp3kit's wheel and give its path.")
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    if PROFILE == "full":
+        DATA_ROOT = DATA_ROOT or "/content/voc"
+        subprocess.run([sys.executable, "-m", "mp3kit", "data", "fetch", "--root", DATA_ROOT], check=True)
+
+# %% [markdown]
+# # 1 · Introduction: the data, a simple classifier, and its hyperparameters
+#
+# In this notebook you
+#
+# 1. look at PASCAL VOC 2007: images and their boxes, how often each class appears, which classes
+#    appear together;
+# 2. train the course's simple classifier with the course's defaults and read its loss and mAP curves;
+# 3. repeat the seed report's hyperparameter study: three learning rates, longer training, Adam.
+#
+# A code cell here is one to three lines that call `mp3kit`; the text around it says what to look
+# for. Every run is recorded on disk under `RUNS_DIR` (its settings, a history per epoch, the test
+# scores and a checkpoint). Running a cell again **reuses** a finished run with the same settings
+# instead of training it again, and **resumes** one that was interrupted, so a restarted kernel or a
+# lost Colab session costs you nothing finished. (In Colab, `RUNS_DIR` on your mounted Google Drive
+# keeps runs across sessions.)
+#
+# **Profiles.** `PROFILE` in the first cell sets how big every experiment is:
+#
+# | profile | what it runs |
+# |---|---|
+# | `smoke` | seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs |
+# | `quick` | minutes on a laptop CPU: the embedded synthetic dataset at 64 px; notebook 1 batch 10 for 15 epochs, notebooks 2 and 3 batch 25 for 3 |
+# | `full` | the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps) |
+#
+# The *synthetic* dataset is mp3kit's stand-in for VOC: generated shapes, one look per class, in the
+# real VOC folder layout and with VOC's class frequencies and co-occurrences. It lets every cell run
+# anywhere in minutes, but its numbers say nothing about photographs: everything trained on it is
+# labelled *synthetic*. For your report, use `full` on real VOC 2007 with a GPU (in Colab:
+# Runtime → Change runtime type → GPU).
+
+# %%
+from mp3kit import plots
+from mp3kit.experiment import Experiment
+
+# %%
+exp = Experiment("01_introduction", PROFILE, DATA_ROOT, RUNS_DIR, FIGURES_DIR, retrain=RETRAIN)
+
+# %% [markdown]
+# ## The data
+#
+# VOC 2007 has 9,963 photographs split into *train* (2,501), *val* (2,510) and *test* (4,952), with
+# 20 object classes. An image often holds several classes (a person on a horse, a chair by a dining
+# table), so this is **multi-label** classification: the network gives 20 independent scores, each
+# turned into a probability by its own sigmoid, and no softmax makes the classes compete.
+#
+# Every object is annotated with a box; objects that are tiny or mostly hidden are marked
+# *difficult*. Training here uses only which classes are present, not where, but drawing the boxes
+# shows what a label means. Look at how many classes an image holds, how small some objects are,
+# and the dashed (difficult) boxes.
+
+# %%
+plots.show_images_with_boxes(exp.data.train, n=6, path=exp.figure("data-boxes"))
+
+# %% [markdown]
+# How many images of each class are there? The table counts *images* that contain the class (an
+# image with three cars counts once) in each split this profile uses; the figure draws the train
+# counts as bars (pale: images where the class appears only as difficult objects) and, on the
+# right, how many train images hold each pair of classes.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exp.data_table()
+
+# %%
+plots.plot_label_stats(exp.data.train, path=exp.figure("label-stats"))
+
+# %% [markdown]
+# Two things to take from these counts.
+#
+# **The classes are very unbalanced.** In real VOC, *person* is in about 40% of the images and
+# *sheep* in about 2%. A classifier that answers "absent" for everything gets over 90% of its
+# yes/no answers right while being useless, so accuracy is not the measure. For each class,
+# **average precision (AP)** ranks the test images by the classifier's score for that class and
+# averages the precision at the rank of every image that does contain it: a perfect ranking gets
+# 1.0, a random one gets about the fraction of images that contain the class. **mAP** is the mean
+# AP over the 20 classes, so a rare class counts as much as *person*. As in the official VOC
+# evaluation, an image where a class appears only as difficult objects is left out of that class's
+# AP.
+#
+# **Classes come together.** Chairs appear with dining tables, people with horses, bicycles and
+# motorbikes. A network can learn such context, and it can also lean on it: expect it to "see" a
+# chair where there is only a table.
+
+# %% [markdown]
+# ## The simple classifier, with the course's defaults
+#
+# The course's simple classifier has three convolution layers (5×5, 3×3, 3×3), each followed by a
+# ReLU and a 2×2 max-pool, then three fully connected layers (120, 84 and 20 units). The table
+# lists every layer with its output shape and number of parameters at this profile's image size
+# (at 227 px the first fully connected layer alone holds about 1.3 million of them).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exp.architecture("simple")
+
+# %% [markdown]
+# Training uses the course's defaults: SGD with learning rate 0.01 and momentum 0.9, batches of 50,
+# 20 epochs, and the loss is the binary cross-entropy of each class's sigmoid averaged over the 20
+# classes (PyTorch's `MultiLabelSoftMarginLoss` computes the same number). The model trains on
+# *train*; train and val mAP are measured at the first epoch, every 5th and the last (the kit's
+# `test_frequency`), and the test split is scored once, at the end. `exp.config(...)` returns
+# these defaults with the profile's sizes and your changes applied; `print(exp.config())` shows
+# every field.
+
+# %%
+default = exp.run("simple-default", exp.config(model="simple"), label="simple, SGD lr 0.01 (course defaults)")
+
+# %% [markdown]
+# **Report 1a.** The line above gives the test mAP and the average test loss (the mean binary
+# cross-entropy over every test image and class). They are stored in the run's `metrics.json`, and
+# the report takes them from there, so no number needs copying by hand.
+#
+# **Report 1b: reading the curves.** The *Loss Plot* shows the training loss of every epoch (solid) and the
+# validation loss at the evaluation epochs (dashed); the *mAP Plot* shows train and val mAP at those
+# epochs. Is the training loss still falling at the end (more epochs would help)? Does the
+# validation loss turn upwards while the training loss keeps falling (overfitting)? How far apart
+# are train and val mAP? Note where the loss starts: about 0.69 (ln 2, a probability of 0.5 for
+# every class). It drops fast simply because most labels are 0, so "mostly absent" is a cheap
+# first lesson: a low loss does not mean a good ranking, which is why we also watch mAP.
+#
+# The table printed with every run has a *chance* line: the mAP of a network that gives every
+# image the same scores. A run near it has learned nothing yet. With SGD at 0.01 this network sits
+# near chance for its first few hundred steps while its small initial weights grow, and then its mAP
+# starts to climb (on the synthetic data of the `quick` profile, after about 10 of its 15 epochs).
+
+# %%
+plots.plot_history(default, path=exp.figure("simple-default-curves"))
+
+# %% [markdown]
+# Test AP per class: which classes does the network rank well, and are the worst ones the rare
+# classes from the counts above, or classes that look like others?
+
+# %%
+plots.plot_per_class_ap(default, path=exp.figure("simple-per-class-ap"))
+
+# %% [markdown]
+# ## The seed report's hyperparameter study
+#
+# **Learning rate.** Everything as before except the learning rate: 0.001 and 0.0001 against the
+# course's 0.01. With momentum 0.9, while the gradient keeps its direction, each step moves about
+# ten times the learning rate times the gradient. Too small a rate, and 20 epochs are not enough to
+# get anywhere; too large, and the loss jumps around or the run diverges (mp3kit stops a run whose
+# loss becomes NaN and says so).
+
+# %%
+lr_runs = [default]
+for lr in LOWER_LEARNING_RATES:
+    lr_runs.append(exp.run(f"simple-lr{lr:g}", exp.config(model="simple", lr=lr), label=f"simple, SGD lr {lr:g}"))
+
+# %%
+plots.plot_history(exp.labelled(*lr_runs), path=exp.figure("lr-study-curves"))
+
+# %% [markdown]
+# **Longer training.** The seed report doubled the epochs (40 instead of 20) with SGD 0.01. Look at
+# the validation curves in the second half: still improving, flat, or getting worse?
+
+# %%
+long = exp.run("simple-long", exp.config(model="simple", epochs=exp.long_epochs),
+               label=f"simple, SGD lr 0.01, {exp.long_epochs} epochs")
+plots.plot_history(long, path=exp.figure("simple-long-curves"))
+
+# %% [markdown]
+# **Adam.** Adam scales each parameter's step by a running estimate of its gradient's size, so one
+# learning rate suits layers whose gradients differ by orders of magnitude. The seed report used
+# lr 1e-4, betas (0.9, 0.999) and eps 1e-8 (the defaults of `TrainConfig`).
+
+# %%
+adam = exp.run("simple-adam", exp.config(model="simple", optimizer="adam", lr=ADAM_LR),
+               label=f"simple, Adam lr {ADAM_LR:g}")
+plots.plot_history(adam, path=exp.figure("simple-adam-curves"))
+
+# %% [markdown]
+# Every run of this notebook side by side. "best val mAP" is the best evaluation epoch on *val*;
+# the test split is scored once, after the last epoch, and is never used to choose anything.
+
+# %%
+exp.table()
+
+# %% [markdown]
+# ### Report 1c: your analysis (at least 3 sentences)
+#
+# Use the curves and the table above; some questions to start from:
+#
+# - Which learning rate worked best within the epoch budget, and what do the curves of the other
+#   two show: too slow, or unstable?
+# - Did doubling the epochs help? Point at the part of the curve that tells you whether even more
+#   epochs would.
+# - What did Adam change compared with SGD at 0.01: how fast the loss falls, the final mAP, the
+#   gap between train and val?
+# - Which classes are hardest for this network, and why might they be (how many examples, which
+#   classes they are confused with)?
+#
+# *Your analysis here.*
+
+# %% [markdown]
+# ## Try your own settings: the training panel
+#
+# The panel below fills the same `TrainConfig` as the cells above. Pick a model, optimizer, learning
+# rate (log scale), epochs, batch size, augmentation and evaluation frequency, then click **Train**:
+# the loss and mAP curves update after every epoch and the table lists every run so far with its test
+# mAP. **Stop** ends the run after the current batch and keeps its last finished epoch; **Resume**
+# continues it. Training runs in the background, so the notebook stays usable.
+#
+# Panel runs are recorded under `RUNS_DIR` like every other run (named `panel-1-simple`, ...), so
+# `plots.plot_history(f"{RUNS_DIR}/panel-1-simple")` plots one again. In Colab the first cell has already
+# turned on the widget manager; in JupyterLab nothing else is needed. (Under papermill and nbval the
+# panel is drawn and the notebook goes on.)
+
+# %%
+from mp3kit.widgets import TrainPanel
+
+TrainPanel(exp)
