@@ -1,9 +1,15 @@
 """The live training panel: controls that fill a TrainConfig, Train/Stop/Resume, live curves and a runs table.
 
 Only core ipywidgets that behave alike under 7.7 (Colab) and 8 (JupyterLab) are used. Training runs in a
-background thread so that Stop clicks are processed while it runs; that thread touches the widgets only
-by assigning traits (Output.outputs included), which both versions send to the front end from any thread,
-and it draws with a bare matplotlib Figure, because pyplot's global state is shared with the notebook.
+background thread so that the kernel's main thread stays free for Stop clicks, and draws with a bare matplotlib
+Figure, because pyplot's global state is shared with the notebook.
+
+Every widget change goes out from the kernel's main thread: Colab holds back widget messages sent from other
+threads until some other message flushes them (googlecolab/colabtools#3373), so curves set from the training
+thread would sit still there. The training thread only records the changes it wants; a callback it schedules on
+the kernel's main event loop (`kernel.io_loop`, a tornado loop in ipykernel 6 and 7 alike) applies them, and
+`TrainPanel.wait()` applies them too when a cell blocks the main thread. Outside a kernel there is no front end
+to send to, and changes apply at once in whichever thread makes them.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import html
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -33,6 +40,7 @@ CONTROL_WIDTH = "380px"
 PLOT_SIZE = (9.0, 2.6)  # inches at 100 dpi: the live loss and mAP figure under the controls
 COLOURS = {"idle": "#555", "busy": "#1f5fa8", "done": "#2a7a2a", "stopped": "#b36b00", "error": "#c62828"}
 PLOT_HINT = "The loss and mAP curves of a run appear here after its first epoch."
+WAIT_PUMP_S = 0.1  # while wait() blocks the main thread, it applies the training thread's changes this often
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,10 @@ class TrainPanel:
         self._thread = None
         self._stop = threading.Event()
         self._data = None  # (max_images, train.Data) loaded once for panels without an experiment
+        self._loop = _kernel_main_loop()
+        self._view_lock = threading.RLock()
+        self._pending = {}  # (id(widget), trait) -> (widget, trait, value): the latest changes not yet applied
+        self._flush_scheduled = False
         self._build(models or {})
         self._set_status("idle: choose settings and click Train", "idle")
         self._refresh_table()
@@ -102,10 +114,16 @@ class TrainPanel:
             self._set_status("stopping after the current batch ...", "busy")
 
     def wait(self, timeout=None) -> bool:
-        """Wait for the running run to end; return True when nothing is running any more."""
+        """Wait for the running run to end, showing its progress meanwhile; return True when nothing runs any more."""
         thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        while thread is not None and thread.is_alive():
+            left = WAIT_PUMP_S if end is None else min(WAIT_PUMP_S, end - time.monotonic())
+            if left <= 0:
+                break
+            thread.join(left)
+            self._flush_if_allowed()  # the main thread is blocked in this call: the event loop cannot apply them
+        self._flush_if_allowed()
         return not self.training
 
     @property
@@ -186,7 +204,7 @@ class TrainPanel:
         self._stop = threading.Event()
         verb = "resuming" if resume else "preparing data and model for"
         self._set_status(f"{verb} {name} ...", "busy")
-        self.plot.outputs = (_text_output(f"Curves of {name} appear here after its next epoch."),)
+        self._show(self.plot, outputs=(_text_output(f"Curves of {name} appear here after its next epoch."),))
         self._thread = threading.Thread(target=self._work, args=(config, name, resume, self._stop),
                                         name=f"mp3kit-panel-{name}", daemon=True)
         self._set_busy(True)
@@ -223,7 +241,7 @@ class TrainPanel:
     def _on_epoch(self, run) -> None:
         self.last_run = run
         if run.history:
-            self.plot.outputs = (_png_output(_panel_png(run)),)
+            self._show(self.plot, outputs=(_png_output(_panel_png(run)),))
         if run.status == "running" and not self._stop.is_set():
             done, total = len(run.history), run.config["epochs"]
             last = run.history[-1]
@@ -246,26 +264,54 @@ class TrainPanel:
 
     def _set_busy(self, busy: bool) -> None:
         for control in self.controls.values():
-            control.disabled = busy
-        self.train_button.disabled = busy
-        self.stop_button.disabled = not busy
+            self._show(control, disabled=busy)
         # Colour only on the button that can be clicked now: a pale red Stop reads as "press me" even when disabled.
-        self.train_button.button_style = "" if busy else "success"
-        self.stop_button.button_style = "danger" if busy else ""
-        self.resume_button.disabled = busy or self.last_run is None or self.last_run.status != "stopped"
+        self._show(self.train_button, disabled=busy, button_style="" if busy else "success")
+        self._show(self.stop_button, disabled=not busy, button_style="danger" if busy else "")
+        self._show(self.resume_button,
+                   disabled=busy or self.last_run is None or self.last_run.status != "stopped")
 
     def _set_status(self, text: str, kind: str) -> None:
         self.status_text = text
-        self.status.value = f'<span style="color:{COLOURS[kind]}">{html.escape(text)}</span>'
+        self._show(self.status, value=f'<span style="color:{COLOURS[kind]}">{html.escape(text)}</span>')
 
     def _refresh_table(self) -> None:
         try:
             recorded = runs.list_runs(self.runs_dir)
         except UserError as exc:
-            self.runs_table.value = f'<span style="color:{COLOURS["error"]}">{html.escape(str(exc))}</span>'
+            self._show(self.runs_table, value=f'<span style="color:{COLOURS["error"]}">{html.escape(str(exc))}</span>')
             return
-        self.runs_table.value = runs_table_html(recorded[::-1], self.runs_dir,
-                                                current=self.last_run.name if self.last_run else None)
+        self._show(self.runs_table, value=runs_table_html(recorded[::-1], self.runs_dir,
+                                                          current=self.last_run.name if self.last_run else None))
+
+    # --- sending widget changes from the main thread only ----------------------------------------
+
+    def _show(self, widget, **traits) -> None:
+        """Set widget's traits now on the main thread (or outside a kernel), else from the main event loop soon."""
+        with self._view_lock:
+            for name, value in traits.items():
+                key = (id(widget), name)
+                self._pending.pop(key, None)  # re-inserted last, so changes apply in the order they were made
+                self._pending[key] = (widget, name, value)
+            if self._may_send_here():
+                self._flush()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.add_callback(self._flush)  # thread-safe: tornado hands it to the loop's own thread
+
+    def _may_send_here(self) -> bool:
+        return self._loop is None or threading.current_thread() is threading.main_thread()
+
+    def _flush_if_allowed(self) -> None:
+        if self._may_send_here():
+            self._flush()
+
+    def _flush(self) -> None:
+        # Under the lock: outside a kernel two threads may flush, and an older value must not land after a newer one.
+        with self._view_lock:
+            pending, self._pending, self._flush_scheduled = self._pending, {}, False
+            for widget, name, value in pending.values():
+                setattr(widget, name, value)
 
     def _next_name(self, config: TrainConfig) -> str:
         taken = [int(m.group(1)) for p in (self.runs_dir.iterdir() if self.runs_dir.is_dir() else [])
@@ -304,6 +350,13 @@ def _panel_png(run) -> bytes:
     """Return the panel's live loss and mAP figure of run, titled with its progress."""
     title = f"{run.name}: epoch {len(run.history)}/{run.config.get('epochs', '?')}, {run.status}"
     return history_png(run, title=title, size=PLOT_SIZE)
+
+
+def _kernel_main_loop():
+    """Return the event loop of the kernel's main thread (ipykernel 6 and 7: kernel.io_loop), None outside a kernel."""
+    from IPython import get_ipython
+
+    return getattr(getattr(get_ipython(), "kernel", None), "io_loop", None)
 
 
 def _control_layout():

@@ -1,17 +1,13 @@
 """Tests for mp3kit.widgets.TrainPanel: controls -> TrainConfig, Train/Stop/Resume, status, plot, runs table.
 
 The panel is driven the way a click drives it (Button.click() runs the on_click handlers); the same checks
-run in a second virtualenv with ipywidgets 7.7.1, the version Colab ships.
+run in a second virtualenv with Colab's ipywidgets 7.7.1 and ipykernel 6.17.1 (tests/widgets_compat_check.py).
 """
 
-import hashlib
 import importlib.util
 import os
-import shutil
-import site
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +21,6 @@ from mp3kit.widgets import TrainPanel
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPAT_SCRIPT = ROOT / "tests" / "widgets_compat_check.py"
-COLAB_IPYWIDGETS = "7.7.1"
-# The Python side of ipywidgets 7.7.1 needs only ipython_genutils beyond what the project's venv has; its front-end
-# packages (widgetsnbextension 3, jupyterlab_widgets 1) are not imported and are left out.
-COLAB_PACKAGES = (f"ipywidgets=={COLAB_IPYWIDGETS}", "ipython_genutils==0.2.0")
 SMOKE = TrainConfig(image_size=32, max_images=20, epochs=2, eval_every=1, batch_size=10)
 
 
@@ -167,57 +159,22 @@ def test_compat_check_passes_under_this_ipywidgets(tmp_path, voc_root):
     assert line.startswith(f"widgets compat OK: ipywidgets {ipywidgets.__version__}")
 
 
-def _colab_venv() -> Path:
-    """Return a cached virtualenv whose ipywidgets is Colab's and whose other packages are this venv's."""
-    key = hashlib.sha1(f"{sys.prefix}|{sys.version}|{COLAB_PACKAGES}".encode()).hexdigest()[:10]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mp3kit-tests"
-    venv = cache / f"venv-ipywidgets-{COLAB_IPYWIDGETS}-{key}"
-    python = venv / "bin" / "python"
-    if python.exists() and _ipywidgets_version(python) == COLAB_IPYWIDGETS:
-        return venv
-    cache.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".venv-build-", dir=cache))
+def colab_venv() -> Path:
+    """Return the cached virtualenv with Colab's ipywidgets and ipykernel (skip the test when it cannot be made)."""
+    compat = _load_compat_script()
     try:
-        made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(build)], capture_output=True, text=True)
-        if made.returncode != 0:
-            pytest.skip(f"cannot make a second virtualenv with {sys.executable} -m venv ({_last_line(made.stderr)})")
-        packages = build / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--timeout", "20",
-                              "--retries", "1", "--target", str(packages), *COLAB_PACKAGES],
-                             capture_output=True, text=True, timeout=300)
-        if pip.returncode != 0:
-            pytest.skip(f"cannot install {' '.join(COLAB_PACKAGES)} into a second virtualenv ({_last_line(pip.stderr)}); "
-                        "connect to a package index to run the ipywidgets 7.7 check")
-        # Appended after the venv's own site-packages, so ipywidgets 7.7.1 wins and everything else is this venv's.
-        lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in site.getsitepackages())
-        (packages / "zz_project_venv.pth").write_text(lines)
-        shutil.rmtree(venv, ignore_errors=True)
-        try:
-            build.rename(venv)
-        except OSError:  # another test session finished the same venv first
-            if _ipywidgets_version(python) != COLAB_IPYWIDGETS:
-                raise
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    return venv
-
-
-def _last_line(text: str) -> str:
-    return (text.strip().splitlines() or ["no output"])[-1]
-
-
-def _ipywidgets_version(python) -> str | None:
-    probe = subprocess.run([str(python), "-c", "import ipywidgets; print(ipywidgets.__version__)"],
-                           capture_output=True, text=True)
-    return probe.stdout.strip() if probe.returncode == 0 else None
+        return compat.colab_venv()
+    except compat.VenvUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def test_compat_check_passes_under_colabs_ipywidgets_7(tmp_path, voc_root):
-    venv = _colab_venv()
+    venv = colab_venv()
+    expected = _load_compat_script().COLAB_IPYWIDGETS
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}  # one thread, as one_torch_thread does here
     result = subprocess.run([str(venv / "bin" / "python"), str(COMPAT_SCRIPT), "--data-root", str(voc_root),
-                             "--work", str(tmp_path), "--expect-version", COLAB_IPYWIDGETS],
+                             "--work", str(tmp_path), "--expect-version", expected],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=500)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert f"widgets compat OK: ipywidgets {COLAB_IPYWIDGETS}" in result.stdout
+    assert f"widgets compat OK: ipywidgets {expected}" in result.stdout

@@ -4,13 +4,19 @@
 
 Builds the panel, sets controls, clicks Train and Stop/Resume, and checks the status line, the plot output and
 the runs table; prints one "widgets compat OK" line, or fails with an AssertionError naming what differed.
+colab_venv() builds (once, cached) the second virtualenv with Colab's widget and kernel packages that the tests run
+this script and a kernel in.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
+import site
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +24,17 @@ from pathlib import Path
 
 DESCRIPTIONS = ("Model", "Optimizer", "Learning rate", "Epochs", "Batch size", "Augment", "Eval every")
 CSS_CLASSES = ("mp3kit-panel", "mp3kit-status", "mp3kit-plot", "mp3kit-runs")
+COLAB_IPYWIDGETS = "7.7.1"
+COLAB_IPYKERNEL = "6.17.1"
+# The versions Colab ships (pip there reports "google-colab 1.0.0 requires ipykernel==6.17.1", ipython 7.34.0).
+# Only their Python sides: widgetsnbextension and jupyterlab_widgets are front-end packages and are left out, and
+# everything not listed (traitlets, tornado, pyzmq, jupyter_client, ...) is the project venv's.
+COLAB_PACKAGES = (f"ipywidgets=={COLAB_IPYWIDGETS}", "ipython_genutils==0.2.0", f"ipykernel=={COLAB_IPYKERNEL}",
+                  "ipython==7.34.0", "decorator==4.4.2", "backcall==0.2.0", "pickleshare==0.7.5")
+
+
+class VenvUnavailable(RuntimeError):
+    """The second virtualenv cannot be made here (no venv module, no package index)."""
 
 
 def _walk(widget):
@@ -89,6 +106,52 @@ def check(data_root, work) -> str:
     assert panel.last_run.name == stopped.name and panel.last_run.status == "complete", panel.last_run
     assert len(panel.last_run.history) == 4, panel.last_run
     return f"widgets compat OK: ipywidgets {ipywidgets.__version__}, runs {run.name} and {stopped.name} (stopped, resumed)"
+
+
+def colab_venv() -> Path:
+    """Return a cached virtualenv whose widget and kernel packages are Colab's and whose others are this venv's."""
+    key = hashlib.sha1(f"{sys.prefix}|{sys.version}|{COLAB_PACKAGES}".encode()).hexdigest()[:10]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mp3kit-tests"
+    venv = cache / f"venv-colab-{key}"
+    python = venv / "bin" / "python"
+    if python.exists() and _colab_versions(python) == (COLAB_IPYWIDGETS, COLAB_IPYKERNEL):
+        return venv
+    cache.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=".venv-build-", dir=cache))
+    try:
+        made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(build)], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise VenvUnavailable(f"cannot make a second virtualenv with {sys.executable} -m venv "
+                                  f"({_last_line(made.stderr)})")
+        packages = build / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--timeout", "20",
+                              "--retries", "1", "--target", str(packages), *COLAB_PACKAGES],
+                             capture_output=True, text=True, timeout=300)
+        if pip.returncode != 0:
+            raise VenvUnavailable(f"cannot install {' '.join(COLAB_PACKAGES)} into a second virtualenv "
+                                  f"({_last_line(pip.stderr)}); connect to a package index to run the Colab checks")
+        # Appended after the venv's own site-packages, so Colab's versions win and everything else is this venv's.
+        lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in site.getsitepackages())
+        (packages / "zz_project_venv.pth").write_text(lines)
+        shutil.rmtree(venv, ignore_errors=True)
+        try:
+            build.rename(venv)
+        except OSError:  # another test session finished the same venv first
+            if _colab_versions(python) != (COLAB_IPYWIDGETS, COLAB_IPYKERNEL):
+                raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return venv
+
+
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[-1]
+
+
+def _colab_versions(python) -> tuple | None:
+    probe = subprocess.run([str(python), "-c", "import ipywidgets, ipykernel; print(ipywidgets.__version__, "
+                            "ipykernel.__version__)"], capture_output=True, text=True)
+    return tuple(probe.stdout.split()) if probe.returncode == 0 else None
 
 
 def main(argv=None) -> int:
