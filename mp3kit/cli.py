@@ -22,17 +22,20 @@ def _cmd_data_synth(args) -> int:
 def _cmd_data_fetch(args) -> int:
     from mp3kit import fetch
 
-    devkit = fetch.fetch_voc(args.root, progress=not args.quiet)
-    print(f"PASCAL VOC 2007 is ready in {devkit}")
+    devkit = fetch.fetch_voc(args.root, sources=args.source, default_sources=not args.no_default_sources,
+                             progress=not args.quiet, timeout=args.timeout)
+    print(f"PASCAL VOC 2007 is ready in {devkit / 'VOC2007'}, verified against the official labels")
     return 0
 
 
 def _cmd_data_check(args) -> int:
-    from mp3kit import data
+    from mp3kit import data, verify
 
     report = data.check_tree(args.root)
     print(data.format_check(report))
-    return 0 if report["ok"] else 1
+    result = verify.verify_tree(args.root, progress=not args.quiet)
+    print("\n" + verify.format_verification(result))
+    return 0 if report["ok"] and (result.ok or result.synthetic) else 1
 
 
 def _parse_model(value: str):
@@ -148,12 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_data_synth)
-    f = dsub.add_parser("fetch", help="download and extract the two official VOC 2007 tars (about 900 MB)")
+    f = dsub.add_parser("fetch", help="download VOC 2007 (about 900 MB) from the first source that gives exactly "
+                                      "the official data, and put it in place verified")
     f.add_argument("--root", required=True, help="folder that will hold VOCdevkit/VOC2007")
+    f.add_argument("--source", action="append", default=[], metavar="URL_OR_FOLDER",
+                   help="a base URL or a folder holding VOCtrainval_06-Nov-2007 and VOCtest_06-Nov-2007 (.tar or "
+                        ".zip); tried before the built-in sources; repeatable")
+    f.add_argument("--no-default-sources", action="store_true", help="try only the --source ones")
+    f.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up on a source that sends nothing for this long (default 30)")
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=_cmd_data_fetch)
-    c = dsub.add_parser("check", help="report the splits, images and labels found under a VOC tree")
+    c = dsub.add_parser("check", help="report the splits, images and labels under a VOC tree, and whether they "
+                                      "are exactly the official VOC 2007")
     c.add_argument("--root", required=True)
+    c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_data_check)
 
     t = sub.add_parser("train", help="train one run and record it under the runs folder")
