@@ -3,12 +3,23 @@
 A notebook names a profile (how big its experiments are) and gives each of its runs a key;
 Experiment turns the profile plus a few changes into a TrainConfig, trains it with train.fit
 (reusing a run already complete on disk with the same config and data, resuming one that was
-interrupted), and keeps a manifest of runs, figures and values that `mp3kit report` reads:
+interrupted), and keeps a manifest of runs, values and report content that `mp3kit report` reads:
 
     <runs_dir>/<notebook>.manifest.json
     {"notebook", "profile", "synthetic", "data_root",
-     "runs": {key: {"run": run name, "label": readable label}},
-     "figures": {key: file name under figures_dir}, "values": {key: JSON value}}
+     "runs": {key: {"run": run name, "label": readable label}}, "values": {key: JSON value},
+     "report": [{"kind", "key", "section", ...}, ...]}
+
+A notebook declares what it gives the report where it makes it (Experiment.figure, table, result, note, ablation,
+kaggle_csv, check_pretrained); each item goes to the report template's marker named by its section (default: its
+own key), in the order declared. The kinds and what they hold:
+    figure    caption, file (under figures_dir)
+    table     caption, markdown (a table fixed when it was made, e.g. an architecture)
+    runs      caption, runs (run keys), columns ("settings" or "ap": AP per class), best (name the highest test mAP)
+    result    caption (what the run is): the headline of run key, its test mAP and average test loss
+    ablation  rows ({"serial", "label", "key", "skipped"?}), note
+    note      text (markdown)
+The report draws every number of runs, result and ablation items from the run records, when it is built.
 
 Environment variables:
     MP3KIT_PROFILE  the notebooks' default PROFILE (nbval runs them with smoke).
@@ -219,7 +230,7 @@ class Experiment:
         self.data = self._data_for(self.profile.train.get("max_images"))
         self.runs: dict[str, Run] = {}
         self.manifest = {"notebook": self.notebook, "profile": self.profile.name, "synthetic": self.synthetic,
-                         "data_root": str(self.data_root), "runs": {}, "figures": {}, "values": {}}
+                         "data_root": str(self.data_root), "runs": {}, "values": {}, "report": []}
         self.chance_map = self.record("chance_map", metrics.chance_map(self.data.test.targets, self.data.test.difficult))
         print(self.notice())
 
@@ -352,7 +363,7 @@ class Experiment:
             out.append(replace(self.runs[key], name=self.manifest["runs"][key]["label"]))
         return out
 
-    def table(self, keys=None) -> Table:
+    def runs_table(self, keys=None) -> Table:
         """Return a table of runs (default: every run so far): label, epochs, test mAP, average test loss, best val mAP."""
         keys = list(self.runs) if keys is None else [k for k in keys if k in self.runs]
         rows = []
@@ -366,11 +377,12 @@ class Experiment:
             note += " Synthetic data: the numbers compare settings on generated shapes, not on VOC."
         return Table(rows, ["run", "epochs", "test mAP", "avg test loss", "best val mAP", "status"], note)
 
-    def ablation(self, rows, epochs: int | None = None) -> Table:
+    def ablation(self, rows, epochs: int | None = None, section: str | None = None) -> Table:
         """Run an ablation in order and return its table; each row is (label, change) applied on top of the row before.
 
         A change is a model spec (a dict with "blocks"), a model name, or a dict of TrainConfig fields;
         the first row's change applies to the profile's config. Runs are keyed ablation-1, ablation-2, ...
+        The report shows the table (serial, label, test mAP) in section (default "ablation").
         """
         config = self.config(epochs=epochs or self.epochs)
         table, recorded = [], []
@@ -395,7 +407,7 @@ class Experiment:
             recorded.append({"serial": serial, "label": label, "key": key})
             table.append({"serial": serial, "architecture": label, "params": params, "test mAP": run.test_map,
                           "best val mAP": run.best_val_map(), "note": "" if run.complete else run.status})
-        self.record("ablation", recorded)
+        self._declare("ablation", "ablation", section, rows=recorded, note=ABLATION_NOTE)
         note = ("test mAP: the finished run on the test split (picking an epoch by test mAP would tune on the test set); "
                 f"best val mAP: the best evaluation epoch on val. Chance: test mAP {self.chance_map:.4f}.")
         return Table(table, ["serial", "architecture", "params", "test mAP", "best val mAP", "note"], note)
@@ -413,13 +425,18 @@ class Experiment:
             return dict(change)
         raise UserError(f"Ablation row {serial}: the change {change!r} is neither a model spec nor a dict of TrainConfig fields.")
 
-    def check_pretrained(self) -> str | None:
-        """Return None when the ImageNet AlexNet weights load offline, else record and print why they do not."""
+    def check_pretrained(self, sections=()) -> str | None:
+        """Return None when the ImageNet AlexNet weights load offline, else print why not and say so in sections.
+
+        The first section gets the reason; the others a line saying the pretrained results are missing.
+        """
         try:
             models.alexnet(pretrained=True)
         except UserError as exc:
             reason = str(exc)
             self.record("pretrained_unavailable", reason)
+            for i, section in enumerate(sections):
+                self.note("pretrained-unavailable", pretrained_notice(reason, full=i == 0), section)
             print(f"Skipping the ImageNet-pretrained AlexNet. {reason}")
             return reason
         return None
@@ -430,29 +447,76 @@ class Experiment:
         with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
             return models.architecture_table(train.build_model(self.config(model=model)), (3, size, size))
 
-    def kaggle_csv(self, run: Run, path=None) -> Path | None:
-        """Write run's Kaggle CSV (1 - AP per class, default in its run folder), record its path and score, return the path."""
+    def kaggle_csv(self, run: Run, path=None, section: str | None = None) -> Path | None:
+        """Write run's Kaggle CSV (1 - AP per class, default in its run folder), record its path and score, return the path.
+
+        With section, the report says there where the CSV is and its score (or why there is none).
+        """
         if run.test_ap is None or any(ap is None for ap in run.test_ap):
             print(f"No Kaggle CSV: {run.name} has no AP for some class (a capped test split without a positive image; "
                   "the quick and full profiles test on every image).")
+            if section:
+                self.note("kaggle", kaggle_notice(None, None, self.synthetic), section)
             return None
         path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", run.test_ap)
         score = kaggle.kaggle_score(path)
         self.record("kaggle_csv", str(path))
         self.record("kaggle_score", score)
+        if section:
+            self.note("kaggle", kaggle_notice(path, score, self.synthetic), section)
         kind = " on SYNTHETIC data, not a leaderboard number" if self.synthetic else ""
         print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}{kind}.")
         return path
 
-    # ------------------------------------------------------------------ figures, values, manifest
+    # ------------------------------------------------------------------ what the notebook gives the report
 
-    def figure(self, key: str) -> Path:
-        """Return the PNG path of figure key under figures_dir, recorded in the manifest."""
-        self.run_name(key)  # the same rules for figure keys
+    def figure(self, key: str, caption: str = "", section: str | None = None) -> Path:
+        """Return the PNG path of figure key under figures_dir; the report shows it with caption in section."""
         self.figures_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest["figures"][key] = f"{key}.png"
-        self._save()
+        self._declare("figure", key, section, caption=caption or key, file=f"{key}.png")
         return self.figures_dir / f"{key}.png"
+
+    def table(self, key: str, table, caption: str = "", section: str | None = None, *, per_class: bool = False,
+              best: bool = False):
+        """Give the report a table in section and return it for display: a Table (or markdown), or a list of run keys.
+
+        Run keys make a table of those runs drawn from their records when the report is built: their settings and
+        test results, or with per_class their test AP per class; best adds a line naming the highest test mAP
+        (or saying that every run is near chance).
+        """
+        if isinstance(table, (list, tuple)):
+            self._declare("runs", key, section, caption=caption, runs=list(table),
+                          columns="ap" if per_class else "settings", best=best)
+            return self.runs_table(table)
+        markdown = table if isinstance(table, str) else table.to_markdown()
+        self._declare("table", key, section, caption=caption, markdown=markdown)
+        return table
+
+    def result(self, key: str, caption: str, section: str | None = None) -> None:
+        """Give the report the headline of run key in section: caption, its label, test mAP and average test loss."""
+        self._declare("result", key, section, caption=caption)
+
+    def note(self, key: str, text: str, section: str | None = None) -> None:
+        """Give the report a markdown paragraph in section."""
+        self._declare("note", key, section, text=text)
+
+    def data_summary(self) -> str:
+        """Return the sentence saying which data this notebook uses and its chance level, for the report."""
+        return data_notice(self.synthetic, self.data_root, self.chance_map)
+
+    def _declare(self, kind: str, key: str, section: str | None, **content) -> None:
+        """Add a report item to the manifest, replacing one of the same kind, key and section."""
+        self.run_name(key)  # the same rules for every key
+        section = section or key
+        self.run_name(section)
+        item = {"kind": kind, "key": key, "section": section, **content}
+        items = self.manifest["report"]
+        same = [i for i, old in enumerate(items) if (old["kind"], old["key"], old["section"]) == (kind, key, section)]
+        if same:
+            items[same[0]] = item
+        else:
+            items.append(item)
+        self._save()
 
     def record(self, key: str, value):
         """Record a JSON value (a number, string, list or dict) under key for the report, and return it."""
@@ -473,3 +537,36 @@ class Experiment:
 
     def __repr__(self) -> str:
         return f"Experiment({self.notebook!r}, profile={self.profile.name!r}, runs={list(self.runs)})"
+
+
+# The sentences below are written into the manifest by the Experiment methods that know their facts.
+
+ABLATION_NOTE = ("\"Best mAP on test set\" is the test mAP of that row's run, measured once after its last epoch; no "
+                 "row is picked by its test score.")
+
+
+def data_notice(synthetic: bool, data_root, chance: float | None) -> str:
+    """Return the report's sentence on the data in use and the chance level (the mAP of a network that learned nothing)."""
+    source = ("the embedded synthetic dataset (drawn shapes in the PASCAL VOC layout, not photographs)" if synthetic
+              else f"PASCAL VOC from `{data_root}`")
+    level = (f" Chance level, the test mAP of a network that has learned nothing (the same score for every image): "
+             f"**{chance:.4f}**; a run near it has learned nothing.") if chance is not None else ""
+    return f"Data: {source}.{level}"
+
+
+def kaggle_notice(path, score: float | None, synthetic: bool) -> str:
+    """Return the report's line on the Kaggle CSV at path and its score, or on why there is none (path None)."""
+    if path is None:
+        return ("_No Kaggle CSV: the final run has no AP for some class (its capped test split holds no positive image "
+                "of it); the quick and full profiles test on every image._")
+    line = f"The Kaggle CSV of the final model is `{path}`; its score (1 − mAP) is **{score:.5f}**."
+    if synthetic:
+        line += " It was computed on the synthetic data: do not upload it; rebuild with `--profile full` on VOC."
+    return line
+
+
+def pretrained_notice(reason: str, full: bool = True) -> str:
+    """Return the report's notice that the ImageNet weights were missing: with the reason, or the short form."""
+    if full:
+        return f"**Pretrained weights unavailable:** {reason}"
+    return "**Pretrained weights unavailable** (the reason is under 3a): only the runs from scratch are shown."

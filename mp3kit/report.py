@@ -26,7 +26,6 @@ from mp3kit import __version__
 from mp3kit import runs as run_records
 from mp3kit.util import UserError, atomic_write_json, atomic_write_text
 
-NOTEBOOKS = ("01_introduction", "02_scratch_vs_pretrained", "03_develop_classifier")
 PROFILES = ("smoke", "quick", "full")
 NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
 # The generated part of a report folder, swapped in as a whole; report.md goes last so it never links to figures
@@ -37,8 +36,6 @@ SYNTHETIC_BANNER = (
     "and are not comparable with the course's reference figures."
 )
 MARKER = re.compile(r"<!-- mp3kit:(begin|end) ([A-Za-z0-9_.-]+) -->")
-CONFIG_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size", "schedule", "augment",
-                 "image_size", "freeze_features", "max_images", "seed")
 
 
 class NotebookError(Exception):
@@ -113,10 +110,12 @@ def build(profile="quick", data_root=None, *, only=None, report_dir="report", no
             seconds[name] = round(time.monotonic() - t0, 1)
             print(f" done in {seconds[name]:.0f} s", flush=True)
 
-        results = collect_results(runs_dir, profile, staging, seconds)
+        results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir))
         atomic_write_json(staging / "results.json", results)
         existing = _read_existing(report_dir / "report.md")
-        text = merge_sections(template.read_text(encoding="utf-8"), existing, render_sections(results))
+        template_text = template.read_text(encoding="utf-8")
+        keys = marker_keys(template_text) | marker_keys(existing or "")
+        text = merge_sections(template_text, existing, render_sections(results, keys))
         atomic_write_text(staging / "report.md", text)
         atomic_write_text(staging / "report.html", render_html(text, markdown, [staging, report_dir]))
         _swap_in(staging, report_dir)
@@ -148,12 +147,11 @@ def find_template(report_dir: Path, repo: Path) -> Path:
 
 
 def select_notebooks(notebooks_dir: Path, only=None) -> list[str]:
-    """Return the notebook names to run, in order: all of them, or the one named by only (with or without .ipynb)."""
-    present = [n for n in NOTEBOOKS if (notebooks_dir / f"{n}.ipynb").exists()]
+    """Return the notebook names to run, in order: all in notebooks_dir, or the one named by only (.ipynb optional)."""
+    present = sorted(p.stem for p in Path(notebooks_dir).glob("*.ipynb"))
     if only is None:
-        missing = [n for n in NOTEBOOKS if n not in present]
-        if missing:
-            raise UserError(f"{notebooks_dir / (missing[0] + '.ipynb')} is missing: restore it from the repository.")
+        if not present:
+            raise UserError(f"{notebooks_dir} holds no notebook: restore the notebooks from the repository.")
         return present
     wanted = Path(str(only)).name.removesuffix(".ipynb")
     matches = [n for n in present if n == wanted] or [n for n in present if n.startswith(wanted)]
@@ -253,9 +251,16 @@ def _keep_failed(output: Path, failed_copy: Path) -> str:
 # ---------------------------------------------------------------- results.json
 
 
-def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict) -> dict:
-    """Gather every notebook's manifest and runs into the results.json dict (figures checked in staging/figures)."""
-    notebooks = {name: _notebook_results(Path(runs_dir), name, staging, seconds.get(name)) for name in NOTEBOOKS}
+def notebook_names(notebooks_dir: Path, runs_dir: Path) -> list[str]:
+    """Return the notebooks the report covers, sorted: those in notebooks_dir and those with a manifest in runs_dir."""
+    names = {p.stem for p in Path(notebooks_dir).glob("*.ipynb")}
+    names |= {p.name.removesuffix(".manifest.json") for p in Path(runs_dir).glob("*.manifest.json")}
+    return sorted(names)
+
+
+def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, names) -> dict:
+    """Gather the manifests and runs of the notebooks named into the results.json dict (figures checked in staging)."""
+    notebooks = {name: _notebook_results(Path(runs_dir), name, staging, seconds.get(name)) for name in names}
     synthetic = any(nb.get("synthetic") for nb in notebooks.values()) or any(
         run.get("synthetic") for nb in notebooks.values() for run in nb.get("runs", {}).values())
     return {
@@ -279,12 +284,12 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
         raise UserError(f"{manifest_path} is not valid JSON ({exc.msg}): delete it and run mp3kit report again.") from exc
     runs = {key: _run_results(runs_dir / entry["run"], entry.get("label"))
             for key, entry in manifest.get("runs", {}).items()}
-    figures, missing = {}, []
-    for key, rel in manifest.get("figures", {}).items():
-        if (staging / "figures" / rel).exists():
-            figures[key] = f"figures/{Path(rel).as_posix()}"
-        else:
-            missing.append(key)
+    items = []
+    for item in manifest.get("report", []):
+        if item.get("kind") == "figure":
+            item = {**item, "path": f"figures/{Path(item['file']).as_posix()}",
+                    "present": (staging / "figures" / item["file"]).exists()}
+        items.append(item)
     executed = staging / "executed" / f"{name}.ipynb"
     return {
         "manifest": str(manifest_path),
@@ -293,20 +298,20 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
         "synthetic": bool(manifest.get("synthetic")),
         "data_root": manifest.get("data_root"),
         "runs": runs,
-        "figures": figures,
-        "missing_figures": missing,
         "values": _clean(manifest.get("values", {})),
+        "report": _clean(items),
     }
 
 
 def _run_results(path: Path, label) -> dict:
-    """Return one run's summary numbers and key config fields, or a 'missing' entry when its folder is gone."""
+    """Return one run's summary numbers and its config, or a 'missing' entry when its folder is gone."""
     if not (path / "config.json").exists():
         return {"name": path.name, "label": label or path.name, "status": "missing", "reason": f"{path} is missing"}
     run = run_records.load_run(path)
-    cfg, metrics = run.config, run.metrics
+    metrics = run.metrics
     ap = metrics.get("test_ap")
     classes = metrics.get("classes") or [str(i) for i in range(len(ap or []))]
+    config = {k: v for k, v in run.config.items() if k != "data"}
     return _clean({
         "name": run.name,
         "label": label or run.name,
@@ -320,7 +325,7 @@ def _run_results(path: Path, label) -> dict:
         "device": metrics.get("device"),
         "synthetic": run.synthetic,
         "test_ap": dict(zip(classes, ap)) if ap else None,
-        "config": {"model": model_label(cfg.get("model")), **{k: cfg.get(k) for k in CONFIG_FIELDS if k in cfg}},
+        "config": {**config, "model": model_label(config.get("model"))},
     })
 
 
@@ -343,10 +348,12 @@ def _clean(value):
 
 
 # ---------------------------------------------------------------- report.md sections
-# Every number written below goes through one of these formatters, straight from results.json.
+# The notebooks declare the items (see mp3kit.experiment); each goes to the marker its section names, in the order
+# declared. Every number written below goes through one of these formatters, straight from results.json.
 
-
+HEADER, APPENDIX = "header", "more-figures"  # the report's own sections; the notebooks fill every other marker
 NEAR_CHANCE = 1.25  # a best test mAP under 1.25x chance is reported as "near chance", not as a winner
+
 
 def _f4(x) -> str:
     return "–" if x is None else f"{x:.4f}"
@@ -356,328 +363,173 @@ def _lr(x) -> str:
     return "–" if x is None else f"{x:g}"
 
 
-def _score(x) -> str:
-    return "–" if x is None else f"{x:.5f}"
-
-
 def _cell(text) -> str:
     """Return text safe inside a markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-FIGURE_CAPTIONS = {
-    "data-boxes": "Training images with their boxes and class names",
-    "label-stats": "Positives per class and how often classes appear together",
-    "simple-default-curves": "Simple classifier, course defaults: loss and mAP per epoch",
-    "simple-long-curves": "Simple classifier, longer training: loss and mAP per epoch",
-    "simple-adam-curves": "Simple classifier with Adam: loss and mAP per epoch",
-    "lr-study-curves": "Simple classifier, learning-rate study: loss and mAP per epoch",
-    "simple-per-class-ap": "Simple classifier: test AP per class",
-    "alexnet-scratch-sgd-curves": "AlexNet from scratch, course SGD: loss and mAP per epoch",
-    "alexnet-scratch-tuned-curves": "AlexNet from scratch, tuned SGD: loss and mAP per epoch",
-    "alexnet-scratch-adam-curves": "AlexNet from scratch with Adam: loss and mAP per epoch",
-    "alexnet-pretrained-curves": "Pretrained AlexNet: loss and mAP per epoch",
-    "scratch-vs-pretrained-curves": "The AlexNet runs side by side: loss and mAP per epoch",
-    "scratch-vs-pretrained-per-class": "Test AP per class of the AlexNet runs",
-    "final-curves": "Final model: loss and mAP per epoch",
-    "ablation-bars": "Ablation: test AP per class at each step",
-    "final-pr-curves": "Final model: precision-recall curves on the test split",
-    "final-top-images": "Final model: top-scoring test images, marked right or wrong",
-}
+def render_sections(results: dict, keys) -> dict[str, str]:
+    """Return the generated markdown of every marker key; items placed under no marker go to the appendix."""
+    placed = {key: [] for key in keys if key not in (HEADER, APPENDIX)}
+    appendix = []
+    chance = _chance(results)
+    for name, nb in results["notebooks"].items():
+        for item in [] if nb.get("missing") else nb["report"]:
+            text = _render_item(item, name, nb, results["profile"], chance)
+            if not text:
+                continue
+            if item["section"] in placed:
+                placed[item["section"]].append(text)
+            elif item["kind"] == "figure":
+                appendix.append(text.rsplit("\n\n", 1)[0] + f"\n\n_{name}: {item['caption']}._")
+            else:
+                appendix.append(f"_{name}: {item['key']}._\n\n{text}")
+    missing = [name for name, nb in results["notebooks"].items() if nb.get("missing")]
+    sections = {key: "\n\n".join(texts) or _nothing_here(missing, results["profile"]) for key, texts in placed.items()}
+    if HEADER in keys:
+        sections[HEADER] = _header(results)
+    if APPENDIX in keys:
+        sections[APPENDIX] = "\n\n".join(appendix) or "_None._"
+    return sections
 
 
-class _Sections:
-    """Render the generated part of each report section from results.json."""
+def _nothing_here(missing: list, profile: str) -> str:
+    """Return the text of a section no notebook filled: which notebooks are not built yet, if any."""
+    if not missing:
+        return "_Nothing was recorded for this section._"
+    only = f" --only {missing[0]}" if len(missing) == 1 else ""
+    has = "has" if len(missing) == 1 else "have"
+    return (f"_Not built yet: {', '.join(missing)} {has} no results for the {profile} profile; run "
+            f"`mp3kit report --profile {profile}{only}`._")
 
-    def __init__(self, results: dict):
-        self.results = results
-        self.profile = results["profile"]
-        self.shown: set[tuple[str, str]] = set()
 
-    def nb(self, name: str) -> dict | None:
-        nb = self.results["notebooks"].get(name) or {}
-        return None if nb.get("missing") else nb
+def _chance(results: dict) -> float | None:
+    """Return the chance-level test mAP a notebook recorded (they share the test split), or None."""
+    for nb in results["notebooks"].values():
+        value = (nb.get("values") or {}).get("chance_map")
+        if value is not None:
+            return value
+    return None
 
-    def not_built(self, name: str) -> str:
-        return (f"_Not built yet: {name} has no results for the {self.profile} profile; run "
-                f"`mp3kit report --profile {self.profile} --only {name}`._")
 
-    def figures(self, name: str, *keys: str) -> str:
-        nb = self.nb(name) or {}
-        out = []
-        for key in keys:
-            if key in nb.get("figures", {}):
-                self.shown.add((name, key))
-                caption = FIGURE_CAPTIONS.get(key, key)
-                out.append(f"![{caption}]({nb['figures'][key]})\n\n_{caption}._")
-            elif key in nb.get("missing_figures", []):
-                out.append(f"_Figure {key} is missing from figures/: rebuild with "
-                           f"`mp3kit report --profile {self.profile} --only {name}`._")
-        return "\n\n".join(out)
+def _header(results: dict) -> str:
+    lines = []
+    if results["synthetic"]:
+        lines.append(f"> **Synthetic data.** {SYNTHETIC_BANNER}\n")
+    lines.append(f"Generated by `mp3kit report --profile {results['profile']}` (mp3kit {results['mp3kit_version']}) "
+                 f"on {results['generated']}. Every number in the generated parts comes from `results.json`.")
+    notebooks = results["notebooks"]
+    built = [f"{n} ({nb['seconds']:.0f} s)" if nb.get("seconds") is not None else n
+             for n, nb in notebooks.items() if not nb.get("missing")]
+    if built:
+        lines.append(f"\nNotebooks in this report: {', '.join(built)}.")
+    missing = [n for n, nb in notebooks.items() if nb.get("missing")]
+    if missing:
+        lines.append(f"\nNot built yet: {', '.join(missing)}.")
+    return "\n".join(lines)
 
-    def run_table(self, name: str, keys) -> str:
-        """Return a table of runs: what was changed (optimizer, lr, epochs ...) and the test results."""
-        runs = (self.nb(name) or {}).get("runs", {})
-        rows = [(k, runs[k]) for k in keys if k in runs]
-        if not rows:
-            return ""
-        lines = ["| Experiment | Model | Optimizer | Learning rate | Epochs | Batch | Augment | Image | "
-                 "Test mAP | Avg test loss |",
-                 "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
-        notes = []
-        for key, r in rows:
-            c = r.get("config", {})
-            epochs = c.get("epochs")
-            done = r.get("epochs_done")
-            shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
-            lines.append(f"| {_cell(r['label'])} | {_cell(c.get('model', '–'))} | {c.get('optimizer', '–')} | {_lr(c.get('lr'))} | "
-                         f"{shown_epochs} | {c.get('batch_size', '–')} | {c.get('augment', '–')} | "
-                         f"{c.get('image_size', '–')} | {_f4(r.get('test_map'))} | {_f4(r.get('test_loss'))} |")
-            if r.get("status") != "complete":
-                notes.append(f"_{r['label']}: the run is {r.get('status')}"
-                             + (f" ({r['reason']})" if r.get("reason") else "") + "._")
-        return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
 
-    def best_line(self, name: str, keys) -> str:
-        runs = (self.nb(name) or {}).get("runs", {})
-        done = [runs[k] for k in keys if k in runs and runs[k].get("test_map") is not None]
-        if len(done) < 2:
-            return ""
-        best = max(done, key=lambda r: r["test_map"])
-        chance = self.chance()
-        if chance is not None and best["test_map"] < NEAR_CHANCE * chance:
-            # Differences of a few thousandths near chance are noise: naming a winner would mislead.
-            return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
-                    f"the highest at {_f4(best['test_map'])}: none has learned much yet.")
-        return f"Highest test mAP here: **{best['label']}**, {_f4(best['test_map'])}."
-
-    def chance(self) -> float | None:
-        """Return the chance-level test mAP a notebook recorded (they share the test split), or None."""
-        for nb in self.results["notebooks"].values():
-            value = (nb.get("values") or {}).get("chance_map")
-            if value is not None:
-                return value
-        return None
-
-    def headline(self, run: dict, what: str) -> str:
-        if run.get("test_map") is None:
-            return f"{what}: no test result yet (the run is {run.get('status')})."
-        return (f"{what} (**{run['label']}**): test mAP **{_f4(run['test_map'])}**, average test loss "
-                f"**{_f4(run['test_loss'])}**, after {run.get('epochs_done')} epochs.")
-
-    # -- the sections, in report order
-
-    def header(self) -> str:
-        r = self.results
-        lines = []
-        if r["synthetic"]:
-            lines.append(f"> **Synthetic data.** {SYNTHETIC_BANNER}\n")
-        lines.append(f"Generated by `mp3kit report --profile {r['profile']}` (mp3kit {r['mp3kit_version']}) on "
-                     f"{r['generated']}. Every number in the generated parts comes from `results.json`.")
-        built = [f"{n} ({nb['seconds']:.0f} s)" if nb.get("seconds") is not None else n
-                 for n, nb in r["notebooks"].items() if not nb.get("missing")]
-        if built:
-            lines.append(f"\nNotebooks in this report: {', '.join(built)}.")
-        missing = [n for n, nb in r["notebooks"].items() if nb.get("missing")]
-        if missing:
-            lines.append(f"\nNot built yet: {', '.join(missing)}.")
-        return "\n".join(lines)
-
-    def data(self) -> str:
-        name = NOTEBOOKS[0]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        source = ("the embedded synthetic dataset (drawn shapes in the PASCAL VOC layout, not photographs)"
-                  if nb.get("synthetic") else f"PASCAL VOC from `{nb.get('data_root')}`")
-        chance = self.chance()
-        level = (f" Chance level, the test mAP of a network that has learned nothing (the same score for every "
-                 f"image): **{_f4(chance)}**; a run near it has learned nothing.") if chance is not None else ""
-        return f"Data: {source}.{level}\n\n" + self.figures(name, "data-boxes", "label-stats")
-
-    def simple_results(self) -> str:
-        name = NOTEBOOKS[0]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        parts = []
-        if "simple-default" in nb["runs"]:
-            parts.append(self.headline(nb["runs"]["simple-default"], "Simple classifier with the course defaults"))
-        keys = ("simple-default", "simple-lr0.001", "simple-lr0.0001", "simple-long", "simple-adam")
-        parts.append("The hyperparameter study (one change at a time from the course defaults):\n\n"
-                     + self.run_table(name, keys))
-        parts.append(self.best_line(name, keys))
+def _render_item(item: dict, name: str, nb: dict, profile: str, chance) -> str:
+    """Return the markdown of one declared item."""
+    kind, runs = item["kind"], nb["runs"]
+    if kind == "figure":
+        caption = item.get("caption") or item["key"]
+        if item.get("present"):
+            return f"![{caption}]({item['path']})\n\n_{caption}._"
+        return (f"_Figure {item['key']} is missing from figures/: rebuild with "
+                f"`mp3kit report --profile {profile} --only {name}`._")
+    if kind == "note":
+        return item["text"].strip()
+    if kind == "table":
+        return _captioned(item.get("caption"), item["markdown"].rstrip())
+    if kind == "result":
+        return _headline(runs.get(item["key"]), item.get("caption") or item["key"])
+    if kind == "runs":
+        chosen = [runs[k] for k in item["runs"] if k in runs]
+        table = _ap_table(chosen) if item.get("columns") == "ap" else _settings_table(chosen)
+        parts = [_captioned(item.get("caption"), table) if table else "",
+                 _best_line(chosen, chance) if item.get("best") else ""]
         return "\n\n".join(p for p in parts if p)
-
-    def simple_plots(self) -> str:
-        name = NOTEBOOKS[0]
-        if self.nb(name) is None:
-            return self.not_built(name)
-        return self.figures(name, "simple-default-curves", "lr-study-curves", "simple-long-curves",
-                            "simple-adam-curves", "simple-per-class-ap")
-
-    def scratch_results(self) -> str:
-        name = NOTEBOOKS[1]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        keys = ("alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam")
-        parts = []
-        if "alexnet-scratch-sgd" in nb["runs"]:
-            parts.append(self.headline(nb["runs"]["alexnet-scratch-sgd"], "AlexNet from scratch, course defaults"))
-        parts += [self.run_table(name, keys), self.best_line(name, keys)]
-        return "\n\n".join(p for p in parts if p)
-
-    def scratch_plots(self) -> str:
-        name = NOTEBOOKS[1]
-        if self.nb(name) is None:
-            return self.not_built(name)
-        return self.figures(name, "alexnet-scratch-sgd-curves", "alexnet-scratch-tuned-curves",
-                            "alexnet-scratch-adam-curves")
-
-    def pretrained_results(self) -> str:
-        name = NOTEBOOKS[1]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        reason = nb["values"].get("pretrained_unavailable")
-        if "alexnet-pretrained" in nb["runs"]:
-            return (self.headline(nb["runs"]["alexnet-pretrained"], "ImageNet-pretrained AlexNet") + "\n\n"
-                    + self.run_table(name, ["alexnet-pretrained"]))
-        if reason:
-            return f"**Pretrained weights unavailable:** {reason}"
-        return "_No pretrained AlexNet run was recorded._"
-
-    def unavailable(self, nb: dict) -> str:
-        """Return the short pretrained-unavailable line (the reason itself is given once, in 3a), or ''."""
-        if "alexnet-pretrained" in nb["runs"] or not nb["values"].get("pretrained_unavailable"):
-            return ""
-        return "**Pretrained weights unavailable** (the reason is under 3a): only the runs from scratch are shown."
-
-    def pretrained_plots(self) -> str:
-        name = NOTEBOOKS[1]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        parts = [self.unavailable(nb), self.figures(name, "alexnet-pretrained-curves", "scratch-vs-pretrained-curves")]
-        return "\n\n".join(p for p in parts if p)
-
-    def scratch_vs_pretrained(self) -> str:
-        name = NOTEBOOKS[1]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        keys = [k for k in ("alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam", "alexnet-pretrained")
-                if k in nb["runs"] and nb["runs"][k].get("test_ap")]
-        parts = [self.unavailable(nb)]
-        if keys:
-            runs = [nb["runs"][k] for k in keys]
-            lines = ["| Class | " + " | ".join(_cell(r["label"]) for r in runs) + " |",
-                     "|---|" + "---:|" * len(runs)]
-            for cls in runs[0]["test_ap"]:
-                lines.append(f"| {cls} | " + " | ".join(_f4(r["test_ap"].get(cls)) for r in runs) + " |")
-            lines.append("| **mAP** | " + " | ".join(f"**{_f4(r.get('test_map'))}**" for r in runs) + " |")
-            parts.append("Test AP per class:\n\n" + "\n".join(lines))
-        parts.append(self.figures(name, "scratch-vs-pretrained-per-class"))
-        return "\n\n".join(p for p in parts if p)
-
-    def kaggle(self) -> str:
-        name = NOTEBOOKS[2]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        values = nb["values"]
-        if not values.get("kaggle_csv"):
-            final = nb["runs"].get("final") or {}
-            if final.get("test_ap") and None in final["test_ap"].values():
-                return ("_No Kaggle CSV: the final run has no AP for some class (its capped test split holds no "
-                        "positive image of it); the quick and full profiles test on every image._")
-            return "_No Kaggle CSV was recorded._"
-        csv = values["kaggle_csv"]
-        relative = os.path.relpath(csv) if Path(csv).is_absolute() else csv
-        csv = csv if relative.startswith("..") else relative
-        line = (f"The Kaggle CSV of the final model is `{csv}`; its score (1 − mAP) is "
-                f"**{_score(values.get('kaggle_score'))}**.")
-        if nb.get("synthetic"):
-            line += " It was computed on the synthetic data: do not upload it; rebuild with `--profile full` on VOC."
-        return line
-
-    def final_results(self) -> str:
-        name = NOTEBOOKS[2]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        parts = []
-        if "final" in nb["runs"]:
-            parts += [self.headline(nb["runs"]["final"], "Final model"), self.run_table(name, ["final"])]
-        parts.append(self.figures(name, "final-curves"))
-        return "\n\n".join(p for p in parts if p)
-
-    def final_architecture(self) -> str:
-        name = NOTEBOOKS[2]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        table = nb["values"].get("architecture_table")
-        if not table:
-            return "_No architecture table was recorded._"
-        total = nb["values"].get("total_params")
-        if total is not None and "Total parameters" not in table:
-            table = table.rstrip() + f"\n\nTotal parameters: {total:,}"
-        return table.rstrip()
-
-    def ablation(self) -> str:
-        name = NOTEBOOKS[2]
-        nb = self.nb(name)
-        if nb is None:
-            return self.not_built(name)
-        rows = nb["values"].get("ablation") or []
-        if not rows:
-            return "_No ablation was recorded._"
-        lines = ["| Serial # | Model architecture | Best mAP on test set |", "|---:|---|---:|"]
-        notes = []
-        for row in rows:
-            run = nb["runs"].get(row.get("key"), {})
-            label = row.get("label") or run.get("label", "–")
-            lines.append(f"| {row.get('serial')} | {_cell(label)} | {_f4(run.get('test_map'))} |")
-            if row.get("skipped"):
-                notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
-            elif run and run.get("status") != "complete":
-                notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
-                             + (f" ({run['reason']})" if run.get("reason") else "") + ".")
-        note = ("\"Best mAP on test set\" is the test mAP of that row's run, measured once after its last epoch; no "
-                "row is picked by its test score.")
-        final = nb["runs"].get("final")
-        if final and final.get("test_map") is not None:
-            note += f" The final model, **{final['label']}**, reaches {_f4(final['test_map'])}."
-        parts = ["\n".join(lines), " ".join(notes), note, self.figures(name, "ablation-bars")]
-        return "\n\n".join(p for p in parts if p)
-
-    def diagnostics(self) -> str:
-        name = NOTEBOOKS[2]
-        if self.nb(name) is None:
-            return self.not_built(name)
-        return self.figures(name, "final-pr-curves", "final-top-images")
-
-    def more_figures(self) -> str:
-        out = []
-        for name in NOTEBOOKS:
-            nb = self.nb(name) or {}
-            for key, rel in nb.get("figures", {}).items():
-                if (name, key) not in self.shown:
-                    out.append(f"![{key}]({rel})\n\n_{name}: {key}._")
-        return "\n\n".join(out) or "_None._"
+    if kind == "ablation":
+        return _ablation(item, runs)
+    raise UserError(f"{nb['manifest']} holds a report item of unknown kind {kind!r}: rebuild that notebook with this "
+                    "version of mp3kit (mp3kit report --only NAME).")
 
 
-SECTION_KEYS = ("header", "data", "simple-results", "simple-plots", "scratch-results", "scratch-plots",
-                "pretrained-results", "pretrained-plots", "scratch-vs-pretrained", "kaggle", "final-results",
-                "final-architecture", "ablation", "diagnostics", "more-figures")
+def _captioned(caption, body: str) -> str:
+    return f"{caption}:\n\n{body}" if caption else body
 
 
-def render_sections(results: dict) -> dict[str, str]:
-    """Return the generated markdown of every marker key, rendered from results.json (more-figures last)."""
-    sections = _Sections(results)
-    return {key: getattr(sections, key.replace("-", "_"))().strip() for key in SECTION_KEYS}
+def _headline(run: dict | None, what: str) -> str:
+    if run is None or run.get("test_map") is None:
+        status = run.get("status") if run else "not recorded"
+        return f"{what}: no test result yet (the run is {status})."
+    return (f"{what} (**{run['label']}**): test mAP **{_f4(run['test_map'])}**, average test loss "
+            f"**{_f4(run['test_loss'])}**, after {run.get('epochs_done')} epochs.")
+
+
+def _settings_table(rows: list[dict]) -> str:
+    """Return a table of runs: what was set (model, optimizer, lr, epochs ...) and the test results."""
+    if not rows:
+        return ""
+    lines = ["| Experiment | Model | Optimizer | Learning rate | Epochs | Batch | Augment | Image | "
+             "Test mAP | Avg test loss |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    notes = []
+    for r in rows:
+        c = r.get("config", {})
+        epochs, done = c.get("epochs"), r.get("epochs_done")
+        shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
+        lines.append(f"| {_cell(r['label'])} | {_cell(c.get('model', '–'))} | {c.get('optimizer', '–')} | "
+                     f"{_lr(c.get('lr'))} | {shown_epochs} | {c.get('batch_size', '–')} | {c.get('augment', '–')} | "
+                     f"{c.get('image_size', '–')} | {_f4(r.get('test_map'))} | {_f4(r.get('test_loss'))} |")
+        if r.get("status") != "complete":
+            notes.append(f"_{r['label']}: the run is {r.get('status')}"
+                         + (f" ({r['reason']})" if r.get("reason") else "") + "._")
+    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _ap_table(rows: list[dict]) -> str:
+    """Return a table of test AP per class, one column per run, with each run's mAP at the bottom."""
+    rows = [r for r in rows if r.get("test_ap")]
+    if not rows:
+        return ""
+    lines = ["| Class | " + " | ".join(_cell(r["label"]) for r in rows) + " |", "|---|" + "---:|" * len(rows)]
+    for cls in rows[0]["test_ap"]:
+        lines.append(f"| {cls} | " + " | ".join(_f4(r["test_ap"].get(cls)) for r in rows) + " |")
+    lines.append("| **mAP** | " + " | ".join(f"**{_f4(r.get('test_map'))}**" for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def _best_line(rows: list[dict], chance) -> str:
+    done = [r for r in rows if r.get("test_map") is not None]
+    if len(done) < 2:
+        return ""
+    best = max(done, key=lambda r: r["test_map"])
+    if chance is not None and best["test_map"] < NEAR_CHANCE * chance:
+        # Differences of a few thousandths near chance are noise: naming a winner would mislead.
+        return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
+                f"the highest at {_f4(best['test_map'])}: none has learned much yet.")
+    return f"Highest test mAP here: **{best['label']}**, {_f4(best['test_map'])}."
+
+
+def _ablation(item: dict, runs: dict) -> str:
+    """Return the ablation table (serial, architecture, test mAP) with a line for every skipped or unfinished row."""
+    rows = item.get("rows") or []
+    if not rows:
+        return ""
+    lines = ["| Serial # | Model architecture | Best mAP on test set |", "|---:|---|---:|"]
+    notes = []
+    for row in rows:
+        run = runs.get(row.get("key"), {})
+        label = row.get("label") or run.get("label", "–")
+        lines.append(f"| {row.get('serial')} | {_cell(label)} | {_f4(run.get('test_map'))} |")
+        if row.get("skipped"):
+            notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
+        elif run and run.get("status") != "complete":
+            notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
+                         + (f" ({run['reason']})" if run.get("reason") else "") + ".")
+    return "\n\n".join(p for p in ["\n".join(lines), " ".join(notes), item.get("note", "")] if p)
 
 
 # ---------------------------------------------------------------- markers
@@ -732,6 +584,11 @@ def merge_sections(template: str, existing: str | None, generated: dict[str, str
         else:
             out.append(piece)
     return "".join(out)
+
+
+def marker_keys(text: str) -> set[str]:
+    """Return the keys of the marker sections in text."""
+    return {p[0] for p in split_sections(text) if isinstance(p, tuple)}
 
 
 def generated_text(report_md: str) -> dict[str, str]:

@@ -18,38 +18,19 @@ DATA_ROOT = None  # folder holding VOC 2007, e.g. "data/voc" (`mp3kit data fetch
 RUNS_DIR = os.environ.get("MP3KIT_RUNS_DIR", "runs")  # every run is recorded here, and reused when a cell runs again
 FIGURES_DIR = os.environ.get("MP3KIT_FIGURES_DIR", "figures")  # every figure is saved here as a PNG
 RETRAIN = False  # True: train every run again even when a finished one with the same settings is on disk
-REPO_URL = "https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here: a git URL, or the path of an uploaded wheel
+REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here (pip): git+ and a repository URL, or the path of an uploaded wheel
+RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
+VOC_SOURCES = []  # Colab/full profile: your own VOC archives, tried first: a folder such as "/content/drive/MyDrive/voc" or a base URL
 LOWER_LEARNING_RATES = [0.001, 0.0001]  # compared with the course's SGD learning rate 0.01
 ADAM_LR = 1e-4  # the seed report's Adam: lr 1e-4, betas (0.9, 0.999), eps 1e-8
 
 # %%
-# Colab set-up; does nothing outside Colab (in JupyterLab, `pip install -e .` or `make setup` did it already).
-# It installs mp3kit without replacing Colab's own torch, torchvision and ipywidgets, turns on the widget
-# manager the training panel needs, and for PROFILE "full" downloads VOC 2007 (~900 MB) to /content/voc.
-import sys
-
-if "google.colab" in sys.modules:
-    import subprocess
-    import tempfile
-    from importlib.metadata import version
-    from pathlib import Path
-
-    pins = Path(tempfile.gettempdir()) / "colab-pins.txt"  # pip may add what is missing but must keep these builds
-    pins.write_text("".join(f"{p}=={version(p)}\n" for p in ("torch", "torchvision", "ipywidgets")))
-    # A git URL, a git+... spec, or the path of an uploaded mp3kit wheel or source folder.
-    source = REPO_URL if REPO_URL.startswith(("git+", "/", ".")) or REPO_URL.endswith(".whl") else f"git+{REPO_URL}"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(pins), source],
-                         capture_output=True, text=True)
-    if pip.returncode != 0:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed ({why}): set REPO_URL in the "
-                         "first cell to your course's mp3kit repository, or upload mp3kit's wheel and give its path.")
-    from google.colab import output
-
-    output.enable_custom_widget_manager()
-    if PROFILE == "full":
-        DATA_ROOT = DATA_ROOT or "/content/voc"
-        subprocess.run([sys.executable, "-m", "mp3kit", "data", "fetch", "--root", DATA_ROOT], check=True)
+import subprocess, sys  # Colab set-up (nothing happens elsewhere): install mp3kit, then colab.setup readies the VM
+KEEP = "pip list --format=freeze | grep -iE '^(torch|torchvision|ipywidgets)==' > /tmp/colab-keep.txt"  # Colab's own builds stay
+if "google.colab" in sys.modules and subprocess.run(f"{KEEP}; pip install -q -c /tmp/colab-keep.txt '{REPO_URL}'", shell=True).returncode:
+    raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed (pip's reason is above): set REPO_URL in the first cell to git+ and your course's mp3kit repository URL, or to the path of an uploaded mp3kit wheel.")
+from mp3kit import colab
+DATA_ROOT, RUNS_DIR = colab.setup(PROFILE, DATA_ROOT, RUNS_DIR, runs_on_drive=RUNS_ON_DRIVE, sources=VOC_SOURCES)
 
 # %% [markdown]
 # # 1 · Introduction: the data, a simple classifier, and its hyperparameters
@@ -66,7 +47,9 @@ if "google.colab" in sys.modules:
 # scores and a checkpoint). Running a cell again **reuses** a finished run with the same settings
 # instead of training it again, and **resumes** one that was interrupted, so a restarted kernel or a
 # lost Colab session costs you nothing finished. (In Colab, `RUNS_DIR` on your mounted Google Drive
-# keeps runs across sessions.)
+# keeps runs across sessions.) A cell that makes something for the report says so where it makes it:
+# `exp.figure(key, caption, section)` saves a figure for the report section `section`, `exp.table(...)`
+# and `exp.result(...)` put runs' numbers there, and `mp3kit report` collects them.
 #
 # **Profiles.** `PROFILE` in the first cell sets how big every experiment is:
 #
@@ -88,6 +71,7 @@ from mp3kit.experiment import Experiment
 
 # %%
 exp = Experiment("01_introduction", PROFILE, DATA_ROOT, RUNS_DIR, FIGURES_DIR, retrain=RETRAIN)
+exp.note("data", exp.data_summary(), section="data")  # the report's data section: which data, and chance level
 
 # %% [markdown]
 # ## The data
@@ -103,7 +87,8 @@ exp = Experiment("01_introduction", PROFILE, DATA_ROOT, RUNS_DIR, FIGURES_DIR, r
 # and the dashed (difficult) boxes.
 
 # %%
-plots.show_images_with_boxes(exp.data.train, n=6, path=exp.figure("data-boxes"))
+plots.show_images_with_boxes(exp.data.train, n=6,
+                             path=exp.figure("data-boxes", "Training images with their boxes and class names", "data"))
 
 # %% [markdown]
 # How many images of each class are there? The table counts *images* that contain the class (an
@@ -116,7 +101,8 @@ plots.show_images_with_boxes(exp.data.train, n=6, path=exp.figure("data-boxes"))
 exp.data_table()
 
 # %%
-plots.plot_label_stats(exp.data.train, path=exp.figure("label-stats"))
+plots.plot_label_stats(exp.data.train,
+                       path=exp.figure("label-stats", "Positives per class and how often classes appear together", "data"))
 
 # %% [markdown]
 # Two things to take from these counts.
@@ -158,6 +144,7 @@ exp.architecture("simple")
 
 # %%
 default = exp.run("simple-default", exp.config(model="simple"), label="simple, SGD lr 0.01 (course defaults)")
+exp.result("simple-default", "Simple classifier with the course defaults", section="simple-results")
 
 # %% [markdown]
 # **Report 1a.** The line above gives the test mAP and the average test loss (the mean binary
@@ -178,14 +165,15 @@ default = exp.run("simple-default", exp.config(model="simple"), label="simple, S
 # starts to climb (on the synthetic data of the `quick` profile, after about 10 of its 15 epochs).
 
 # %%
-plots.plot_history(default, path=exp.figure("simple-default-curves"))
+plots.plot_history(default, path=exp.figure("simple-default-curves", "Simple classifier, course defaults: loss and mAP per epoch",
+                                            "simple-plots"))
 
 # %% [markdown]
 # Test AP per class: which classes does the network rank well, and are the worst ones the rare
 # classes from the counts above, or classes that look like others?
 
 # %%
-plots.plot_per_class_ap(default, path=exp.figure("simple-per-class-ap"))
+plots.plot_per_class_ap(default, path=exp.figure("simple-per-class-ap", "Simple classifier: test AP per class", "simple-plots"))
 
 # %% [markdown]
 # ## The seed report's hyperparameter study
@@ -202,7 +190,9 @@ for lr in LOWER_LEARNING_RATES:
     lr_runs.append(exp.run(f"simple-lr{lr:g}", exp.config(model="simple", lr=lr), label=f"simple, SGD lr {lr:g}"))
 
 # %%
-plots.plot_history(exp.labelled(*lr_runs), path=exp.figure("lr-study-curves"))
+plots.plot_history(exp.labelled(*lr_runs),
+                   path=exp.figure("lr-study-curves", "Simple classifier, learning-rate study: loss and mAP per epoch",
+                                   "simple-plots"))
 
 # %% [markdown]
 # **Longer training.** The seed report doubled the epochs (40 instead of 20) with SGD 0.01. Look at
@@ -211,7 +201,8 @@ plots.plot_history(exp.labelled(*lr_runs), path=exp.figure("lr-study-curves"))
 # %%
 long = exp.run("simple-long", exp.config(model="simple", epochs=exp.long_epochs),
                label=f"simple, SGD lr 0.01, {exp.long_epochs} epochs")
-plots.plot_history(long, path=exp.figure("simple-long-curves"))
+plots.plot_history(long, path=exp.figure("simple-long-curves", "Simple classifier, longer training: loss and mAP per epoch",
+                                         "simple-plots"))
 
 # %% [markdown]
 # **Adam.** Adam scales each parameter's step by a running estimate of its gradient's size, so one
@@ -221,14 +212,16 @@ plots.plot_history(long, path=exp.figure("simple-long-curves"))
 # %%
 adam = exp.run("simple-adam", exp.config(model="simple", optimizer="adam", lr=ADAM_LR),
                label=f"simple, Adam lr {ADAM_LR:g}")
-plots.plot_history(adam, path=exp.figure("simple-adam-curves"))
+plots.plot_history(adam, path=exp.figure("simple-adam-curves", "Simple classifier with Adam: loss and mAP per epoch",
+                                         "simple-plots"))
 
 # %% [markdown]
 # Every run of this notebook side by side. "best val mAP" is the best evaluation epoch on *val*;
 # the test split is scored once, after the last epoch, and is never used to choose anything.
 
 # %%
-exp.table()
+exp.table("simple-study", list(exp.runs), "The hyperparameter study (one change at a time from the course defaults)",
+          section="simple-results", best=True)
 
 # %% [markdown]
 # ### Report 1c: your analysis (at least 3 sentences)

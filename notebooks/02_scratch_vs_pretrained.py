@@ -18,42 +18,18 @@ DATA_ROOT = None  # folder holding VOC 2007, e.g. "data/voc" (`mp3kit data fetch
 RUNS_DIR = os.environ.get("MP3KIT_RUNS_DIR", "runs")  # every run is recorded here, and reused when a cell runs again
 FIGURES_DIR = os.environ.get("MP3KIT_FIGURES_DIR", "figures")  # every figure is saved here as a PNG
 RETRAIN = False  # True: train every run again even when a finished one with the same settings is on disk
-REPO_URL = "https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here: a git URL, or the path of an uploaded wheel
+REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here (pip): git+ and a repository URL, or the path of an uploaded wheel
+RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
+VOC_SOURCES = []  # Colab/full profile: your own VOC archives, tried first: a folder such as "/content/drive/MyDrive/voc" or a base URL
 ADAM_LR = 1e-4  # Adam for AlexNet from scratch, as suggested by the course kit
 
 # %%
-# Colab set-up; does nothing outside Colab (in JupyterLab, `pip install -e .` or `make setup` did it already).
-# It installs mp3kit without replacing Colab's own torch, torchvision and ipywidgets, turns on the widget
-# manager the training panel needs, and for PROFILE "full" downloads VOC 2007 (~900 MB) to /content/voc.
-import sys
-
-if "google.colab" in sys.modules:
-    import subprocess
-    import tempfile
-    from importlib.metadata import version
-    from pathlib import Path
-
-    pins = Path(tempfile.gettempdir()) / "colab-pins.txt"  # pip may add what is missing but must keep these builds
-    pins.write_text("".join(f"{p}=={version(p)}\n" for p in ("torch", "torchvision", "ipywidgets")))
-    # A git URL, a git+... spec, or the path of an uploaded mp3kit wheel or source folder.
-    source = REPO_URL if REPO_URL.startswith(("git+", "/", ".")) or REPO_URL.endswith(".whl") else f"git+{REPO_URL}"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(pins), source],
-                         capture_output=True, text=True)
-    if pip.returncode != 0:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed ({why}): set REPO_URL in the "
-                         "first cell to your course's mp3kit repository, or upload mp3kit's wheel and give its path.")
-    from google.colab import output
-
-    output.enable_custom_widget_manager()
-    if PROFILE == "full":
-        DATA_ROOT = DATA_ROOT or "/content/voc"
-        subprocess.run([sys.executable, "-m", "mp3kit", "data", "fetch", "--root", DATA_ROOT], check=True)
-
-    import torchvision
-
-    # The ImageNet AlexNet weights (233 MB) go to torch's hub cache, where mp3kit looks for them.
-    torchvision.models.AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+import subprocess, sys  # Colab set-up (nothing happens elsewhere): install mp3kit, then colab.setup readies the VM
+KEEP = "pip list --format=freeze | grep -iE '^(torch|torchvision|ipywidgets)==' > /tmp/colab-keep.txt"  # Colab's own builds stay
+if "google.colab" in sys.modules and subprocess.run(f"{KEEP}; pip install -q -c /tmp/colab-keep.txt '{REPO_URL}'", shell=True).returncode:
+    raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed (pip's reason is above): set REPO_URL in the first cell to git+ and your course's mp3kit repository URL, or to the path of an uploaded mp3kit wheel.")
+from mp3kit import colab
+DATA_ROOT, RUNS_DIR = colab.setup(PROFILE, DATA_ROOT, RUNS_DIR, runs_on_drive=RUNS_ON_DRIVE, sources=VOC_SOURCES, alexnet_weights=True)
 
 # %% [markdown]
 # # 2 · AlexNet from scratch, and pretrained on ImageNet
@@ -117,17 +93,23 @@ exp.architecture("alexnet")
 
 # %%
 scratch_sgd = exp.run("alexnet-scratch-sgd", exp.config(model="alexnet"), label="AlexNet from scratch, SGD lr 0.01")
-plots.plot_history(scratch_sgd, path=exp.figure("alexnet-scratch-sgd-curves"))
+exp.result("alexnet-scratch-sgd", "AlexNet from scratch, course defaults", section="scratch-results")
+plots.plot_history(scratch_sgd, path=exp.figure("alexnet-scratch-sgd-curves",
+                                                "AlexNet from scratch, course SGD: loss and mAP per epoch", "scratch-plots"))
 
 # %%
 scratch_tuned = exp.run("alexnet-scratch-tuned", exp.config(model="alexnet", epochs=exp.long_epochs),
                         label=f"AlexNet from scratch, SGD lr 0.01, {exp.long_epochs} epochs")
-plots.plot_history(scratch_tuned, path=exp.figure("alexnet-scratch-tuned-curves"))
+plots.plot_history(scratch_tuned, path=exp.figure("alexnet-scratch-tuned-curves",
+                                                  "AlexNet from scratch, tuned SGD: loss and mAP per epoch", "scratch-plots"))
 
 # %%
 scratch_adam = exp.run("alexnet-scratch-adam", exp.config(model="alexnet", optimizer="adam", lr=ADAM_LR),
                        label=f"AlexNet from scratch, Adam lr {ADAM_LR:g}")
-plots.plot_history(scratch_adam, path=exp.figure("alexnet-scratch-adam-curves"))
+exp.table("scratch-runs", ["alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam"], section="scratch-results",
+          best=True)
+plots.plot_history(scratch_adam, path=exp.figure("alexnet-scratch-adam-curves",
+                                                 "AlexNet from scratch with Adam: loss and mAP per epoch", "scratch-plots"))
 
 # %% [markdown]
 # ## Pretrained on ImageNet
@@ -139,13 +121,17 @@ plots.plot_history(scratch_adam, path=exp.figure("alexnet-scratch-adam-curves"))
 # report then says the pretrained result is missing instead of showing a number.
 
 # %%
-missing = exp.check_pretrained()  # None when the ImageNet weights can be loaded
+# None when the ImageNet weights can be loaded; else the reason, which the report gives in these sections
+missing = exp.check_pretrained(sections=["pretrained-results", "pretrained-plots", "scratch-vs-pretrained"])
 
 # %%
 if missing is None:
     pretrained = exp.run("alexnet-pretrained", exp.config(model="alexnet-pretrained"),
                          label="AlexNet pretrained on ImageNet, SGD lr 0.01")
-    plots.plot_history(pretrained, path=exp.figure("alexnet-pretrained-curves"))
+    exp.result("alexnet-pretrained", "ImageNet-pretrained AlexNet", section="pretrained-results")
+    exp.table("pretrained-run", ["alexnet-pretrained"], section="pretrained-results")
+    plots.plot_history(pretrained, path=exp.figure("alexnet-pretrained-curves", "Pretrained AlexNet: loss and mAP per epoch",
+                                                   "pretrained-plots"))
 
 # %% [markdown]
 # ## Side by side
@@ -157,13 +143,17 @@ if missing is None:
 
 # %%
 compared = exp.labelled("alexnet-scratch-sgd", "alexnet-scratch-adam", "alexnet-pretrained")
-plots.plot_history(compared, path=exp.figure("scratch-vs-pretrained-curves"))
+plots.plot_history(compared, path=exp.figure("scratch-vs-pretrained-curves",
+                                             "The AlexNet runs side by side: loss and mAP per epoch", "pretrained-plots"))
 
 # %%
-plots.plot_per_class_ap(compared, path=exp.figure("scratch-vs-pretrained-per-class"))
+exp.table("alexnet-ap", ["alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam", "alexnet-pretrained"],
+          "Test AP per class", section="scratch-vs-pretrained", per_class=True)
+plots.plot_per_class_ap(compared, path=exp.figure("scratch-vs-pretrained-per-class", "Test AP per class of the AlexNet runs",
+                                                  "scratch-vs-pretrained"))
 
 # %%
-exp.table()
+exp.runs_table()
 
 # %% [markdown]
 # ### What transfer learning changed

@@ -18,39 +18,20 @@ DATA_ROOT = None  # folder holding VOC 2007, e.g. "data/voc" (`mp3kit data fetch
 RUNS_DIR = os.environ.get("MP3KIT_RUNS_DIR", "runs")  # every run is recorded here, and reused when a cell runs again
 FIGURES_DIR = os.environ.get("MP3KIT_FIGURES_DIR", "figures")  # every figure is saved here as a PNG
 RETRAIN = False  # True: train every run again even when a finished one with the same settings is on disk
-REPO_URL = "https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here: a git URL, or the path of an uploaded wheel
+REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here (pip): git+ and a repository URL, or the path of an uploaded wheel
+RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
+VOC_SOURCES = []  # Colab/full profile: your own VOC archives, tried first: a folder such as "/content/drive/MyDrive/voc" or a base URL
 ADAM_LR = 1e-4  # the recipe the seed report's ablation used from its second row on
 AUGMENT = "seed"  # data augmentation preset: none | seed (colour jitter, flip, rotation) | standard (random resized crop, flip)
 TOP_CLASS = "dog"  # the class whose top-scoring test images are shown at the end
 
 # %%
-# Colab set-up; does nothing outside Colab (in JupyterLab, `pip install -e .` or `make setup` did it already).
-# It installs mp3kit without replacing Colab's own torch, torchvision and ipywidgets, turns on the widget
-# manager the training panel needs, and for PROFILE "full" downloads VOC 2007 (~900 MB) to /content/voc.
-import sys
-
-if "google.colab" in sys.modules:
-    import subprocess
-    import tempfile
-    from importlib.metadata import version
-    from pathlib import Path
-
-    pins = Path(tempfile.gettempdir()) / "colab-pins.txt"  # pip may add what is missing but must keep these builds
-    pins.write_text("".join(f"{p}=={version(p)}\n" for p in ("torch", "torchvision", "ipywidgets")))
-    # A git URL, a git+... spec, or the path of an uploaded mp3kit wheel or source folder.
-    source = REPO_URL if REPO_URL.startswith(("git+", "/", ".")) or REPO_URL.endswith(".whl") else f"git+{REPO_URL}"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(pins), source],
-                         capture_output=True, text=True)
-    if pip.returncode != 0:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed ({why}): set REPO_URL in the "
-                         "first cell to your course's mp3kit repository, or upload mp3kit's wheel and give its path.")
-    from google.colab import output
-
-    output.enable_custom_widget_manager()
-    if PROFILE == "full":
-        DATA_ROOT = DATA_ROOT or "/content/voc"
-        subprocess.run([sys.executable, "-m", "mp3kit", "data", "fetch", "--root", DATA_ROOT], check=True)
+import subprocess, sys  # Colab set-up (nothing happens elsewhere): install mp3kit, then colab.setup readies the VM
+KEEP = "pip list --format=freeze | grep -iE '^(torch|torchvision|ipywidgets)==' > /tmp/colab-keep.txt"  # Colab's own builds stay
+if "google.colab" in sys.modules and subprocess.run(f"{KEEP}; pip install -q -c /tmp/colab-keep.txt '{REPO_URL}'", shell=True).returncode:
+    raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed (pip's reason is above): set REPO_URL in the first cell to git+ and your course's mp3kit repository URL, or to the path of an uploaded mp3kit wheel.")
+from mp3kit import colab
+DATA_ROOT, RUNS_DIR = colab.setup(PROFILE, DATA_ROOT, RUNS_DIR, runs_on_drive=RUNS_ON_DRIVE, sources=VOC_SOURCES)
 
 # %% [markdown]
 # # 3 · Develop your own classifier
@@ -129,9 +110,7 @@ MY_NETWORK = {
 # %%
 # NBVAL_CHECK_OUTPUT
 arch = exp.architecture(MY_NETWORK)
-exp.record("architecture_table", arch.to_markdown())
-exp.record("total_params", arch.total_params)
-arch
+exp.table("final-architecture", arch, section="final-architecture")
 
 # %% [markdown]
 # ## The ablation
@@ -166,7 +145,7 @@ exp.ablation(ABLATION)
 
 # %%
 steps = [f"ablation-{serial}" for serial in range(1, len(ABLATION) + 1)]
-plots.plot_per_class_ap(exp.labelled(*steps), path=exp.figure("ablation-bars"))
+plots.plot_per_class_ap(exp.labelled(*steps), path=exp.figure("ablation-bars", "Ablation: test AP per class at each step", "ablation"))
 
 # %% [markdown]
 # ## The final model
@@ -177,7 +156,10 @@ plots.plot_per_class_ap(exp.labelled(*steps), path=exp.figure("ablation-bars"))
 # %%
 FINAL = exp.config(model=MY_NETWORK, optimizer="adam", lr=ADAM_LR, augment=AUGMENT, epochs=exp.final_epochs)
 final = exp.run("final", FINAL, label=f"my network, Adam lr {ADAM_LR:g}, augment {AUGMENT}, {FINAL.epochs} epochs")
-plots.plot_history(final, path=exp.figure("final-curves"))
+exp.result("final", "Final model", section="final-results")
+exp.table("final-run", ["final"], section="final-results")
+exp.result("final", "Final model", section="ablation")  # below the ablation table too
+plots.plot_history(final, path=exp.figure("final-curves", "Final model: loss and mAP per epoch", "final-results"))
 
 # %% [markdown]
 # ## The Kaggle CSV
@@ -188,7 +170,7 @@ plots.plot_history(final, path=exp.figure("final-curves"))
 # CSV before you upload it.
 
 # %%
-kaggle_csv = exp.kaggle_csv(final)
+kaggle_csv = exp.kaggle_csv(final, section="kaggle")
 
 # %% [markdown]
 # ## What the final model gets wrong
@@ -201,7 +183,8 @@ kaggle_csv = exp.kaggle_csv(final)
 # images and not at all in others.
 
 # %%
-plots.plot_pr_curves(final, path=exp.figure("final-pr-curves"))
+plots.plot_pr_curves(final, path=exp.figure("final-pr-curves", "Final model: precision-recall curves on the test split",
+                                             "diagnostics"))
 
 # %% [markdown]
 # **Top-scoring test images.** The test images the model is most sure contain `TOP_CLASS`, framed
@@ -210,10 +193,12 @@ plots.plot_pr_curves(final, path=exp.figure("final-pr-curves"))
 # usually comes with it? Change `TOP_CLASS` and run the cell again for another class.
 
 # %%
-plots.show_top_images(final, exp.data.test, TOP_CLASS, k=8, path=exp.figure("final-top-images"))
+plots.show_top_images(final, exp.data.test, TOP_CLASS, k=8,
+                      path=exp.figure("final-top-images", "Final model: top-scoring test images, marked right or wrong",
+                                      "diagnostics"))
 
 # %%
-exp.table()
+exp.runs_table()
 
 # %% [markdown]
 # ### Report, part 1B: your analysis

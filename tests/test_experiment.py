@@ -78,7 +78,7 @@ def test_config_is_the_profile_plus_changes_on_the_course_defaults(exp):
 
 def test_manifest_records_runs_figures_and_values(exp):
     run = exp.run("simple-default", exp.config(**TINY), label="tiny, SGD")
-    figure = exp.figure("simple-default-curves")
+    figure = exp.figure("simple-default-curves", "Loss and mAP", "simple-plots")
     exp.record("kaggle_score", 0.75)
     m = _manifest(exp)
     assert m["notebook"] == "01_introduction" and m["profile"] == "smoke" and m["synthetic"] is True
@@ -86,7 +86,8 @@ def test_manifest_records_runs_figures_and_values(exp):
     assert m["runs"] == {"simple-default": {"run": "01-smoke-simple-default", "label": "tiny, SGD"}}
     assert (exp.runs_dir / m["runs"]["simple-default"]["run"] / "metrics.json").exists()
     assert run.status == "complete" and run.synthetic
-    assert m["figures"] == {"simple-default-curves": "simple-default-curves.png"}
+    assert m["report"] == [{"kind": "figure", "key": "simple-default-curves", "section": "simple-plots",
+                            "caption": "Loss and mAP", "file": "simple-default-curves.png"}]
     assert figure == exp.figures_dir / "simple-default-curves.png" and exp.figures_dir.is_dir()
     chance = metrics.chance_map(exp.data.test.targets, exp.data.test.difficult)
     assert m["values"] == {"chance_map": chance, "kaggle_score": 0.75} and 0 < chance < 0.5
@@ -126,7 +127,9 @@ def test_ablation_applies_each_change_on_top_of_the_row_before(exp, capsys):
     sgd, adam = exp.runs["ablation-1"], exp.runs["ablation-2"]
     assert sgd.config["optimizer"] == "sgd" and adam.config["optimizer"] == "adam"
     assert adam.config["model"] == TINY_NET  # the spec of row 1 carries over to row 2
-    recorded = _manifest(exp)["values"]["ablation"]
+    (item,) = _manifest(exp)["report"]
+    assert (item["kind"], item["section"]) == ("ablation", "ablation") and "test score" in item["note"]
+    recorded = item["rows"]
     assert recorded[:2] == [{"serial": 1, "label": "tiny (SGD)", "key": "ablation-1"},
                             {"serial": 2, "label": "tiny (Adam)", "key": "ablation-2"}]
     assert recorded[2]["key"] == "ablation-3" and "64 px" in recorded[2]["skipped"]
@@ -140,10 +143,31 @@ def test_ablation_rejects_a_change_that_is_not_a_config_field(exp):
 
 def test_kaggle_csv_is_written_next_to_the_run_and_its_score_recorded(exp):
     run = exp.run("final", exp.config(**{**TINY, "max_images": None, "image_size": 32}))
-    path = exp.kaggle_csv(run)
+    path = exp.kaggle_csv(run, section="kaggle")
     values = _manifest(exp)["values"]
+    (note,) = [i for i in _manifest(exp)["report"] if i["section"] == "kaggle"]
+    assert f"{values['kaggle_score']:.5f}" in note["text"] and "do not upload" in note["text"]
     assert path == run.path / "kaggle.csv" and values["kaggle_csv"] == str(path)
     assert values["kaggle_score"] == pytest.approx(1 - run.test_map)
+
+
+def test_report_items_keep_the_order_declared_and_a_declaration_made_again_replaces_its_item(exp):
+    run = exp.run("simple-default", exp.config(**TINY), label="tiny, SGD")
+    shown = exp.table("study", ["simple-default", "never-run"], "The study", "results", best=True)
+    assert [r["run"] for r in shown.rows] == ["tiny, SGD"]  # the notebook shows the runs it has
+    exp.result("simple-default", "Course defaults", section="results")
+    exp.table("layers", exp.architecture("simple"), section="architecture")
+    exp.note("data", exp.data_summary(), section="data")
+    exp.table("study", ["simple-default"], "The study, again", "results")
+    items = _manifest(exp)["report"]
+    assert [(i["kind"], i["key"], i["section"]) for i in items] == [
+        ("runs", "study", "results"), ("result", "simple-default", "results"), ("table", "layers", "architecture"),
+        ("note", "data", "data")]
+    assert items[0] == {"kind": "runs", "key": "study", "section": "results", "caption": "The study, again",
+                        "runs": ["simple-default"], "columns": "settings", "best": False}
+    assert "Total parameters" in items[2]["markdown"]
+    assert f"**{exp.chance_map:.4f}**" in items[3]["text"] and "synthetic" in items[3]["text"]
+    assert run.status == "complete"
 
 
 def test_bad_keys_and_values_are_user_errors(exp):
@@ -178,3 +202,12 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_notebook_goes_on(exp, cap
     run = exp.run("simple-lr1e30", exp.config(**{**TINY, "model": "simple", "batch_size": 8, "lr": 1e30}), label="far too large")
     assert run.status == "failed" and "FAILED" in capsys.readouterr().out
     assert _manifest(exp)["runs"]["simple-lr1e30"]["label"] == "far too large"
+
+
+def test_missing_imagenet_weights_are_said_in_each_section_named(exp):
+    reason = exp.check_pretrained(sections=["pretrained-results", "pretrained-plots"])
+    if reason is None:
+        pytest.skip("the ImageNet AlexNet weights are installed here")
+    notes = {i["section"]: i["text"] for i in _manifest(exp)["report"]}
+    assert notes["pretrained-results"] == f"**Pretrained weights unavailable:** {reason}"
+    assert notes["pretrained-plots"].startswith("**Pretrained weights unavailable**")

@@ -38,6 +38,7 @@ def test_the_ipynb_has_the_cells_of_its_source_and_only_the_checked_outputs(name
     assert committed.metadata.kernelspec == {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                              "language": "python"}
     assert committed.metadata.jupytext == {"formats": "ipynb,py:percent"}  # JupyterLab with jupytext pairs them
+    assert set(committed.metadata) == {"jupytext", "kernelspec", "language_info"}  # no saved widget state
     assert committed.cells[0].metadata["tags"] == ["parameters"] and "google.colab" in committed.cells[1].source
     for cell in committed.cells:
         if cell.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" in cell.source:

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from mp3kit import report, runs
+from mp3kit import experiment, report, runs, synth
 from mp3kit.util import UserError
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -46,11 +46,30 @@ def write_png(path):
     Image.new("RGB", (8, 6), (200, 30, 30)).save(path)
 
 
-def write_manifest(runs_dir, notebook, runs_, figures, values, synthetic=True):
+def write_manifest(runs_dir, notebook, runs_, items, values, synthetic=True):
     manifest = {"notebook": notebook, "profile": "smoke", "synthetic": synthetic, "data_root": None,
                 "runs": {k: {"run": f"{notebook[:2]}-{k}", "label": label} for k, label in runs_.items()},
-                "figures": {k: f"{k}.png" for k in figures}, "values": values}
+                "values": values, "report": items}
     (Path(runs_dir) / f"{notebook}.manifest.json").write_text(json.dumps(manifest))
+
+
+# Report items as the Experiment methods declare them (see mp3kit.experiment).
+
+def figure(key, section, caption=""):
+    return {"kind": "figure", "key": key, "section": section, "caption": caption or key, "file": f"{key}.png"}
+
+
+def runs_table(key, keys, section, caption="", columns="settings", best=False):
+    return {"kind": "runs", "key": key, "section": section, "caption": caption, "runs": keys, "columns": columns,
+            "best": best}
+
+
+def result(key, caption, section):
+    return {"kind": "result", "key": key, "section": section, "caption": caption}
+
+
+def note(key, text, section):
+    return {"kind": "note", "key": key, "section": section, "text": text}
 
 
 @pytest.fixture
@@ -73,35 +92,63 @@ def make_kit(tmp_path, synthetic=True, pretrained=False, chance=0.0726):
     }
     if pretrained:
         plan["02_scratch_vs_pretrained"]["alexnet-pretrained"] = "AlexNet, ImageNet weights"
-    figures = {
-        "01_introduction": ["data-boxes", "label-stats", "simple-default-curves", "lr-study-curves",
-                            "simple-per-class-ap", "an-extra-figure"],
-        "02_scratch_vs_pretrained": ["alexnet-scratch-sgd-curves", "scratch-vs-pretrained-per-class"],
-        "03_develop_classifier": ["final-curves", "ablation-bars", "final-pr-curves"],
+    reason = "the ImageNet weights are not in the cache and downloads are off."
+    alexnets = ["alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam", "alexnet-pretrained"]
+    if pretrained:
+        unavailable = [result("alexnet-pretrained", "ImageNet-pretrained AlexNet", "pretrained-results"),
+                       runs_table("pretrained-run", ["alexnet-pretrained"], "pretrained-results")]
+    else:
+        unavailable = [note("pretrained-unavailable", experiment.pretrained_notice(reason, full=section == "pretrained-results"),
+                            section) for section in ("pretrained-results", "pretrained-plots", "scratch-vs-pretrained")]
+    items = {
+        "01_introduction": [
+            note("data", experiment.data_notice(synthetic, "/x", chance), "data"),
+            figure("data-boxes", "data", "Training images with their boxes"), figure("label-stats", "data"),
+            result("simple-default", "Simple classifier with the course defaults", "simple-results"),
+            figure("simple-default-curves", "simple-plots"), figure("simple-per-class-ap", "simple-plots"),
+            figure("lr-study-curves", "simple-plots"),
+            runs_table("simple-study", list(plan["01_introduction"]), "simple-results",
+                       "The hyperparameter study (one change at a time from the course defaults)", best=True),
+            figure("an-extra-figure", "an-extra-figure", "A figure no marker places"),
+        ],
+        "02_scratch_vs_pretrained": [
+            result("alexnet-scratch-sgd", "AlexNet from scratch, course defaults", "scratch-results"),
+            figure("alexnet-scratch-sgd-curves", "scratch-plots"),
+            runs_table("scratch-runs", alexnets[:3], "scratch-results", best=True),
+            *unavailable,
+            runs_table("alexnet-ap", alexnets, "scratch-vs-pretrained", "Test AP per class", columns="ap"),
+            figure("scratch-vs-pretrained-per-class", "scratch-vs-pretrained"),
+        ],
+        "03_develop_classifier": [
+            {"kind": "table", "key": "final-architecture", "section": "final-architecture", "caption": "",
+             "markdown": "| # | layer | params |\n|---:|---|---:|\n| 1 | Conv2d | 23,296 |\n\n"
+                         "Total parameters: 23,296 (trainable 23,296, frozen 0)\n"},
+            {"kind": "ablation", "key": "ablation", "section": "ablation", "note": experiment.ABLATION_NOTE,
+             "rows": [{"serial": 1, "label": "BaseNet (SGD)", "key": "ablation-1"},
+                      {"serial": 2, "label": "BaseNet (Adam) | + BatchNorm", "key": "ablation-2"},
+                      {"serial": 3, "label": "+ 2 Conv", "key": "ablation-3",
+                       "skipped": "Model 'basenet+conv' cannot take 48 px images"}]},
+            figure("ablation-bars", "ablation"),
+            result("final", "Final model", "final-results"), runs_table("final-run", ["final"], "final-results"),
+            result("final", "Final model", "ablation"), figure("final-curves", "final-results"),
+            note("kaggle", experiment.kaggle_notice("runs/smoke/kaggle.csv", 0.6123456, synthetic), "kaggle"),
+            figure("final-pr-curves", "diagnostics"),
+        ],
     }
     values = {
         "01_introduction": {"chance_map": chance},
-        "02_scratch_vs_pretrained": {} if pretrained else {
-            "pretrained_unavailable": "the ImageNet weights are not in the cache and downloads are off."},
-        "03_develop_classifier": {
-            "architecture_table": "| # | layer | params |\n|---:|---|---:|\n| 1 | Conv2d | 23,296 |\n\n"
-                                  "Total parameters: 23,296 (trainable 23,296, frozen 0)\n",
-            "total_params": 23296,
-            "ablation": [{"serial": 1, "label": "BaseNet (SGD)", "key": "ablation-1"},
-                         {"serial": 2, "label": "BaseNet (Adam) | + BatchNorm", "key": "ablation-2"},
-                         {"serial": 3, "label": "+ 2 Conv", "key": "ablation-3",
-                          "skipped": "Model 'basenet+conv' cannot take 48 px images"}],
-            "kaggle_csv": "runs/smoke/kaggle.csv", "kaggle_score": 0.6123456,
-        },
+        "02_scratch_vs_pretrained": {} if pretrained else {"pretrained_unavailable": reason},
+        "03_develop_classifier": {"kaggle_csv": "runs/smoke/kaggle.csv", "kaggle_score": 0.6123456},
     }
     for i, (nb, planned) in enumerate(plan.items()):
         for j, key in enumerate(planned):
             write_run(runs_dir, f"{nb[:2]}-{key}", test_map=0.1 + 0.0123 * (3 * i + j), test_loss=0.25 - 0.001 * j,
                       optimizer="adam" if "adam" in key else "sgd", lr=1e-4 if "adam" in key else 0.01,
                       model={"name": "basenet+bn"} if nb.startswith("03") else "simple", synthetic=synthetic, seed=j)
-        write_manifest(runs_dir, nb, planned, figures[nb], values[nb], synthetic=synthetic)
-        for key in figures[nb]:
-            write_png(report_dir / "figures" / f"{key}.png")
+        write_manifest(runs_dir, nb, planned, items[nb], values[nb], synthetic=synthetic)
+        for item in items[nb]:
+            if item["kind"] == "figure":
+                write_png(report_dir / "figures" / item["file"])
     return {"runs_dir": runs_dir, "report_dir": report_dir, "tmp": tmp_path}
 
 
@@ -135,7 +182,8 @@ def test_first_build_fills_every_section_from_the_template(kit):
     path = build(kit)
     text = path.read_text()
     sections = report.generated_text(text)
-    assert set(sections) == set(report.SECTION_KEYS)
+    assert set(sections) == report.marker_keys((Path(report.__file__).parents[1] / "report" / "template.md").read_text())
+    assert not [k for k, body in sections.items() if "Nothing was recorded" in body]  # the kit fills every section
     assert "_Your analysis, at least 3 sentences" in text
     results = json.loads((kit["report_dir"] / "results.json").read_text())
     intro = results["notebooks"]["01_introduction"]
@@ -262,7 +310,7 @@ def test_broken_markers_are_refused_before_anything_runs(kit):
 def test_only_names_a_notebook_with_or_without_ipynb(tmp_path):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
-    for name in report.NOTEBOOKS:
+    for name in ("01_introduction", "02_scratch_vs_pretrained", "03_develop_classifier"):
         nbformat.write(nbformat.v4.new_notebook(), str(nbdir / f"{name}.ipynb"))
     assert report.select_notebooks(nbdir, "02_scratch_vs_pretrained.ipynb") == ["02_scratch_vs_pretrained"]
     assert report.select_notebooks(nbdir, "03") == ["03_develop_classifier"]
@@ -306,7 +354,8 @@ def test_only_runs_one_notebook_with_the_report_parameters(kit, capsys):
               "import json, os\nfrom pathlib import Path\nfrom PIL import Image\n"
               "Image.new('RGB', (4, 4)).save(Path(FIGURES_DIR) / 'data-boxes.png')\n"
               "m = json.loads((Path(RUNS_DIR) / '01_introduction.manifest.json').read_text())\n"
-              "m['figures'] = {'data-boxes': 'data-boxes.png'}\n"
+              "m['report'] = [{'kind': 'figure', 'key': 'data-boxes', 'section': 'data', 'caption': 'Boxes', "
+              "'file': 'data-boxes.png'}]\n"
               "m['values'] = {'cwd': os.getcwd(), 'quiet': os.environ.get('MP3KIT_QUIET'), 'profile': PROFILE}\n"
               "(Path(RUNS_DIR) / '01_introduction.manifest.json').write_text(json.dumps(m))")
     report.build("smoke", runs_dir=kit["runs_dir"], report_dir=kit["report_dir"], only="01_introduction.ipynb",
@@ -333,3 +382,46 @@ def test_main_exits_non_zero_with_one_message(tmp_path, monkeypatch, capsys):
     assert err.startswith("mp3kit: 03_develop_classifier.ipynb failed in cell 3 (`1 / 0`): ZeroDivisionError")
     assert err.count("\n") == 1
     assert not list((tmp_path / "report").iterdir())  # nothing was written there
+
+
+NEW_EXPERIMENT = '''\
+# %% tags=["parameters"]
+PROFILE = "quick"
+DATA_ROOT = None
+RUNS_DIR = "runs"
+FIGURES_DIR = "figures"
+
+# %% [markdown]
+# # 04 · A new experiment
+
+# %%
+from PIL import Image
+from mp3kit.experiment import Experiment
+
+exp = Experiment("04_new_experiment", PROFILE, DATA_ROOT, RUNS_DIR, FIGURES_DIR)
+
+# %%
+Image.new("RGB", (8, 6), (30, 30, 200)).save(exp.figure("new-figure", "A figure that report.py never names", "new-figure"))
+'''
+
+
+def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_it(kit, tmp_path):
+    import jupytext
+
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    nb = jupytext.reads(NEW_EXPERIMENT, fmt="py:percent")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(nbdir / "04_new_experiment.ipynb"))
+    template = tmp_path / "template.md"
+    template.write_text((Path(report.__file__).parents[1] / "report" / "template.md").read_text()
+                        + "\n## A new experiment\n\n<!-- mp3kit:begin new-figure -->\n<!-- mp3kit:end new-figure -->\n")
+    voc = synth.make_synthetic_voc(tmp_path / "voc", n_images=60)
+    text = build(kit, only="04_new", notebooks_dir=nbdir, template=template, execute=True, data_root=voc.parent).read_text()
+    sections = report.generated_text(text)
+    assert sections["new-figure"] == ("![A figure that report.py never names](figures/new-figure.png)\n\n"
+                                      "_A figure that report.py never names._")
+    assert "new-figure" not in sections["more-figures"]
+    assert "figures/final-curves.png" in sections["final-results"]  # the other notebooks' items are still placed
+    html = (kit["report_dir"] / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(re.findall(r"!\[[^\]]*\]\(figures/", text))

@@ -52,7 +52,6 @@ def write_source(nb: nbformat.NotebookNode, py: Path) -> None:
 def build(source: nbformat.NotebookNode, old: nbformat.NotebookNode | None) -> nbformat.NotebookNode:
     """Return the committed form of source: fixed metadata and cell ids, the old checked outputs where cells match."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata = {"jupytext": dict(PAIRING), "kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
     kept = {c.source: c.outputs for c in (old.cells if old else []) if c.cell_type == "code" and c.outputs}
     for i, cell in enumerate(source.cells):
         tags = list(cell.metadata.get("tags", []))
@@ -70,7 +69,8 @@ def build(source: nbformat.NotebookNode, old: nbformat.NotebookNode | None) -> n
 
 
 def number_checked(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Strip every output and execution count except those of checked cells, which get their position as count."""
+    """Strip saved widget state and every output and execution count but those of checked cells (numbered by position)."""
+    nb.metadata = {"jupytext": dict(PAIRING), "kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
     code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
     for number, cell in enumerate(code_cells, start=1):
         checked = CHECK in cell.source
