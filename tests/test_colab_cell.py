@@ -1,108 +1,229 @@
-"""The notebooks' Colab set-up cell, run as Colab would run it: google.colab present, pip and fetch recorded.
+"""The notebooks' Colab set-up cell, run as Colab would run it, with stand-ins for what only Colab has.
 
-Nothing is installed: subprocess.run is replaced by a recorder, and google.colab by a module that records
-whether the custom widget manager was turned on.
+Stand-ins: google.colab (output.enable_custom_widget_manager and drive.mount record their calls; mount makes a
+MyDrive folder), a `pip` executable first on PATH (the cell's shell line really runs, pipe and grep included; the
+stand-in prints a Colab-like package list and records what it is asked to install and keep), torch.hub's download
+(writes a file where torch would), fetch_voc (records its root and sources; fetching is tested in test_fetch.py),
+and Colab's /content paths moved into a temporary folder.
 """
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 import types
-from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
 import pytest
 
+import mp3kit.colab
+from mp3kit.models import alexnet_cache_path
+
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["01_introduction", "02_scratch_vs_pretrained", "03_develop_classifier"]
+COLAB_PACKAGES = ("ipywidgets==7.7.1\nnumpy==1.26.4\ntorch==2.5.1+cu121\ntorchaudio==2.5.1+cu121\n"
+                  "torchvision==0.20.1+cu121\n")
+FAKE_PIP = """#!/bin/sh
+echo "$@" >> "$FAKE_PIP_LOG"
+case "$1" in
+  list) printf '%s' "$FAKE_PIP_PACKAGES" ;;
+  install) cp "$4" "$FAKE_PIP_KEPT"
+           if [ -n "$FAKE_PIP_FAIL" ]; then echo "ERROR: Repository not found." >&2; exit 1; fi ;;
+esac
+"""
 
 
-def colab_cell(name: str = "01_introduction") -> str:
-    """Return the source of the committed notebook's Colab cell (the one after the parameters)."""
+def cells(name: str) -> tuple[str, str]:
+    """Return the committed notebook's parameters cell and its Colab set-up cell (the one after it)."""
     nb = nbformat.read(str(ROOT / "notebooks" / f"{name}.ipynb"), as_version=4)
-    cell = nb.cells[1]
-    assert "google.colab" in cell.source
-    return cell.source
+    assert "parameters" in nb.cells[0].metadata.get("tags", [])
+    assert "google.colab" in nb.cells[1].source
+    return nb.cells[0].source, nb.cells[1].source
+
+
+class Colab:
+    """What the stand-ins saw."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.widget_manager = False
+        self.mounted: list[str] = []
+        self.mount_error: Exception | None = None
+        self.downloads: list[tuple[str, str, str]] = []
+        self.download_error: Exception | None = None
+        self.fetches: list[tuple[str, list]] = []
+
+    def pip_calls(self) -> list[str]:
+        log = self.tmp / "pip.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def kept(self) -> str:
+        return (self.tmp / "kept.txt").read_text()
 
 
 @pytest.fixture
-def fake_colab(monkeypatch, tmp_path):
-    """Pretend to be Colab: return the list subprocess.run calls are recorded in and the widget-manager flag."""
-    state = {"calls": [], "widget_manager": False, "pip_rc": 0, "pins": None}
+def colab(monkeypatch, tmp_path) -> Colab:
+    """Pretend to be Colab; return the record of what happened."""
+    state = Colab(tmp_path)
     google = types.ModuleType("google")
-    colab = types.ModuleType("google.colab")
+    package = types.ModuleType("google.colab")
     output = types.ModuleType("google.colab.output")
-    output.enable_custom_widget_manager = lambda: state.update(widget_manager=True)
-    colab.output = output
-    google.colab = colab
-    for name, module in (("google", google), ("google.colab", colab), ("google.colab.output", output)):
+    drive = types.ModuleType("google.colab.drive")
+    output.enable_custom_widget_manager = lambda: setattr(state, "widget_manager", True)
+
+    def mount(mountpoint, **kwargs):
+        if state.mount_error:
+            raise state.mount_error
+        state.mounted.append(mountpoint)
+        (Path(mountpoint) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    drive.mount = mount
+    package.output, package.drive, google.colab = output, drive, package
+    for name, module in (("google", google), ("google.colab", package), ("google.colab.output", output),
+                         ("google.colab.drive", drive)):
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr("tempfile.tempdir", None)
 
-    def run(args, **kwargs):
-        state["calls"].append(list(args))
-        if "pip" in args:
-            pins = Path(args[args.index("-c") + 1])
-            state["pins"] = pins.read_text()
-            return subprocess.CompletedProcess(args, state["pip_rc"], "",
-                                               "ERROR: Repository not found.\n" if state["pip_rc"] else "")
-        return subprocess.CompletedProcess(args, 0, "", "")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pip").write_text(FAKE_PIP)
+    (bin_dir / "pip").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PIP_LOG", str(tmp_path / "pip.log"))
+    monkeypatch.setenv("FAKE_PIP_KEPT", str(tmp_path / "kept.txt"))
+    monkeypatch.setenv("FAKE_PIP_PACKAGES", COLAB_PACKAGES)
+    monkeypatch.delenv("FAKE_PIP_FAIL", raising=False)
+    monkeypatch.delenv("MP3KIT_RUNS_DIR", raising=False)  # the parameters cell's default, as in a student's Colab
 
-    monkeypatch.setattr(subprocess, "run", run)
-    from torchvision.models import AlexNet_Weights
+    content = tmp_path / "content"
+    monkeypatch.setattr(mp3kit.colab, "DRIVE", content / "drive")
+    monkeypatch.setattr(mp3kit.colab, "DRIVE_RUNS", content / "drive" / "MyDrive" / "mp3kit")
+    monkeypatch.setattr(mp3kit.colab, "DATA_ROOT", str(content / "data" / "voc"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
-    monkeypatch.setattr(AlexNet_Weights, "get_state_dict", lambda self, **kw: state["calls"].append(["weights", self.url]))
+    def download_url_to_file(url, dst, hash_prefix=None, progress=True):
+        if state.download_error:
+            raise state.download_error
+        state.downloads.append((url, dst, hash_prefix))
+        Path(dst).write_bytes(b"weights")
+
+    monkeypatch.setattr("torch.hub.download_url_to_file", download_url_to_file)
+
+    def fetch_voc(root, sources=()):
+        state.fetches.append((str(root), list(sources)))
+        return Path(root) / "VOCdevkit"
+
+    monkeypatch.setattr(mp3kit.colab, "fetch_voc", fetch_voc)
+    monkeypatch.chdir(tmp_path)
     return state
 
 
-def run_cell(source: str, **params) -> dict:
-    namespace = {"PROFILE": "quick", "DATA_ROOT": None, "REPO_URL": "https://example.org/course/mp3kit", **params}
-    exec(compile(source, "<colab cell>", "exec"), namespace)
+def run(name: str, **params) -> dict:
+    """Run the notebook's parameters cell, apply params as papermill would, then run its set-up cell."""
+    parameters, setup = cells(name)
+    namespace: dict = {}
+    exec(compile(parameters, "<parameters>", "exec"), namespace)
+    namespace.update(params)
+    exec(compile(setup, "<colab cell>", "exec"), namespace)
     return namespace
 
 
-@pytest.mark.parametrize("name", ["01_introduction", "02_scratch_vs_pretrained", "03_develop_classifier"])
-def test_colab_cell_installs_mp3kit_keeping_colabs_torch_and_ipywidgets(fake_colab, name):
-    run_cell(colab_cell(name))
-    (pip,) = [c for c in fake_colab["calls"] if "pip" in c]
-    assert pip[-1] == "git+https://example.org/course/mp3kit"
-    pinned = dict(line.split("==") for line in fake_colab["pins"].split())
-    assert pinned == {p: version(p) for p in ("torch", "torchvision", "ipywidgets")}
-    assert fake_colab["widget_manager"]
-    assert not any("fetch" in c for c in fake_colab["calls"])  # the quick profile needs no download
-    # Notebook 2 puts the ImageNet AlexNet weights in torch's hub cache, where mp3kit looks for them.
-    weights = [c for c in fake_colab["calls"] if c[0] == "weights"]
-    assert len(weights) == (name == "02_scratch_vs_pretrained")
-    assert all(c[1].endswith("alexnet-owt-7be5be79.pth") for c in weights)
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_cell_is_at_most_six_lines(name):
+    assert len(cells(name)[1].splitlines()) <= 6
 
 
-def test_colab_cell_fetches_voc_for_the_full_profile(fake_colab):
-    namespace = run_cell(colab_cell(), PROFILE="full")
-    assert namespace["DATA_ROOT"] == "/content/voc"
-    (fetch,) = [c for c in fake_colab["calls"] if "fetch" in c]
-    assert fetch[-4:] == ["data", "fetch", "--root", "/content/voc"]
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_cell_installs_mp3kit_keeping_colabs_builds_and_turns_on_widgets(colab, name):
+    ns = run(name, PROFILE="quick")
+    install = [call for call in colab.pip_calls() if call.startswith("install")]
+    assert install == ["install -q -c /tmp/colab-keep.txt git+https://github.com/mp3kit/mp3kit"]
+    assert colab.kept().splitlines() == ["ipywidgets==7.7.1", "torch==2.5.1+cu121", "torchvision==0.20.1+cu121"]
+    assert colab.widget_manager and colab.fetches == [] and colab.mounted == []  # quick: no VOC, no Drive
+    assert ns["DATA_ROOT"] is None and ns["RUNS_DIR"] == "runs"
 
 
-def test_colab_cell_takes_an_uploaded_wheel_as_is(fake_colab):
-    run_cell(colab_cell(), REPO_URL="/content/mp3kit-0.1.0-py3-none-any.whl")
-    (pip,) = [c for c in fake_colab["calls"] if "pip" in c]
-    assert pip[-1] == "/content/mp3kit-0.1.0-py3-none-any.whl"
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_2_puts_the_alexnet_weights_where_mp3kit_looks(colab, name):
+    run(name, PROFILE="quick")
+    if name == "02_scratch_vs_pretrained":
+        assert alexnet_cache_path().is_relative_to(colab.tmp / "torch")  # torch's hub cache, under TORCH_HOME
+        assert alexnet_cache_path().read_bytes() == b"weights"
+        ((url, dst, prefix),) = colab.downloads
+        assert url.endswith("/alexnet-owt-7be5be79.pth") and dst == str(alexnet_cache_path()) and prefix == "7be5be79"
+        run(name, PROFILE="quick")
+        assert len(colab.downloads) == 1  # already cached: not downloaded again
+    else:
+        assert colab.downloads == [] and not alexnet_cache_path().exists()
 
 
-def test_a_failed_install_names_repo_url_in_one_sentence(fake_colab):
-    fake_colab["pip_rc"] = 1
+def test_a_failed_weights_download_is_one_line_and_the_cell_goes_on(colab, capsys):
+    colab.download_error = OSError("Network is unreachable")
+    ns = run("02_scratch_vs_pretrained", PROFILE="quick")
+    err = capsys.readouterr().err.strip()
+    assert "could not be downloaded" in err and "Network is unreachable" in err and "\n" not in err
+    assert ns["RUNS_DIR"] == "runs" and colab.widget_manager
+
+
+def test_the_full_profile_fetches_voc_to_the_vm_disk_with_the_given_sources_first(colab):
+    ns = run("01_introduction", PROFILE="full", VOC_SOURCES=["https://example.org/course/voc/"])
+    assert colab.fetches == [(mp3kit.colab.DATA_ROOT, ["https://example.org/course/voc/"])]
+    assert ns["DATA_ROOT"] == mp3kit.colab.DATA_ROOT and not Path(ns["DATA_ROOT"]).is_relative_to(mp3kit.colab.DRIVE)
+
+
+def test_a_drive_folder_as_source_mounts_drive_but_voc_still_goes_to_the_vm_disk(colab):
+    folder = str(mp3kit.colab.DRIVE / "MyDrive" / "voc")
+    ns = run("03_develop_classifier", PROFILE="full", VOC_SOURCES=[folder])
+    assert colab.mounted == [str(mp3kit.colab.DRIVE)]
+    assert colab.fetches == [(mp3kit.colab.DATA_ROOT, [folder])] and ns["RUNS_DIR"] == "runs"
+
+
+def test_data_root_on_drive_is_refused_in_one_sentence(colab):
+    drive_root = str(mp3kit.colab.DRIVE / "MyDrive" / "voc")
     with pytest.raises(SystemExit) as info:
-        run_cell(colab_cell(), REPO_URL="https://example.org/nowhere")
+        run("01_introduction", PROFILE="full", DATA_ROOT=drive_root)
     message = str(info.value)
-    assert "REPO_URL = 'https://example.org/nowhere'" in message and "Repository not found" in message
-    assert "\n" not in message and not fake_colab["widget_manager"]
+    assert f"DATA_ROOT = {drive_root!r} is on Google Drive" in message and "\n" not in message
+    assert colab.fetches == []
 
 
-def test_the_cell_does_nothing_outside_colab(monkeypatch):
-    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
-    run_cell(colab_cell())
-    assert calls == []
+def test_runs_on_drive_mounts_drive_and_puts_runs_dir_there(colab):
+    ns = run("01_introduction", PROFILE="quick", RUNS_ON_DRIVE=True)
+    assert colab.mounted == [str(mp3kit.colab.DRIVE)]
+    assert ns["RUNS_DIR"] == str(mp3kit.colab.DRIVE / "MyDrive" / "mp3kit" / "runs") and Path(ns["RUNS_DIR"]).is_dir()
+
+
+def test_a_drive_that_will_not_mount_ends_the_cell_in_one_sentence(colab):
+    colab.mount_error = ValueError("mount failed")
+    with pytest.raises(SystemExit) as info:
+        run("02_scratch_vs_pretrained", PROFILE="quick", RUNS_ON_DRIVE=True)
+    message = str(info.value)
+    assert "Google Drive could not be mounted" in message and "RUNS_ON_DRIVE = False" in message
+    assert "\n" not in message and colab.downloads == []
+
+
+def test_an_uploaded_wheel_is_installed_as_it_is(colab):
+    run("01_introduction", REPO_URL="/content/mp3kit-0.1.0-py3-none-any.whl")
+    assert [c for c in colab.pip_calls() if c.startswith("install")] == [
+        "install -q -c /tmp/colab-keep.txt /content/mp3kit-0.1.0-py3-none-any.whl"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_failed_install_ends_the_cell_in_one_sentence_naming_repo_url(colab, monkeypatch, name, capfd):
+    monkeypatch.setenv("FAKE_PIP_FAIL", "1")
+    with pytest.raises(SystemExit) as info:
+        run(name, REPO_URL="git+https://example.org/nowhere")
+    message = str(info.value)
+    assert message.startswith("Installing mp3kit from REPO_URL = 'git+https://example.org/nowhere' failed")
+    assert "set REPO_URL in the first cell" in message and "\n" not in message
+    assert "Repository not found" in capfd.readouterr().err  # pip's own reason stays visible above
+    assert not colab.widget_manager and colab.fetches == [] and colab.downloads == []
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_outside_colab_the_cell_does_nothing(colab, monkeypatch, name):
+    monkeypatch.delitem(sys.modules, "google.colab")
+    ns = run(name, PROFILE="full", RUNS_ON_DRIVE=True, DATA_ROOT="data/voc")
+    assert colab.pip_calls() == [] and not colab.widget_manager
+    assert colab.mounted == [] and colab.downloads == [] and colab.fetches == []
+    assert ns["DATA_ROOT"] == "data/voc" and ns["RUNS_DIR"] == "runs"
