@@ -151,7 +151,8 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
                 raise OSError(f"server answered a range starting at {start!r} instead of {offset}")
         else:
             offset = 0  # the server ignored Range (200): start again from byte 0
-        if response.headers.get("Content-Type", "").split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type in ("text/html", "application/xhtml+xml"):
             raise SourceError("an HTML page, not the archive (Content-Type text/html)")
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length is not None else None
@@ -185,7 +186,8 @@ def _fetch_resuming(url: str, part: Path, progress: bool, timeout: float) -> Non
 
 def _why(exc: BaseException, timeout: float) -> str:
     """Say in a few words why a transfer failed."""
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) else exc
+    plain_url_error = isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
+    reason = exc.reason if plain_url_error else exc
     if isinstance(reason, TimeoutError):
         return f"timed out (nothing received for {timeout:g} s)"
     if isinstance(exc, urllib.error.HTTPError):
@@ -493,5 +495,6 @@ def fetch_voc(root, sources=(), default_sources: bool = True, progress: bool = T
         for leftover in root.glob(f".{archive.stem}.*.part"):
             leftover.unlink(missing_ok=True)  # partial downloads from sources that were not needed in the end
     if progress:
-        _say(f"VOC 2007 verified and in place in {target} (" + "; ".join(f"{k} from {v}" for k, v in origins.items()) + ")")
+        _say(f"VOC 2007 verified and in place in {target} ("
+             + "; ".join(f"{stem} from {where}" for stem, where in origins.items()) + ")")
     return target.parent
