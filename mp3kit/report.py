@@ -19,12 +19,11 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from mp3kit import __version__
 from mp3kit import runs as run_records
-from mp3kit.util import UserError, atomic_write_json, atomic_write_text
+from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
 
 PROFILES = ("smoke", "quick", "full")
 NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
@@ -164,21 +163,6 @@ def select_notebooks(notebooks_dir: Path, only=None) -> list[str]:
 # ---------------------------------------------------------------- running notebooks
 
 
-@contextmanager
-def _environ(**values):
-    """Set environment variables for the duration of the block (the kernel inherits them)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_notebook(path: Path, output: Path, parameters: dict, runs_dir: Path, timeout_s: float, report_dir: Path) -> None:
     """Execute one notebook with papermill (cwd = its folder) into output; raise NotebookError naming the failing cell."""
     import papermill
@@ -196,7 +180,7 @@ def run_notebook(path: Path, output: Path, parameters: dict, runs_dir: Path, tim
     failed_copy = Path(runs_dir) / f"{path.stem}.failed.ipynb"
     kept = f"the report in {report_dir} was left as it was"
     try:
-        with _environ(MP3KIT_QUIET="1"):
+        with temporary_environ(MP3KIT_QUIET="1"):
             # A quiet kernel log keeps one progress line per notebook: otherwise every kernel prints a
             # TCP-transport warning at start and a caught KeyboardInterrupt at shutdown. A cell's
             # errors still reach the executed notebook and the failure message.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -71,3 +72,18 @@ def pick_device(name: str = "auto"):
 def default_cache_dir() -> Path:
     """Return mp3kit's cache folder ($MP3KIT_CACHE, else ~/.cache/mp3kit)."""
     return Path(os.environ.get("MP3KIT_CACHE") or Path.home() / ".cache" / "mp3kit")
+
+
+@contextmanager
+def temporary_environ(**values):
+    """Set environment variables for the duration of the block (child processes, e.g. kernels, inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -11,7 +11,6 @@ run with --execute after changing such a cell, the synthetic dataset or a model'
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import jupytext
 import nbformat
 from jupytext.config import load_jupytext_config
+
+from mp3kit.util import temporary_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -92,17 +93,9 @@ def execute_smoke(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     with tempfile.TemporaryDirectory(prefix="mp3kit-nb-") as tmp:
         env = {"MP3KIT_PROFILE": "smoke", "MP3KIT_QUIET": "1", "MPLBACKEND": "Agg",
                "MP3KIT_RUNS_DIR": str(Path(tmp) / "runs"), "MP3KIT_FIGURES_DIR": str(Path(tmp) / "figures")}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with temporary_environ(**env):
             NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
                            resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     return nb
 
 
