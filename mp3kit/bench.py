@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mp3kit import data, models, pipeline, synth, train
 from mp3kit.util import default_cache_dir, pick_device
@@ -34,21 +33,10 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device) -> dict:
-    """Return what the figures depend on: device name, torch version, CPU and thread counts."""
-    names = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: "Apple MPS"}
-    name = names.get(device.type, _cpu_name)()
-    return {"device": str(device), "device_name": name, "cpu_name": _cpu_name(), "cpu_count": os.cpu_count(),
+    """Return what the figures depend on: device, its precision, torch version, CPU and thread counts."""
+    precision = train.precision_info(device, train.amp_dtype(train.TrainConfig(), device))  # as training decides
+    return {**precision, "cpu_name": train.device_name(torch.device("cpu")), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
 
@@ -68,28 +56,19 @@ def _drain(loader, device: torch.device, passes: int = 1, min_seconds: float = 0
 
 
 class _Trainer:
-    """One model, optimiser and loss, stepping on (x, y) batches the way training does."""
+    """One model, optimiser and precision, stepping on (x, y) batches with training's own train_step."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
+        config = train.TrainConfig()  # the course's SGD; mixed precision as training decides it (CUDA only)
+        train.configure_backends(device)
         self.model = train.place_model(model, device).train()
         self.device = device
-        self.amp_dtype = train.amp_dtype(train.TrainConfig(), device)  # as training does: CUDA only
-        self.optimizer = train.make_optimizer(train.TrainConfig(), self.model.parameters())  # the course's SGD
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.amp_dtype = train.amp_dtype(config, device)
+        self.optimizer = train.make_optimizer(config, self.model.parameters())
+        self.scaler = train.grad_scaler(self.amp_dtype)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(x)  # (B, 20)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        return loss.detach()
+        return train.train_step(self.model, self.optimizer, x, y, amp=self.amp_dtype, scaler=self.scaler)
 
     def images_per_s(self, batches, max_images: int | None = None, min_seconds: float = 0.0) -> float:
         """Return training images per second over passes of batches (up to max_images), repeated until min_seconds."""
@@ -182,7 +161,7 @@ def format_table(result: dict) -> str:
     """Return the bench figures as a readable table."""
     lines = [
         f"mp3kit bench: {result['images']} synthetic images (trainval) at {result['image_size']} px, "
-        f"batch {result['batch_size']}, device {result['device']} ({result['device_name']})",
+        f"batch {result['batch_size']}, {train.precision_line(result)}",
         f"CPU {result['cpu_name']}, {result['cpu_count']} cores, {result['torch_threads']} torch threads; "
         f"torch {result['torch_version']}, Python {result['python']}",
         "",

@@ -196,22 +196,6 @@ def _has_voc_tree(root) -> bool:
     return True
 
 
-def _same_run(old: Run, config: TrainConfig, data: train.Data) -> bool:
-    """Return True when old was made from config on the same data (so it can be resumed)."""
-    identities = {s: getattr(data, s).identity() for s in SPLIT_NAMES}
-    return ({k: v for k, v in old.config.items() if k != "data"} == config.to_dict()
-            and old.config.get("data", {}).get("identities") == identities)
-
-
-def _stamp(path: Path):
-    """Return the mtime and size of path, or None."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
 class Experiment:
     """One notebook's runs, figures and values under a profile, recorded in a manifest for the report."""
 
@@ -308,27 +292,20 @@ class Experiment:
         """Train config as run key (reusing a complete run with the same config), record it, print its numbers, return it."""
         config = self._as_config(config)
         name = self.run_name(key)
-        path = self.runs_dir / name
-        data = self._data_for(config.max_images)
-        resume = False
-        if not self.retrain and (path / "checkpoint.pt").exists() and (path / "config.json").exists():
-            old = runs.load_run(path)
-            resume = old.status in ("running", "stopped") and _same_run(old, config, data)
-        before = _stamp(path / "metrics.json")
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 if config.max_images is not None:
                     # A capped test split may lack a class; its AP is NaN and the report shows it as such.
                     warnings.simplefilter("ignore", NoPositivesWarning)
-                run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=resume, reuse=not self.retrain,
-                                progress=self.progress, data=data)
+                # fit decides: reuse a complete run with this config and data, resume an unfinished one, or train.
+                run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=False if self.retrain else "auto",
+                                reuse=not self.retrain, progress=self.progress, data=self._data_for(config.max_images))
         except train.NonFiniteLoss as exc:
-            run = runs.load_run(path)
+            run = runs.load_run(self.runs_dir / name)
             print(f"{key}: FAILED, {exc}")
         else:
-            reused = before is not None and before == _stamp(path / "metrics.json")
-            print(self._run_line(key, run, None if reused else time.perf_counter() - t0))
+            print(self._run_line(key, run, None if run.origin == "reused" else time.perf_counter() - t0))
         self.runs[key] = run
         self.manifest["runs"][key] = {"run": name, "label": label or key}
         self._save()

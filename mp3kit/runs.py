@@ -4,9 +4,9 @@ runs/<name>/
     config.json       the TrainConfig that made the run
     history.json      one dict per completed epoch
     metrics.json      the test evaluation (written when the run completes)
-    status.json       running | complete | stopped | failed, with a reason
+    status.json       running | complete | stopped | failed, with a reason, and what the run trains on
     test_scores.npz   ids, scores (N, 20), targets, difficult of the test split
-    checkpoint.pt     model, optimizer, scheduler, epoch, RNG states, config
+    checkpoint.pt     model, optimizer, gradient scaler, epoch, history, RNG states, config
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class Run:
     metrics: dict = field(default_factory=dict)
     status: str = "running"
     reason: str = ""
+    device_info: dict = field(default_factory=dict)  # device, its name and compute capability, autocast dtype
+    origin: str = ""  # what the fit() call that returned it did: reused, resumed or trained ("" when loaded)
 
     @property
     def test_map(self):
@@ -48,7 +50,9 @@ class Run:
 
     @property
     def synthetic(self) -> bool:
-        return bool(self.metrics.get("synthetic", self.config.get("synthetic", False)))
+        # fit() writes config["data"]["synthetic"]; runs saved by earlier versions have config["synthetic"].
+        data = self.config.get("data") or {}
+        return bool(self.metrics.get("synthetic", data.get("synthetic", self.config.get("synthetic", False))))
 
     @property
     def complete(self) -> bool:
@@ -103,6 +107,7 @@ def load_run(path) -> Run:
         metrics=_read_json(path / "metrics.json", {}),
         status=status.get("status", "running"),
         reason=status.get("reason", ""),
+        device_info=status.get("device", {}),
     )
 
 
@@ -124,7 +129,12 @@ def write_config(run: Run) -> None:
 def write_progress(run: Run) -> None:
     """Write the run's history.json and status.json."""
     atomic_write_json(run.path / "history.json", run.history)
-    atomic_write_json(run.path / "status.json", {"status": run.status, "reason": run.reason})
+    write_status(run)
+
+
+def write_status(run: Run) -> None:
+    """Write the run's status.json: its status, the reason, and what it trains on."""
+    atomic_write_json(run.path / "status.json", {"status": run.status, "reason": run.reason, "device": run.device_info})
 
 
 def write_metrics(run: Run) -> None:

@@ -1,16 +1,20 @@
 """Training: one TrainConfig, one fit(), one Run record on disk.
 
-A papermill parameter, a widget and a CLI flag all fill the same TrainConfig; fit() is the only
-training loop. Every completed epoch is checkpointed so a run can be resumed after a disconnect.
+A papermill parameter, a widget and a CLI flag all fill the same TrainConfig; fit() is the only training loop.
+Like torchvision's classification reference, fit() keeps the run's bookkeeping (reuse, resume or start afresh;
+records; errors) around visible seams: train_one_epoch (whose train_step bench.py times too), the evaluation
+functions and the checkpoint helpers. Every completed epoch is checkpointed, so a run can be resumed after a
+disconnect or a full disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
-import os
+import platform
 import threading
 import time
 import warnings
@@ -24,12 +28,13 @@ import torch.nn.functional as F
 from mp3kit import data as voc
 from mp3kit import metrics, models, pipeline, runs
 from mp3kit.runs import Run
-from mp3kit.util import UserError, atomic_write, pick_device
+from mp3kit.util import UserError, WriteFailed, atomic_write, pick_device, write_failure
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine")
 DIFFICULT_MODES = ("positive", "negative", "ignore")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # later keys (history) are optional, so version 1 files still load
+RESUME_CHOICES = (False, True, "auto")
 
 
 @dataclass
@@ -233,12 +238,120 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, pos_weight) -> torch.Tensor:
 
 
 def amp_dtype(config: TrainConfig, device) -> torch.dtype | None:
-    """Return the autocast dtype config asks for on device (auto: bfloat16 or float16 on CUDA only), or None."""
+    """Return the autocast dtype config asks for on device, or None for float32: the one place that decides.
+
+    auto means mixed precision on CUDA only: bfloat16 from compute capability 8.0 (A100, L4, H100), float16 with a
+    gradient scaler below it (T4 7.5, V100 7.0, P100 6.0). torch.cuda.is_bf16_supported() is no test: it is True on
+    a T4, where bfloat16 is emulated in float32 without tensor cores, slower than float16 (pytorch/pytorch#148322).
+    """
     if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
     return torch.bfloat16
+
+
+def grad_scaler(amp) -> torch.amp.GradScaler | None:
+    """Return the gradient scaler float16 autocast needs (its small range underflows gradients), else None."""
+    return torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+
+def configure_backends(device) -> None:
+    """Let cuDNN pick the fastest kernels for training's fixed input size and, from Ampere on, use TF32."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    if torch.cuda.get_device_capability(device) >= (8, 0):
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9 deprecates allow_tf32 for this
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+
+def device_name(device) -> str:
+    """Return the readable name of device: the GPU's, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def precision_info(device, amp) -> dict:
+    """Return what a run computes on: the device, its name and compute capability, the autocast dtype, scaler, TF32."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "capability": "{}.{}".format(*capability) if capability else None,
+        "amp_dtype": str(amp).removeprefix("torch.") if amp is not None else "float32",
+        "grad_scaler": amp == torch.float16,
+        "tf32": bool(capability and capability >= (8, 0)),
+    }
+
+
+def precision_line(info: dict) -> str:
+    """Return the one line that says what a run computes on."""
+    where = info["device_name"] + (f", compute capability {info['capability']}" if info["capability"] else "")
+    if info["amp_dtype"] == "float32":
+        how = "in float32" + (" (TF32 matmuls)" if info["tf32"] else "")
+    else:
+        how = f"with {info['amp_dtype']} mixed precision" + (" and a gradient scaler" if info["grad_scaler"] else "")
+    return f"training on {info['device']} ({where}) {how}"
+
+
+def train_step(model, optimizer, x, y, *, amp=None, scaler=None, pos_weight=None) -> torch.Tensor:
+    """Take one optimizer step on the batch (x, y); return the loss, detached and left on the device."""
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        logits = model(x)  # (B, 20)
+    loss = _loss(logits, y, pos_weight)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
+def train_one_epoch(model, optimizer, loader, epoch: int, *, amp=None, scaler=None, pos_weight=None, stop=None,
+                    progress: bool = False) -> dict:
+    """Train model for one pass over loader (0-based epoch); return the epoch's history record.
+
+    Raises TrainingStopped when stop is set (checked before every batch) and NonFiniteLoss when a loss is not finite.
+    """
+    model.train()
+    loader.set_epoch(epoch)
+    lr = optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    losses, seen = [], 0
+    for x, y in _progress(loader, progress, leave=False, desc=f"epoch {epoch + 1}"):
+        if stop is not None and stop.is_set():
+            raise TrainingStopped
+        # Kept on the device: a .item() per batch would make the CPU wait for every GPU step.
+        losses.append(train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight))
+        seen += x.shape[0]
+    losses = torch.stack(losses).float()  # (batches,)
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise NonFiniteLoss(
+            f"The training loss became {losses[bad].item()} at epoch {epoch + 1}, batch {bad + 1}: "
+            f"lower the learning rate (now {lr:g}); the checkpoint of the last good epoch is kept."
+        )
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "train_loss": losses.mean().item(), "val_loss": None, "train_map": None,
+            "val_map": None, "seconds": seconds, "images_per_s": seen / seconds if seconds else None, "lr": lr}
 
 
 @torch.no_grad()
@@ -256,6 +369,36 @@ def evaluate(model, loader, device, amp_dtype=None) -> tuple[float, np.ndarray]:
     return total / max(count, 1), torch.cat(scores).numpy()
 
 
+def evaluate_epoch(model, train_loader, val_loader, data: Data, device, amp, epoch: int) -> dict:
+    """Return the train mAP, val mAP and val loss after 0-based epoch; NonFiniteLoss when the outputs are not finite."""
+    _, train_scores = evaluate(model, train_loader, device, amp)
+    val_loss, val_scores = evaluate(model, val_loader, device, amp)
+    if not (np.isfinite(train_scores).all() and np.isfinite(val_scores).all()):
+        raise NonFiniteLoss(
+            f"The network's outputs became NaN or infinite at epoch {epoch + 1}: lower the learning rate; "
+            "the checkpoint of the last good epoch is kept."
+        )
+    return {"train_map": _map(data.train, train_scores), "val_map": _map(data.val, val_scores), "val_loss": val_loss}
+
+
+def evaluate_test(model, loader, split: voc.VOCSplit, device, amp) -> tuple[dict, np.ndarray]:
+    """Return the test metrics (mAP, mean loss, AP per class) of model over split's loader, and its (N, 20) scores."""
+    test_loss, scores = evaluate(model, loader, device, amp)
+    with warnings.catch_warnings():
+        # A class absent from a small (smoke) test split gets AP None in metrics.json; no need to shout.
+        warnings.simplefilter("ignore", metrics.NoPositivesWarning)
+        ap = metrics.average_precision(split.targets, scores, split.difficult)
+    return {"test_map": float(np.nanmean(ap)), "test_loss": test_loss,
+            "test_ap": [None if np.isnan(a) else float(a) for a in ap], "classes": list(voc.VOC_CLASSES)}, scores
+
+
+def _map(split: voc.VOCSplit, scores: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        # Small (smoke) splits may lack a class; the mean leaves it out, which is what we want here.
+        warnings.simplefilter("ignore")
+        return float(metrics.mean_average_precision(split.targets, scores, split.difficult))
+
+
 def _progress(iterable, enabled: bool, **kw):
     if not enabled:
         return iterable
@@ -264,8 +407,8 @@ def _progress(iterable, enabled: bool, **kw):
     return tqdm(iterable, **kw)
 
 
-def _checkpoint_state(model, optimizer, scaler, epoch: int, config: TrainConfig, best_val_map) -> dict:
-    """Return what a checkpoint holds; its tensors are the live ones (see _cpu_copy)."""
+def checkpoint_state(model, optimizer, scaler, epoch: int, config: TrainConfig, best_val_map, history: list) -> dict:
+    """Return what a checkpoint holds (the history too, so a resumed run needs no other file); live tensors."""
     return {
         "version": CHECKPOINT_VERSION,
         "model": model.state_dict(),
@@ -274,14 +417,39 @@ def _checkpoint_state(model, optimizer, scaler, epoch: int, config: TrainConfig,
         "epoch": epoch,  # epochs completed
         "config": config.to_dict(),
         "best_val_map": best_val_map,
+        "history": history,
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
+def restore(ckpt: dict, model, optimizer, scaler, path) -> tuple[int, float | None]:
+    """Load a checkpoint's weights, optimizer, scaler and RNG states; return its epochs done and best val mAP."""
+    _load_state(model, ckpt["model"], path)
+    if ckpt.get("optimizer") is not None:  # a finished run's checkpoint keeps the weights only
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if torch.cuda.is_available() and ckpt.get("rng_cuda"):
+        torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+    return ckpt["epoch"], ckpt.get("best_val_map")
+
+
+def _nbytes(obj) -> int:
+    """Return the bytes of the tensors in obj: about what torch.save writes of it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
 def _save_checkpoint(path, state: dict) -> None:
     """Write a checkpoint atomically, streamed to the file rather than built in memory first."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f), nbytes=_nbytes(state))
 
 
 def _cpu_copy(obj):
@@ -300,12 +468,15 @@ class _CheckpointWriter:
 
     A checkpoint of AlexNet with Adam is 685 MB: on the 2-core development VM, writing one took 1.2-1.8 s of
     each 8 s epoch. save() snapshots the state first (training changes the weights in place); wait() returns
-    once the last checkpoint is on disk and raises the error its writing met, if any.
+    once the last checkpoint is on disk and raises the error its writing met, if any (a full disk as WriteFailed),
+    so that error stops the run at the end of the next epoch at the latest. kept is the epoch of the last
+    checkpoint known to be on disk.
     """
 
-    def __init__(self):
+    def __init__(self, kept: int = 0):
         self._thread = None
         self._error = None
+        self.kept = kept
 
     def save(self, path, state: dict) -> None:
         self.wait()
@@ -313,11 +484,18 @@ class _CheckpointWriter:
         self._thread = threading.Thread(target=self._write, args=(path, snapshot), name="mp3kit-checkpoint", daemon=True)
         self._thread.start()
 
+    def write_now(self, path, state: dict) -> None:
+        """Write state in this thread, after any write in flight."""
+        self.wait()
+        self._write(path, state)
+        self.wait()
+
     def _write(self, path, state) -> None:
         try:
             _save_checkpoint(path, state)
+            self.kept = state["epoch"]
         except BaseException as exc:  # handed to the training thread by wait()
-            self._error = exc
+            self._error = write_failure(exc, path, _nbytes(state)) or exc
 
     def __enter__(self):
         return self
@@ -394,76 +572,38 @@ def _identities(data: Data) -> dict:
     return {s: getattr(data, s).identity() for s in ("train", "val", "test")}
 
 
-def fit(
-    config: TrainConfig,
-    data_root=None,
-    *,
-    name: str | None = None,
-    runs_dir="runs",
-    resume: bool = False,
-    reuse: bool = False,
-    progress: bool = True,
-    callback=None,
-    stop=None,
-    cache_dir=None,
-    data: Data | None = None,
-) -> Run:
-    """Train config on data_root's train split, validate on val, test on test; record and return the Run.
+def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> tuple[Run | None, dict | None]:
+    """Decide how fit starts: (the complete run to reuse, None), (None, the checkpoint to resume) or (None, None).
 
-    resume=True continues an interrupted run from its last completed epoch; reuse=True returns a
-    complete run with the same config and data without training again.
+    On resume, run takes the history of the checkpoint's epochs.
     """
-    if not isinstance(config, TrainConfig):
-        raise UserError("fit() needs a TrainConfig: build one with mp3kit.train.TrainConfig(...).")
-    config.validate()
-    data = data or load_data(data_root, config.max_images)
-    name = name or config.default_name()
-    path = Path(runs_dir) / name
-    run = Run(name=name, path=path, config={**config.to_dict(), "data": {
-        "root": data.root, "synthetic": data.synthetic, "identities": _identities(data)}})
+    if resume not in RESUME_CHOICES:
+        raise UserError(f"fit(resume={resume!r}) is not one of False, True or 'auto'.")
+    if not (run.path / "config.json").exists():
+        return None, None
+    old = runs.load_run(run.path)
+    same = _same_config(old, config, data)
+    if old.complete:
+        if same and (reuse or resume):
+            old.origin = "reused"
+            return old, None
+        return None, None
+    if not resume or (resume == "auto" and not same):
+        return None, None
+    if not same:
+        raise UserError(
+            f"Cannot resume {run.path}: it was trained with another config or data; use the same settings, or another --name."
+        )
+    if not old.checkpoint_path.exists():
+        return None, None
+    ckpt = load_checkpoint(old.checkpoint_path)
+    # Checkpoints written before they carried the history: history.json holds at least the checkpoint's epochs.
+    run.history = ckpt["history"] if "history" in ckpt else old.history[: ckpt["epoch"]]
+    return None, ckpt
 
-    ckpt = None
-    if path.exists() and (path / "config.json").exists():
-        old = runs.load_run(path)
-        if reuse and old.complete and _same_config(old, config, data):
-            return old
-        if resume and old.status != "complete":
-            if not _same_config(old, config, data):
-                raise UserError(
-                    f"Cannot resume {path}: it was trained with another config or data; use the same settings, or another --name."
-                )
-            if old.checkpoint_path.exists():
-                ckpt = load_checkpoint(old.checkpoint_path)
-                run.history = old.history[: ckpt["epoch"]]
-        elif resume and old.complete and _same_config(old, config, data):
-            return old
-    # Build the model before touching the run folder: a missing weights file must not leave a half run behind.
-    device = pick_device(config.device)
-    _set_seed(config.seed)
-    model = build_model(config)
-    if ckpt is not None:
-        _load_state(model, ckpt["model"], run.checkpoint_path)
-    place_model(model, device)
-    if ckpt is None and path.exists():
-        for f in runs.RUN_FILES:
-            (path / f).unlink(missing_ok=True)
-    path.mkdir(parents=True, exist_ok=True)
-    runs.write_config(run)
-    optimizer = make_optimizer(config, model.parameters())
-    amp = amp_dtype(config, device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    start_epoch = 0
-    best_val_map = None
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"]
-        best_val_map = ckpt.get("best_val_map")
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if torch.cuda.is_available() and ckpt.get("rng_cuda"):
-            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
 
+def _loaders(config: TrainConfig, data: Data, device, cache_dir, progress: bool):
+    """Return the training loader and a function that makes the evaluation loader of a split."""
     loader_kw = dict(batch_size=config.batch_size, image_size=config.image_size, seed=config.seed, device=device,
                      pipeline=config.pipeline, cache_dir=cache_dir, progress=progress)
     train_loader = pipeline.make_loader(data.train, train=True, augment=config.augment,
@@ -471,122 +611,128 @@ def fit(
     # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
     # and AlexNet-sized layers run faster on bigger batches (CPU: 775 against 568 images/s at 50 and 25).
     eval_kw = {**loader_kw, "batch_size": 2 * config.batch_size}
-    train_eval_loader = pipeline.make_loader(data.train, train=False, **eval_kw)
-    val_loader = pipeline.make_loader(data.val, train=False, **eval_kw)
-    pos_weight = _pos_weight(config, data.train.targets, device)
+    return train_loader, functools.partial(pipeline.make_loader, train=False, **eval_kw)
 
-    run.status, run.reason = "running", ""
-    runs.write_progress(run)
-    t_run = time.perf_counter()
-    epochs = _progress(range(start_epoch, config.epochs), progress, desc=name, initial=start_epoch, total=config.epochs)
+
+def _open_folder(run: Run, fresh: bool) -> None:
+    """Write the run's config.json (and clear an old run's files first when starting afresh)."""
+    if fresh:
+        for f in runs.RUN_FILES:
+            try:
+                (run.path / f).unlink(missing_ok=True)
+            except OSError as exc:
+                raise write_failure(exc, run.path / f, 0) from exc
+    runs.write_config(run)
+
+
+def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
+    """Record run as failed on exc (where the disk lets us) and return the sentence that says what to do."""
+    first = "make that folder writable" if exc.read_only else "free that much space there"
+    if kept:
+        fix = (f"{first} (or move the run folder to another RUNS_DIR), then resume the run (resume=True, or mp3kit "
+               f"train --resume), which continues from its last good checkpoint (epoch {kept})")
+    else:
+        fix = f"{first} or choose another RUNS_DIR (--runs-dir), then train the run again"
+    error = exc.advise(fix)
+    _end(run, "failed", str(error), write=runs.write_status)  # history.json may be what the disk refused
+    return error
+
+
+def _end(run: Run, status: str, reason: str, write=runs.write_progress) -> None:
+    """Set run's status and reason and record them, as far as the disk allows (the failure may be the disk's)."""
+    run.status, run.reason = status, reason
     try:
-        with _CheckpointWriter() as writer:
-            for epoch in epochs:
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr * lr_factor(config, epoch)
-                train_loader.set_epoch(epoch)
-                model.train()
-                t0 = time.perf_counter()
-                losses, seen = [], 0
-                for x, y in _progress(train_loader, progress, leave=False, desc=f"epoch {epoch + 1}"):
-                    if stop is not None and stop.is_set():
-                        raise TrainingStopped
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        logits = model(x)  # (B, 20)
-                    loss = _loss(logits, y, pos_weight)
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    # Kept on the device: a .item() per batch would make the CPU wait for every GPU step.
-                    losses.append(loss.detach())
-                    seen += x.shape[0]
-                losses = torch.stack(losses).float()  # (batches,)
-                finite = torch.isfinite(losses)
-                if not bool(finite.all()):
-                    bad = int((~finite).nonzero()[0])
-                    raise NonFiniteLoss(
-                        f"The training loss became {losses[bad].item()} at epoch {epoch + 1}, batch {bad + 1}: "
-                        f"lower the learning rate (now {config.lr}); the checkpoint of the last good epoch is kept."
-                    )
-                seconds = time.perf_counter() - t0
-                record = {"epoch": epoch + 1, "train_loss": losses.mean().item(), "val_loss": None, "train_map": None,
-                          "val_map": None, "seconds": seconds, "images_per_s": seen / seconds if seconds else None,
-                          "lr": optimizer.param_groups[0]["lr"]}
-                if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                    _, train_scores = evaluate(model, train_eval_loader, device, amp)
-                    val_loss, val_scores = evaluate(model, val_loader, device, amp)
-                    if not (np.isfinite(train_scores).all() and np.isfinite(val_scores).all()):
-                        raise NonFiniteLoss(
-                            f"The network's outputs became NaN or infinite at epoch {epoch + 1}: lower the learning "
-                            f"rate (now {config.lr}); the checkpoint of the last good epoch is kept."
-                        )
-                    record["train_map"] = _map(data.train, train_scores)
-                    record["val_map"] = _map(data.val, val_scores)
-                    record["val_loss"] = val_loss
-                    if best_val_map is None or record["val_map"] > best_val_map:
-                        best_val_map = record["val_map"]
-                run.history.append(record)
-                if epoch + 1 < config.epochs:
-                    # After the last epoch the weights-only checkpoint below replaces this one within seconds; if the
-                    # test evaluation is interrupted, resuming trains the last epoch again from the one before.
-                    writer.save(run.checkpoint_path,
-                                _checkpoint_state(model, optimizer, scaler, epoch + 1, config, best_val_map))
+        write(run)
+    except WriteFailed:
+        pass
+
+
+def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_dir="runs", resume=False,
+        reuse: bool = False, progress: bool = True, callback=None, stop=None, cache_dir=None, data: Data | None = None,
+        ) -> Run:
+    """Train config on data_root's train split, validate on val, test on test; record and return the Run.
+
+    Decides alone whether a run is reused, resumed or trained afresh, and says which in the Run's origin:
+    reuse=True returns a complete run with the same config and data without training again; resume=True
+    continues an unfinished run from its last checkpoint (a UserError if its settings differ), resume="auto"
+    does so when the settings match and starts afresh otherwise.
+    """
+    if not isinstance(config, TrainConfig):
+        raise UserError("fit() needs a TrainConfig: build one with mp3kit.train.TrainConfig(...).")
+    config.validate()
+    data = data or load_data(data_root, config.max_images)
+    name = name or config.default_name()
+    run = Run(name=name, path=Path(runs_dir) / name, config={**config.to_dict(), "data": {
+        "root": data.root, "synthetic": data.synthetic, "identities": _identities(data)}})
+    reused, ckpt = _start_point(run, config, data, resume, reuse)
+    if reused is not None:
+        return reused
+    # Build the model before touching the run folder: a missing weights file must not leave a half run behind.
+    device = pick_device(config.device)
+    _set_seed(config.seed)
+    model = place_model(build_model(config), device)
+    amp = amp_dtype(config, device)
+    optimizer, scaler = make_optimizer(config, model.parameters()), grad_scaler(amp)
+    start, best = restore(ckpt, model, optimizer, scaler, run.checkpoint_path) if ckpt else (0, None)
+    configure_backends(device)
+    run.device_info, run.origin = precision_info(device, amp), "resumed" if ckpt else "trained"
+    if progress:
+        print(f"{name}: {precision_line(run.device_info)}", flush=True)
+    train_loader, eval_loader = _loaders(config, data, device, cache_dir, progress)
+    train_eval_loader, val_loader = eval_loader(data.train), eval_loader(data.val)
+    step_kw = dict(amp=amp, scaler=scaler, pos_weight=_pos_weight(config, data.train.targets, device), stop=stop,
+                   progress=progress)
+    t_run, writer = time.perf_counter(), _CheckpointWriter(kept=start)
+    try:
+        try:
+            with writer:
+                _open_folder(run, fresh=ckpt is None)
                 runs.write_progress(run)
-                if callback is not None:
-                    callback(run)
-    except TrainingStopped:
-        run.status, run.reason = "stopped", f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
-        runs.write_progress(run)
-        if callback is not None:
-            callback(run)
-        return run
+                for epoch in _progress(range(start, config.epochs), progress, desc=name, initial=start,
+                                       total=config.epochs):
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * lr_factor(config, epoch)
+                    record = train_one_epoch(model, optimizer, train_loader, epoch, **step_kw)
+                    if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                        record.update(evaluate_epoch(model, train_eval_loader, val_loader, data, device, amp, epoch))
+                        best = record["val_map"] if best is None else max(best, record["val_map"])
+                    run.history.append(record)
+                    if epoch + 1 < config.epochs:  # the last epoch's weights are saved with the test results
+                        writer.save(run.checkpoint_path,
+                                    checkpoint_state(model, optimizer, scaler, epoch + 1, config, best, run.history))
+                    runs.write_progress(run)
+                    if callback is not None:
+                        callback(run)
+                _finish(run, model, eval_loader(data.test), data, device, amp, config, best, writer, t_run)
+        except TrainingStopped:
+            run.status = "stopped"
+            run.reason = f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
+            runs.write_progress(run)
     except NonFiniteLoss as exc:
-        run.status, run.reason = "failed", str(exc)
-        runs.write_progress(run)
+        _end(run, "failed", str(exc))
         raise
+    except WriteFailed as exc:
+        raise _write_failed(run, exc, writer.kept) from exc
     except torch.cuda.OutOfMemoryError as exc:
-        run.status, run.reason = "failed", "CUDA out of memory"
-        runs.write_progress(run)
+        _end(run, "failed", "CUDA out of memory")
         raise UserError(
             f"The GPU ran out of memory with batch size {config.batch_size}: use a smaller batch size "
             f"(e.g. {max(1, config.batch_size // 2)}) or a smaller image size."
         ) from exc
-
-    test_loader = pipeline.make_loader(data.test, train=False, **eval_kw)
-    test_loss, test_scores = evaluate(model, test_loader, device, amp)
-    with warnings.catch_warnings():
-        # A class absent from a small (smoke) test split gets AP None in metrics.json; no need to shout.
-        warnings.simplefilter("ignore", metrics.NoPositivesWarning)
-        ap = metrics.average_precision(data.test.targets, test_scores, data.test.difficult)
-    run.metrics = {
-        "test_map": float(np.nanmean(ap)),
-        "test_loss": test_loss,
-        "test_ap": [None if np.isnan(a) else float(a) for a in ap],
-        "classes": list(voc.VOC_CLASSES),
-        "best_val_map": best_val_map,
-        "epochs_done": len(run.history),
-        "synthetic": data.synthetic,
-        "device": str(device),
-        "seconds": time.perf_counter() - t_run,
-    }
-    # A complete run is never resumed: keep its weights and config, not the optimizer state (AlexNet's is 2x the weights).
-    _save_checkpoint(run.checkpoint_path, _checkpoint_state(model, None, None, config.epochs, config, best_val_map))
-    runs.write_test_scores(run, data.test.ids, test_scores, data.test.targets, data.test.difficult)
-    runs.write_metrics(run)
-    run.status = "complete"
-    runs.write_progress(run)
     if callback is not None:
         callback(run)
     return run
 
 
-def _map(split: voc.VOCSplit, scores: np.ndarray) -> float:
-    with warnings.catch_warnings():
-        # Small (smoke) splits may lack a class; the mean leaves it out, which is what we want here.
-        warnings.simplefilter("ignore")
-        return float(metrics.mean_average_precision(split.targets, scores, split.difficult))
+def _finish(run: Run, model, test_loader, data: Data, device, amp, config: TrainConfig, best, writer, t_run) -> None:
+    """Test the trained model, keep its weights, record the test results and mark the run complete."""
+    test_metrics, scores = evaluate_test(model, test_loader, data.test, device, amp)
+    run.metrics = {**test_metrics, "best_val_map": best, "epochs_done": len(run.history), "synthetic": data.synthetic,
+                   **run.device_info, "seconds": time.perf_counter() - t_run}
+    # The finished run's checkpoint keeps weights and config, not the optimizer state (AlexNet's is 2x the weights):
+    # resuming it, should a write below fail, only tests it again.
+    writer.write_now(run.checkpoint_path, checkpoint_state(model, None, None, config.epochs, config, best, run.history))
+    runs.write_test_scores(run, data.test.ids, scores, data.test.targets, data.test.difficult)
+    runs.write_metrics(run)
+    run.status = "complete"
+    runs.write_progress(run)

@@ -29,14 +29,32 @@ def test_auto_picks_cuda():
     assert pick_device("auto").type == "cuda"
 
 
+def _expected_dtype():
+    # bfloat16 from compute capability 8.0 (A100, L4, H100), float16 below it (T4, V100), whatever
+    # torch.cuda.is_bf16_supported() says (True on a T4, by emulation).
+    return torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+
+
+def test_the_precision_decision_on_this_gpu():
+    cuda = torch.device("cuda")
+    amp = train.amp_dtype(train.TrainConfig(), cuda)
+    assert amp == _expected_dtype()
+    assert (train.grad_scaler(amp) is not None) == (amp == torch.float16)
+    info = train.precision_info(cuda, amp)
+    assert info["capability"] == "{}.{}".format(*torch.cuda.get_device_capability())
+    assert info["device_name"] == torch.cuda.get_device_name() and info["tf32"] == (amp == torch.bfloat16)
+
+
 def test_training_on_cuda_with_mixed_precision_learns_and_records_the_device(voc_root, tmp_path):
     cfg = train.TrainConfig(model=TINY_NET, image_size=64, epochs=8, eval_every=1, batch_size=16,
                             optimizer="adam", lr=3e-3, augment="seed")
-    assert train.amp_dtype(cfg, torch.device("cuda")) in (torch.bfloat16, torch.float16)
     run = train.fit(cfg, voc_root, name="cuda-learn", runs_dir=tmp_path, progress=False)
     data = train.load_data(voc_root)
     chance = float(data.test.targets.mean())
     assert run.metrics["device"].startswith("cuda")
+    assert run.metrics["amp_dtype"] == str(_expected_dtype()).removeprefix("torch.")
+    assert run.metrics["capability"] == "{}.{}".format(*torch.cuda.get_device_capability())
+    assert torch.backends.cudnn.benchmark is True
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
     assert run.history[-1]["train_loss"] < 0.6 * run.history[0]["train_loss"]
     assert run.test_map > chance + 0.12, (run.test_map, chance)
@@ -61,3 +79,4 @@ def test_bench_measures_alexnet_fed_by_the_pipeline_against_tensors_on_the_gpu(t
                 "alexnet_pipeline_img_s", "alexnet_pipeline_fraction", "alexnet_standard_augment_img_s"):
         assert result[key] > 0, key
     assert result["device"].startswith("cuda")
+    assert result["amp_dtype"] == str(_expected_dtype()).removeprefix("torch.")

@@ -1,10 +1,16 @@
 """The training engine: learning, run records, resume, and the errors a user can cause."""
 
+import errno
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +224,291 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_that_error(voc_r
     monkeypatch.setattr(train, "_save_checkpoint", full_disk)
     with pytest.raises(OSError, match="No space left"):
         train.fit(train.TrainConfig(**SMALL), voc_root, name="full", runs_dir=tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------- mixed precision that fits the GPU
+
+
+def _stub_gpu(monkeypatch, capability, name="Tesla T4"):
+    """Stand in for a CUDA device of the given compute capability (bfloat16 "supported", as torch says on a T4)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+@pytest.mark.parametrize("capability, name, dtype", [
+    ((6, 0), "Tesla P100-PCIE-16GB", torch.float16),
+    ((7, 0), "Tesla V100-SXM2-16GB", torch.float16),
+    ((7, 5), "Tesla T4", torch.float16),  # is_bf16_supported() is True here, by emulation: float16 all the same
+    ((8, 0), "NVIDIA A100-SXM4-40GB", torch.bfloat16),
+    ((8, 9), "NVIDIA L4", torch.bfloat16),
+    ((9, 0), "NVIDIA H100 80GB HBM3", torch.bfloat16),
+])
+def test_mixed_precision_follows_the_compute_capability(monkeypatch, capability, name, dtype):
+    _stub_gpu(monkeypatch, capability, name)
+    cuda = torch.device("cuda")
+    amp = train.amp_dtype(train.TrainConfig(), cuda)
+    assert amp == dtype
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "GradScaler is enabled, but CUDA is not available" here
+        scaler = train.grad_scaler(amp)
+    assert isinstance(scaler, torch.amp.GradScaler) if dtype == torch.float16 else scaler is None
+    info = train.precision_info(cuda, amp)
+    assert info == {"device": "cuda", "device_name": name, "capability": "{}.{}".format(*capability),
+                    "amp_dtype": str(dtype).removeprefix("torch."), "grad_scaler": dtype == torch.float16,
+                    "tf32": capability >= (8, 0)}
+    line = train.precision_line(info)
+    assert name in line and info["capability"] in line and info["amp_dtype"] in line
+    assert ("gradient scaler" in line) == (dtype == torch.float16)
+    assert train.amp_dtype(train.TrainConfig(amp="off"), cuda) is None
+
+
+def test_no_mixed_precision_on_the_cpu_unless_asked():
+    cpu = torch.device("cpu")
+    assert train.amp_dtype(train.TrainConfig(), cpu) is None
+    assert train.amp_dtype(train.TrainConfig(amp="on"), cpu) == torch.bfloat16
+    assert train.grad_scaler(None) is None and train.grad_scaler(torch.bfloat16) is None
+
+
+@pytest.fixture
+def cuda_backends():
+    """Give the test torch's global cuDNN and TF32 settings and put them back afterwards."""
+    new_api = hasattr(torch.backends.cuda.matmul, "fp32_precision")  # torch >= 2.9
+    places = ([(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision")] if new_api
+              else [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")])
+    saved = [getattr(obj, name) for obj, name in places] + [torch.backends.cudnn.benchmark]
+    for obj, name in places:
+        setattr(obj, name, "ieee" if new_api else False)
+    torch.backends.cudnn.benchmark = False
+    yield lambda: tuple(getattr(obj, name) for obj, name in places), ("tf32", "tf32") if new_api else (True, True)
+    for (obj, name), value in zip(places, saved):
+        setattr(obj, name, value)
+    torch.backends.cudnn.benchmark = saved[-1]
+
+
+@pytest.mark.parametrize("capability, tf32", [((7, 5), False), ((8, 0), True)])
+def test_cudnn_benchmark_on_cuda_and_tf32_from_ampere(monkeypatch, cuda_backends, capability, tf32):
+    _stub_gpu(monkeypatch, capability)
+    tf32_settings, allowed = cuda_backends
+    before = tf32_settings()
+    train.configure_backends(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False and tf32_settings() == before
+    train.configure_backends(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+    assert tf32_settings() == (allowed if tf32 else before)
+
+
+def test_a_run_records_and_shows_once_what_it_computes_on(voc_root, tmp_path, capsys):
+    cfg = train.TrainConfig(**{**SMALL, "epochs": 1, "max_images": 30})
+    run = train.fit(cfg, voc_root, name="where", runs_dir=tmp_path, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "training on" in line]
+    assert lines == [f"where: training on cpu ({train.device_name(torch.device('cpu'))}) in float32"]
+    assert {k: run.metrics[k] for k in ("device", "amp_dtype", "grad_scaler", "capability")} == {
+        "device": "cpu", "amp_dtype": "float32", "grad_scaler": False, "capability": None}
+    assert run.metrics["device_name"] and runs.load_run(run.path).device_info == run.device_info
+    train.fit(cfg, voc_root, name="quiet", runs_dir=tmp_path, progress=False)
+    assert "training on" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- fit alone decides: reused, resumed or trained
+
+
+def test_fit_says_whether_it_reused_resumed_or_trained_a_run(voc_root, tmp_path):
+    cfg = train.TrainConfig(**{**SMALL, "epochs": 2})
+    stop = threading.Event()
+    first = train.fit(cfg, voc_root, name="o", runs_dir=tmp_path, progress=False, stop=stop,
+                      callback=lambda run: stop.set())
+    assert first.origin == "trained" and first.status == "stopped"
+    resumed = train.fit(cfg, voc_root, name="o", runs_dir=tmp_path, progress=False, resume="auto")
+    assert resumed.origin == "resumed" and resumed.complete and resumed.history[0] == first.history[0]
+    again = train.fit(cfg, voc_root, name="o", runs_dir=tmp_path, progress=False, resume="auto", reuse=True)
+    assert again.origin == "reused" and again.metrics == resumed.metrics
+
+    other = cfg.replace(lr=0.02)
+    stop.clear()
+    train.fit(other, voc_root, name="p", runs_dir=tmp_path, progress=False, stop=stop, callback=lambda run: stop.set())
+    with pytest.raises(UserError, match="another config"):
+        train.fit(cfg, voc_root, name="p", runs_dir=tmp_path, progress=False, resume=True)
+    fresh = train.fit(cfg, voc_root, name="p", runs_dir=tmp_path, progress=False, resume="auto")
+    assert fresh.origin == "trained" and fresh.complete and fresh.config["lr"] == cfg.lr
+
+
+def test_a_stopped_run_on_synthetic_data_shows_as_synthetic(voc_root, tmp_path):
+    stop = threading.Event()
+    train.fit(train.TrainConfig(**SMALL), voc_root, name="syn", runs_dir=tmp_path, progress=False, stop=stop,
+              callback=lambda run: stop.set())
+    loaded = runs.load_run(tmp_path / "syn")
+    assert loaded.status == "stopped" and not loaded.metrics
+    assert loaded.synthetic is True and loaded.summary()["synthetic"] is True
+    # A run saved before the data record existed kept the mark at the top of its config.
+    old = {k: v for k, v in loaded.config.items() if k != "data"}
+    assert runs.Run(name="old", path=tmp_path / "old", config={**old, "synthetic": True}).synthetic is True
+    real = {**loaded.config, "data": {"synthetic": False}}
+    assert runs.Run(name="real", path=tmp_path / "real", config=real).synthetic is False
+
+
+# ---------------------------------------------------------------- a full or unwritable disk loses nothing
+
+
+class _FileOnAFullDisk:
+    """A file whose disk fills up after `room` more bytes: the write that crosses it lands partly, then ENOSPC."""
+
+    def __init__(self, file, room: int, code: int):
+        self.file, self.room, self.code = file, room, code
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data[: self.room]))
+            self.room = 0
+            raise OSError(self.code, os.strerror(self.code))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.file.close()
+
+
+def _disk_fills_up(monkeypatch, name: str, nth: int = 1, room: int = 4096, code: int = errno.ENOSPC) -> None:
+    """Stand in for a disk that fills up while the nth file called name is written (other writes go through)."""
+    real_mkstemp, real_fdopen, temp_names, seen = tempfile.mkstemp, os.fdopen, {}, []
+
+    def mkstemp(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        temp_names[fd] = Path(path).name
+        return fd, path
+
+    def fdopen(fd, *args, **kwargs):
+        file = real_fdopen(fd, *args, **kwargs)
+        if temp_names.pop(fd, "").startswith(f".{name}."):
+            seen.append(fd)
+            if len(seen) == nth:
+                return _FileOnAFullDisk(file, room, code)
+        return file
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def _folder_refuses_writes(monkeypatch, folder: Path, code: int) -> None:
+    """Stand in for a read-only (EROFS) or forbidden (EACCES) folder, which root too cannot write in."""
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and folder in (Path(dir), *Path(dir).parents):
+            raise OSError(code, os.strerror(code), str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.fixture(scope="module")
+def whole_run(voc_root, tmp_path_factory):
+    return train.fit(train.TrainConfig(**SMALL), voc_root, name="whole", runs_dir=tmp_path_factory.mktemp("whole"),
+                     progress=False)
+
+
+@pytest.mark.parametrize("file, nth, room, kept", [
+    ("checkpoint.pt", 2, 4096, 1),  # epoch 2's checkpoint, in the background writer
+    ("history.json", 2, 10, 1),  # the history after epoch 1
+    ("metrics.json", 1, 10, 3),  # the finished run's metrics, after its weights were kept
+])
+def test_a_disk_that_fills_up_fails_the_run_in_one_sentence_and_resume_finishes_it(
+        voc_root, tmp_path, monkeypatch, whole_run, file, nth, room, kept):
+    cfg = train.TrainConfig(**SMALL)
+    _disk_fills_up(monkeypatch, file, nth, room)
+    with pytest.raises(UserError) as caught:
+        train.fit(cfg, voc_root, name="full", runs_dir=tmp_path, progress=False)
+    message = str(caught.value)
+    folder = tmp_path / "full"
+    assert "\n" not in message and message.count(". ") == 0, message
+    assert f"Could not write {file} (" in message and " MB) in " in message and str(folder) in message
+    assert "No space left on device" in message and "free that much space" in message and "RUNS_DIR" in message
+    assert "resume the run (resume=True, or mp3kit train --resume)" in message and f"(epoch {kept})" in message
+    failed = runs.load_run(folder)
+    assert failed.status == "failed" and failed.reason == message
+    assert not list(folder.glob(".*.tmp")), "a temporary file was left behind"
+    assert train.load_checkpoint(folder / "checkpoint.pt")["epoch"] == kept  # the last good checkpoint
+
+    monkeypatch.undo()  # space freed
+    resumed = train.fit(cfg, voc_root, name="full", runs_dir=tmp_path, progress=False, resume=True)
+    assert resumed.status == "complete" and resumed.origin == "resumed"
+    np.testing.assert_allclose(_history_numbers(resumed), _history_numbers(whole_run), rtol=1e-5)
+    assert resumed.test_map == pytest.approx(whole_run.test_map, abs=1e-6)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_a_read_only_runs_folder_is_one_sentence_and_exit_2_from_the_cli(voc_root, tmp_path, monkeypatch, capsys, code):
+    from mp3kit import cli
+
+    _folder_refuses_writes(monkeypatch, tmp_path / "runs", code)
+    with pytest.raises(UserError) as caught:
+        train.fit(train.TrainConfig(**SMALL), voc_root, name="ro", runs_dir=tmp_path / "runs", progress=False)
+    message = str(caught.value)
+    assert os.strerror(code) in message and str(tmp_path / "runs" / "ro") in message and "\n" not in message
+    assert "make that folder writable or choose another RUNS_DIR (--runs-dir)" in message
+    assert not list((tmp_path / "runs").rglob("*.*")), "nothing is written in a read-only folder"
+
+    status = cli.main(["train", "--data-root", str(voc_root), "--name", "ro", "--runs-dir", str(tmp_path / "runs"),
+                       "--epochs", "1", "--image-size", "64", "--max-images", "30", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("mp3kit: Could not write config.json") and os.strerror(code) in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Return a real 320 KB filesystem (tmpfs): the kernel refuses what does not fit, for root too."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = sys.platform == "linux" and shutil.which("mount") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_real_full_disk_keeps_the_last_good_checkpoint_and_resume_ends_like_an_uninterrupted_run(
+        voc_root, small_disk, whole_run):
+    # 320 KB hold the config, the history and one epoch's checkpoint (about 215 KB with SGD's momentum), not two:
+    # epoch 2's checkpoint fills the disk halfway and torch.save raises its `unexpected pos` RuntimeError.
+    cfg = train.TrainConfig(**SMALL)
+    with pytest.raises(UserError, match=r"Could not write checkpoint\.pt \(0\.\d MB\) in .*No space left on device"):
+        train.fit(cfg, voc_root, name="full", runs_dir=small_disk, progress=False)
+    folder = small_disk / "full"
+    assert runs.load_run(folder).status == "failed"
+    assert not list(folder.glob(".*.tmp")) and train.load_checkpoint(folder / "checkpoint.pt")["epoch"] == 1
+
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)  # space freed
+    resumed = train.fit(cfg, voc_root, name="full", runs_dir=small_disk, progress=False, resume=True)
+    assert resumed.status == "complete"
+    np.testing.assert_allclose(_history_numbers(resumed), _history_numbers(whole_run), rtol=1e-5)
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)  # and now a read-only disk
+    with pytest.raises(UserError, match=r"in .*disk/again \(Read-only file system\): make that folder writable"):
+        train.fit(cfg, voc_root, name="again", runs_dir=small_disk, progress=False)
+
+
+def test_a_user_error_in_a_notebook_shows_its_sentence_not_a_traceback():
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        errors = []
+        client.execute_interactive(
+            "from mp3kit.util import WriteFailed\n"
+            "raise WriteFailed('runs/x/checkpoint.pt', 3 * 2**20, 'No space left on device', 28)",
+            timeout=60, output_hook=lambda msg: errors.append(msg["content"]) if msg["msg_type"] == "error" else None)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert len(errors) == 1 and errors[0]["ename"] == "WriteFailed"
+    shown = "\n".join(errors[0]["traceback"])
+    assert "Traceback" not in shown and "File " not in shown and len(errors[0]["traceback"]) == 1
+    assert "Could not write checkpoint.pt (3.0 MB) in runs/x (No space left on device): free that much space there." in shown
