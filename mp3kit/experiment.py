@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from mp3kit import data as voc
-from mp3kit import kaggle, metrics, models, runs, synth, train
+from mp3kit import findings, kaggle, metrics, models, runs, synth, train
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.train import TrainConfig
@@ -477,6 +477,25 @@ class Experiment:
         """Give the report a markdown paragraph in section."""
         self._declare("note", key, section, text=text)
 
+    def finding(self, number, text: str, claims, *, seed: str = "", published: str = "",
+                section: str = "findings") -> str:
+        """Check one of the seed report's findings on this notebook's runs, print the verdict, and give the report its row.
+
+        claims: (kind, run key, ...) tuples or findings.Claim objects, kind one of findings.KINDS, e.g.
+        ("beats", "simple-adam", "simple-default") or ("near_chance", "alexnet-scratch-sgd"). seed and published:
+        the seed report's and published figures, shown beside this report's on the full profile. The report
+        checks the finding again from results.json, by the rule in findings.RULE.
+        """
+        claims = tuple(c if isinstance(c, findings.Claim) else _claim(c, number) for c in claims)
+        finding = findings.Finding(str(number), text, claims, seed, published)
+        maps = {key: run.test_map for key, run in self.runs.items() if run.complete}
+        labels = {key: self.manifest["runs"][key]["label"] for key in self.runs}
+        verdict = findings.check(finding, maps, self.chance_map)
+        print(f"Finding {finding.number} ({text}): {verdict.upper()}; "
+              f"{findings.evidence(finding, maps, labels, self.chance_map)}.")
+        self._declare("finding", f"finding-{finding.number}", section, finding=finding.to_dict(), rule=findings.RULE)
+        return verdict
+
     def data_summary(self) -> str:
         """Return the sentence saying which data this notebook uses and its chance level, for the report."""
         return data_notice(self.synthetic, self.data_root, self.chance_map)
@@ -514,6 +533,17 @@ class Experiment:
 
     def __repr__(self) -> str:
         return f"Experiment({self.notebook!r}, profile={self.profile.name!r}, runs={list(self.runs)})"
+
+
+def _claim(claim, number) -> findings.Claim:
+    """Return the Claim a (kind, run key, ...) tuple stands for, or a UserError naming the finding."""
+    if not (isinstance(claim, (tuple, list)) and claim and isinstance(claim[0], str)):
+        raise UserError(f"Finding {number}: the claim {claim!r} is not a (kind, run key, ...) tuple, e.g. "
+                        "(\"beats\", \"simple-adam\", \"simple-default\").")
+    try:
+        return findings.Claim(claim[0], tuple(claim[1:]))
+    except ValueError as exc:
+        raise UserError(f"Finding {number}: {exc}.") from exc
 
 
 # The sentences below are written into the manifest by the Experiment methods that know their facts.

@@ -98,10 +98,10 @@ def check(finding: Finding, maps: dict, chance: float) -> str:
 
 
 def evidence(finding: Finding, maps: dict, labels: dict, chance: float) -> str:
-    """Return the runs' own numbers behind a finding, one clause per claim, e.g. "Adam 1e-4 0.208 vs SGD 0.01 0.147"."""
+    """Return the runs' own numbers behind a finding, one clause per claim, e.g. "Adam 1e-4 0.2079 vs SGD 0.01 0.1468"."""
     def num(key):
         value = maps.get(key)
-        return f"{labels.get(key, key)} {'not run' if value is None else f'{value:.3f}'}"
+        return f"{labels.get(key, key)} {'not run' if value is None else f'{value:.4f}'}"
 
     parts = []
     for claim in finding.claims:
@@ -109,7 +109,7 @@ def evidence(finding: Finding, maps: dict, labels: dict, chance: float) -> str:
         if claim.kind in ("beats", "not_better"):
             parts.append(lead + num(claim.keys[0]) + " vs " + ", ".join(num(k) for k in claim.keys[1:]))
         else:
-            parts.append(lead + num(claim.keys[0]) + f" (chance {chance:.3f})")
+            parts.append(lead + num(claim.keys[0]) + f" (chance {chance:.4f})")
     return "; ".join(parts)
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from mp3kit import __version__
+from mp3kit import findings
 from mp3kit import runs as run_records
 from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
 
@@ -355,10 +356,13 @@ def _cell(text) -> str:
 def render_sections(results: dict, keys) -> dict[str, str]:
     """Return the generated markdown of every marker key; items placed under no marker go to the appendix."""
     placed = {key: [] for key in keys if key not in (HEADER, APPENDIX)}
-    appendix = []
+    appendix, found = [], {}
     chance = _chance(results)
     for name, nb in results["notebooks"].items():
         for item in [] if nb.get("missing") else nb["report"]:
+            if item["kind"] == "finding":  # every notebook's findings make one table in their section
+                found.setdefault(item["section"], []).append((item, nb))
+                continue
             text = _render_item(item, name, nb, results["profile"], chance)
             if not text:
                 continue
@@ -368,6 +372,9 @@ def render_sections(results: dict, keys) -> dict[str, str]:
                 appendix.append(text.rsplit("\n\n", 1)[0] + f"\n\n_{name}: {item['caption']}._")
             else:
                 appendix.append(f"_{name}: {item['key']}._\n\n{text}")
+    for section, items in found.items():
+        (placed[section] if section in placed else appendix).append(
+            _findings_table(items, chance, results["profile"] == "full"))
     missing = [name for name, nb in results["notebooks"].items() if nb.get("missing")]
     sections = {key: "\n\n".join(texts) or _nothing_here(missing, results["profile"]) for key, texts in placed.items()}
     if HEADER in keys:
@@ -438,6 +445,24 @@ def _render_item(item: dict, name: str, nb: dict, profile: str, chance) -> str:
         return _ablation(item, runs)
     raise UserError(f"{nb['manifest']} holds a report item of unknown kind {kind!r}: rebuild that notebook with this "
                     "version of mp3kit (mp3kit report --only NAME).")
+
+
+def _findings_table(items: list, chance, references: bool) -> str:
+    """Return the table of the seed report's findings, each checked on its notebook's runs, and the rule used."""
+    rows = []
+    for item, nb in items:
+        finding = findings.Finding.from_dict(item["finding"])
+        runs = nb["runs"]
+        maps = {k: r.get("test_map") for k, r in runs.items() if r.get("status") == "complete"}
+        labels = {k: r.get("label", k) for k, r in runs.items()}
+        if chance is None:
+            return "_The findings need the chance level, which no notebook recorded: rebuild the report._"
+        rows.extend(findings.rows([finding], maps, labels, chance, references=references))
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    rule = items[0][0].get("rule") or findings.RULE  # the rule the notebook checked its findings by
+    return "\n".join(lines) + f"\n\n{rule}"
 
 
 def _captioned(caption, body: str) -> str:

@@ -1,12 +1,13 @@
 """The notebooks' Experiment helper: profiles, run reuse, the manifest the report reads, and its errors."""
 
 import json
+import re
 import threading
 from dataclasses import replace
 
 import pytest
 
-from mp3kit import experiment, metrics, synth, train
+from mp3kit import experiment, findings, metrics, synth, train
 from mp3kit.experiment import Experiment
 from mp3kit.util import UserError
 
@@ -211,3 +212,30 @@ def test_missing_imagenet_weights_are_said_in_each_section_named(exp):
     notes = {i["section"]: i["text"] for i in _manifest(exp)["report"]}
     assert notes["pretrained-results"] == f"**Pretrained weights unavailable:** {reason}"
     assert notes["pretrained-plots"].startswith("**Pretrained weights unavailable**")
+
+
+def test_a_finding_is_checked_on_the_notebooks_runs_printed_and_given_to_the_report(exp, capsys):
+    exp.run("a", exp.config(**TINY), label="run a")
+    exp.run("b", exp.config(**{**TINY, "lr": 0.001}), label="run b")
+    maps = {k: exp.runs[k].test_map for k in ("a", "b")}
+    capsys.readouterr()
+    expected = "reproduced" if maps["a"] - maps["b"] >= 0.01 else "not reproduced"
+    assert exp.finding(3, "a beats b", [("beats", "a", "b")], seed="0.2 vs 0.1") == expected
+    assert exp.finding(8, "c beats a", [("beats", "c", "a")]) == "not run"  # c was never trained
+    out = capsys.readouterr().out
+    assert f"Finding 3 (a beats b): {expected.upper()}; run a {maps['a']:.4f} vs run b {maps['b']:.4f}." in out
+    assert "Finding 8 (c beats a): NOT RUN; c not run vs run a" in out
+    items = [i for i in _manifest(exp)["report"] if i["kind"] == "finding"]
+    assert [(i["key"], i["section"]) for i in items] == [("finding-3", "findings"), ("finding-8", "findings")]
+    assert items[0]["finding"]["claims"] == [{"kind": "beats", "keys": ["a", "b"], "text": ""}]
+    assert items[0]["finding"]["seed"] == "0.2 vs 0.1" and items[0]["rule"] == findings.RULE
+
+
+@pytest.mark.parametrize("claim, says", [
+    (("wins", "a", "b"), "Finding 1: claim kind 'wins' is not one of"),
+    (("beats", "a"), "Finding 1: a 'beats' claim takes two or more run keys"),
+    ("beats a b", "Finding 1: the claim 'beats a b' is not a (kind, run key, ...) tuple"),
+])
+def test_a_malformed_finding_is_one_sentence(exp, claim, says):
+    with pytest.raises(UserError, match=re.escape(says)):
+        exp.finding(1, "x", [claim])

@@ -44,7 +44,7 @@ def test_rows_show_the_runs_own_numbers_and_references_only_when_asked():
     maps, labels = {"adam": 0.2079, "sgd": 0.1468}, {"adam": "Adam 1e-4", "sgd": "SGD 0.01"}
     (row,) = findings.rows([f], maps, labels, CHANCE)
     assert row["verdict"] == REPRODUCED
-    assert "Adam 1e-4 0.208 vs SGD 0.01 0.147" in row["this report's runs (test mAP)"]
+    assert "Adam 1e-4 0.2079 vs SGD 0.01 0.1468" in row["this report's runs (test mAP)"]
     assert "seed report" not in row
     (row,) = findings.rows([f], maps, labels, CHANCE, references=True)
     assert row["seed report"] == "0.2079 vs 0.1468"

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from mp3kit import experiment, report, runs, synth
+from mp3kit import experiment, findings, report, runs, synth
 from mp3kit.util import UserError
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -72,6 +72,12 @@ def note(key, text, section):
     return {"kind": "note", "key": key, "section": section, "text": text}
 
 
+def finding(number, text, claims, seed="", published=""):
+    f = findings.Finding(str(number), text, tuple(findings.Claim(c[0], tuple(c[1:])) for c in claims), seed, published)
+    return {"kind": "finding", "key": f"finding-{number}", "section": "findings", "finding": f.to_dict(),
+            "rule": findings.RULE}
+
+
 @pytest.fixture
 def kit(tmp_path):
     """A runs folder with fake runs and manifests for all three notebooks, and a report folder with their figures."""
@@ -110,6 +116,8 @@ def make_kit(tmp_path, synthetic=True, pretrained=False, chance=0.0726):
             runs_table("simple-study", list(plan["01_introduction"]), "simple-results",
                        "The hyperparameter study (one change at a time from the course defaults)", best=True),
             figure("an-extra-figure", "an-extra-figure", "A figure no marker places"),
+            finding(1, "the simple classifier leaves chance", [("above_chance", "simple-default")], seed="0.147"),
+            finding(2, "lr 0.01 is best", [("beats", "simple-default", "simple-lr0.001", "simple-lr0.0001")]),
         ],
         "02_scratch_vs_pretrained": [
             result("alexnet-scratch-sgd", "AlexNet from scratch, course defaults", "scratch-results"),
@@ -118,6 +126,8 @@ def make_kit(tmp_path, synthetic=True, pretrained=False, chance=0.0726):
             *unavailable,
             runs_table("alexnet-ap", alexnets, "scratch-vs-pretrained", "Test AP per class", columns="ap"),
             figure("scratch-vs-pretrained-per-class", "scratch-vs-pretrained"),
+            finding(8, "pretrained beats scratch", [("beats", "alexnet-pretrained", "alexnet-scratch-sgd")],
+                    seed="0.680", published="about 0.78-0.80 (Pathak et al., CVPR 2016)"),
         ],
         "03_develop_classifier": [
             {"kind": "table", "key": "final-architecture", "section": "final-architecture", "caption": "",
@@ -232,6 +242,24 @@ def test_every_number_in_report_md_comes_from_results_json(kit):
         body = body.replace("1 − mAP", "")  # the Kaggle score's definition
         untraced += [(key, n) for n in NUMBER.findall(body) if n not in known]
     assert not untraced, untraced
+
+
+def test_the_findings_of_every_notebook_make_one_table_with_verdicts_from_results_json(tmp_path):
+    text = build(make_kit(tmp_path)).read_text()
+    body = report.generated_text(text)["findings"]
+    rows = [line for line in body.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    # simple-default 0.1000 is 0.0274 above chance 0.0726; lr 0.001 and 0.0001 scored higher than lr 0.01;
+    # the pretrained run is missing.
+    assert [row.split(" | ")[0] + " | " + row.rsplit(" | ", 1)[1] for row in rows] == [
+        "| 1 | reproduced |", "| 2 | not reproduced |", "| 8 | not run |"]
+    assert "SGD lr 0.01, 3 epochs (course defaults) 0.1000 (chance 0.0726)" in rows[0]
+    assert "SGD lr 0.001 0.1123" in rows[1] and "AlexNet, ImageNet weights not run" not in rows[2]
+    assert findings.RULE in body
+    assert "| seed report |" not in body and "Pathak" not in body  # reference figures: the full profile only
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    results["profile"] = "full"
+    full = report.render_sections(results, ["findings"])["findings"]
+    assert "| seed report | published |" in full and "0.680" in full and "Pathak et al., CVPR 2016" in full
 
 
 def test_chance_level_is_stated_and_no_winner_is_named_among_runs_near_it(tmp_path):
