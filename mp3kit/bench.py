@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from mp3kit import data, models, pipeline, synth, train
-from mp3kit.util import default_cache_dir, pick_device
+from mp3kit import data, models, pipeline, settings, synth, train
+from mp3kit.util import pick_device
 
 DEFAULT_IMAGES = 1000  # synthetic images in the tree; the bench reads its trainval split (about half)
 QUICK_IMAGES = 120
@@ -102,7 +102,7 @@ def run_bench(root=None, n_images: int | None = None, image_size: int = 227, bat
     n_images = int(n_images or (QUICK_IMAGES if quick else DEFAULT_IMAGES))
     min_seconds = QUICK_MIN_SECONDS if quick else MIN_SECONDS
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    root = Path(root) if root is not None else default_cache_dir() / "bench" / f"synthetic-{n_images}"
+    root = Path(root) if root is not None else settings.cache_dir() / "bench" / f"synthetic-{n_images}"
     say(f"synthetic VOC tree of {n_images} images in {root} (built once)")
     split = data.load_split(synth.ensure_synthetic(root, n_images=n_images), "trainval")
     result = {"images": len(split), "image_size": image_size, "batch_size": batch_size, "quick": quick,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from mp3kit.util import UserError
@@ -38,21 +39,38 @@ def _cmd_data_check(args) -> int:
     return 0 if report["ok"] and (result.ok or result.synthetic) else 1
 
 
+class _Choices(Sequence):
+    """The values a flag allows, read from a module's constant when argparse first needs them (keeps --help quick).
+
+    Old names in the module's aliases dict (if given) are accepted too, but not listed. Give the flag a metavar:
+    argparse lists the choices of a flag without one as soon as the flag is added.
+    """
+
+    def __init__(self, module: str, name: str, aliases: str | None = None):
+        self.module, self.name, self.aliases = module, name, aliases
+
+    def _values(self) -> list:
+        return list(getattr(importlib.import_module(f"mp3kit.{self.module}"), self.name))
+
+    def __getitem__(self, i):
+        return self._values()[i]
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __contains__(self, value) -> bool:
+        old = getattr(importlib.import_module(f"mp3kit.{self.module}"), self.aliases) if self.aliases else {}
+        return value in self._values() or value in old
+
+
+_ONE_OF = dict(metavar="NAME", help="one of %(choices)s")
+
+
 def _parse_model(value: str):
-    if value.lstrip().startswith("{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--model {value!r} is not valid JSON ({exc.msg}): give a model name or a JSON spec.") from exc
-    if value.endswith(".json"):
-        path = Path(value)
-        if not path.exists():
-            raise UserError(f"--model {value}: the spec file does not exist; give a model name or an existing JSON spec file.")
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--model {value} is not valid JSON ({exc.msg}): fix the spec file.") from exc
-    return value
+    """Return --model as a model name, or the spec its JSON text or .json file gives (checked by models.parse_spec)."""
+    from mp3kit import models
+
+    return models.spec_or_name(value)
 
 
 def config_from_args(args):
@@ -86,16 +104,15 @@ def _cmd_train(args) -> int:
 
 def _cmd_runs(args) -> int:
     from mp3kit import runs
+    from mp3kit.table import Table
 
     found = runs.list_runs(args.runs_dir)
     if not found:
         print(f"No runs in {args.runs_dir}.")
         return 0
-    print(f"{'name':40s} {'status':9s} {'epochs':>6s} {'test mAP':>9s} {'best val':>9s}")
-    for run in found:
-        s = run.summary()
-        fmt = lambda v: f"{v:9.4f}" if v is not None else f"{'-':>9s}"  # noqa: E731
-        print(f"{s['name'][:40]:40s} {s['status']:9s} {s['epochs_done']:6d} {fmt(s['test_map'])} {fmt(s['best_val_map'])}")
+    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"]] for s in (r.summary() for r in found)]
+    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val"],
+                align=["left", "left", "right", "right", "right"]).to_text())
     return 0
 
 
@@ -172,23 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
     t.add_argument("--name", default=None, help="run name (default: model plus a hash of the config)")
     t.add_argument("--runs-dir", default="runs")
-    t.add_argument("--model", default=None, help="simple, alexnet, alexnet-pretrained, seed, basenet, or a JSON spec / .json file")
+    t.add_argument("--model", default=None, help="a model name (mp3kit.models.MODEL_NAMES, e.g. simple, alexnet, "
+                                                 "alexnet-pretrained, alexnet-bn) or a JSON spec / .json file")
     t.add_argument("--epochs", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    t.add_argument("--optimizer", choices=_Choices("train", "OPTIMIZERS"), **_ONE_OF)
     t.add_argument("--momentum", type=float)
     t.add_argument("--weight-decay", type=float)
-    t.add_argument("--schedule", choices=["none", "step", "cosine"])
+    t.add_argument("--schedule", choices=_Choices("train", "SCHEDULES"), **_ONE_OF)
     t.add_argument("--warmup-epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--image-size", type=int)
-    t.add_argument("--augment", choices=["none", "seed", "standard"])
+    t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
     t.add_argument("--eval-every", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    t.add_argument("--amp", choices=["auto", "on", "off"])
-    t.add_argument("--pipeline", choices=["cached", "per-item"])
-    t.add_argument("--difficult", choices=["positive", "negative", "ignore"])
+    t.add_argument("--amp", choices=_Choices("train", "AMP_MODES"), **_ONE_OF)
+    t.add_argument("--pipeline", choices=_Choices("pipeline", "PIPELINES"), **_ONE_OF)
+    t.add_argument("--difficult", choices=_Choices("train", "DIFFICULT_MODES"), **_ONE_OF)
     t.add_argument("--max-images", type=int, help="use at most N images per split (quick checks)")
     t.add_argument("--pretrained-weights", help="AlexNet ImageNet weights file (alexnet-pretrained)")
     t.add_argument("--freeze-features", action="store_true", help="pretrained AlexNet: train the head only")
@@ -213,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     rep = sub.add_parser("report", help="run the notebooks with papermill and rebuild report/")
-    rep.add_argument("--profile", choices=["smoke", "quick", "full"], default="quick")
+    rep.add_argument("--profile", choices=_Choices("experiment", "PROFILES"), default="quick", metavar="NAME",
+                     help="one of %(choices)s (default %(default)s)")
     rep.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
     rep.add_argument("--only", default=None, help="run one notebook (e.g. 01_introduction)")
     rep.add_argument("--report-dir", default="report")

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from mp3kit.util import UserError
+from mp3kit.util import SYNTHETIC_MARKER, UserError
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -22,7 +22,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "train", "tvmonitor",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
-SYNTHETIC_MARKER = "MP3KIT_SYNTHETIC.json"
 
 _CLASS_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
 # Folders a VOC2007 tree is made of: finding any one of them is enough to recognise it.

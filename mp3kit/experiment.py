@@ -21,18 +21,15 @@ own key), in the order declared. The kinds and what they hold:
     note      text (markdown)
 The report draws every number of runs, result and ablation items from the run records, when it is built.
 
-Environment variables:
-    MP3KIT_PROFILE  the notebooks' default PROFILE (nbval runs them with smoke).
-    MP3KIT_QUIET    1 hides progress bars, 0 shows them. Unset: bars in an interactive front end
-                    (JupyterLab, Colab, VS Code, a terminal) and none under papermill or nbval, which
-                    run cells with stdin disallowed. `mp3kit report` sets it to 1.
+Environment variables (named in mp3kit.settings): settings.PROFILE gives the notebooks' default PROFILE (nbval
+runs them with smoke); settings.QUIET hides (1) or shows (0) progress bars. With it unset, bars show in an
+interactive front end (JupyterLab, Colab, VS Code, a terminal) and not under papermill or nbval, which run cells
+with stdin disallowed. `mp3kit report` sets it to 1.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import re
 import sys
 import time
@@ -43,14 +40,16 @@ from pathlib import Path
 import torch
 
 from mp3kit import data as voc
+from mp3kit import settings
 from mp3kit import findings, kaggle, metrics, models, runs, synth, train
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
+from mp3kit.table import Table
 from mp3kit.train import TrainConfig
 from mp3kit.util import UserError, atomic_write_json
 
-PROFILE_ENV = "MP3KIT_PROFILE"
-QUIET_ENV = "MP3KIT_QUIET"
+PROFILE_ENV = settings.PROFILE
+QUIET_ENV = settings.QUIET
 SPLIT_NAMES = ("train", "val", "test")
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
@@ -122,15 +121,15 @@ def get_profile(name) -> Profile:
 
 
 def default_profile() -> str:
-    """Return $MP3KIT_PROFILE, or quick."""
-    return os.environ.get(PROFILE_ENV) or "quick"
+    """Return the profile the environment names (mp3kit.settings.profile), or quick."""
+    return settings.profile("quick")
 
 
 def show_progress() -> bool:
-    """Return True when progress bars help: an interactive notebook or terminal, unless $MP3KIT_QUIET says otherwise."""
-    setting = os.environ.get(QUIET_ENV, "").strip().lower()
-    if setting:
-        return setting in ("0", "false", "no", "off")
+    """Return True when progress bars help: an interactive notebook or terminal, unless settings.quiet() says otherwise."""
+    quiet = settings.quiet()
+    if quiet is not None:
+        return not quiet
     shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
     if not shell:
         return sys.stderr.isatty()
@@ -139,52 +138,6 @@ def show_progress() -> bool:
         return True  # the IPython terminal
     # papermill and nbval send every cell with stdin disallowed; a person's front end allows it.
     return bool(getattr(kernel, "_allow_stdin", True))
-
-
-class Table:
-    """Rows of dicts shown as a markdown table in a notebook and as aligned text elsewhere."""
-
-    def __init__(self, rows: list[dict], columns: list[str] | None = None, note: str = ""):
-        self.rows = rows
-        self.columns = columns or (list(rows[0]) if rows else [])
-        self.note = note
-
-    def _cells(self) -> list[list[str]]:
-        return [[_fmt(row.get(c)) for c in self.columns] for row in self.rows]
-
-    def to_markdown(self) -> str:
-        """Return the table as GitHub markdown (numbers right-aligned)."""
-        align = ["---:" if self.rows and isinstance(self.rows[0].get(c), (int, float)) else "---" for c in self.columns]
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "|".join(align) + "|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self._cells()]
-        return "\n".join(lines) + (f"\n\n{self.note}" if self.note else "") + "\n"
-
-    def to_text(self) -> str:
-        """Return the table as aligned plain text."""
-        body = self._cells()
-        widths = [max(len(r[j]) for r in [self.columns, *body]) for j in range(len(self.columns))]
-        line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-        return "\n".join([line(self.columns), line(["-" * w for w in widths]), *map(line, body)]
-                         + ([self.note] if self.note else []))
-
-    def __repr__(self) -> str:
-        return self.to_text()
-
-    def _repr_markdown_(self) -> str:
-        return self.to_markdown()
-
-
-def _fmt(value) -> str:
-    """Return a table cell: floats with 4 decimals, ints with thousands separators, None as '-'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
 
 
 def _has_voc_tree(root) -> bool:

@@ -19,6 +19,7 @@ A conv block is Conv2d -> BatchNorm2d (if bn) -> ReLU -> MaxPool2d (if pool). "k
 "s" to 1, "p" to k // 2. "pool": k means MaxPool2d(k, stride=2); [k, s] or [k, s, p] spell it out.
 A residual block's shortcut is the identity, or a 1x1 convolution where channels or stride change.
 Variants for an ablation: with_changes, with_block_changes, with_blocks_inserted (see SEED_ABLATION).
+label() gives the short name of a model name or spec that run names, tables and the report show.
 Every network here is made of plain torch.nn layers; only alexnet() uses torchvision's definition.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mp3kit import settings
+from mp3kit.table import Table
 from mp3kit.util import UserError
-
-ALEXNET_WEIGHTS_ENV = "MP3KIT_ALEXNET_WEIGHTS"
-ALLOW_DOWNLOAD_ENV = "MP3KIT_ALLOW_DOWNLOAD"  # "1": the ImageNet AlexNet weights may be downloaded when missing
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ def _missing_weights_error(reason: str) -> UserError:
     cache = alexnet_cache_path()
     return UserError(
         f"{reason}: download {url} to {cache} (in Colab: !mkdir -p {cache.parent} && wget -O {cache} {url}), "
-        f"or set {ALEXNET_WEIGHTS_ENV} (or weights_path) to where the file is, or set {ALLOW_DOWNLOAD_ENV}=1 to let "
+        f"or set {settings.ALEXNET_WEIGHTS} (or weights_path) to where the file is, or set {settings.ALLOW_DOWNLOAD}=1 to let "
         "mp3kit download it."
     )
 
@@ -116,11 +115,10 @@ def _pretrained_alexnet_state(weights_path, allow_download: bool) -> tuple[dict,
         if not path.is_file():
             raise _missing_weights_error(f"AlexNet weights file {path} (weights_path) does not exist")
         return _load_state_dict(path), str(path)
-    env = os.environ.get(ALEXNET_WEIGHTS_ENV)
-    if env:
-        path = Path(env).expanduser()
+    path = settings.alexnet_weights()
+    if path is not None:
         if not path.is_file():
-            raise _missing_weights_error(f"AlexNet weights file {path} (from ${ALEXNET_WEIGHTS_ENV}) does not exist")
+            raise _missing_weights_error(f"AlexNet weights file {path} (from ${settings.ALEXNET_WEIGHTS}) does not exist")
         return _load_state_dict(path), str(path)
     cache = alexnet_cache_path()
     if cache.is_file():
@@ -161,13 +159,13 @@ def freeze_feature_layers(model: nn.Module) -> nn.Module:
 
 def alexnet(pretrained=False, weights_path=None, freeze_features=False, num_classes=20, allow_download=None) -> nn.Module:
     """Return torchvision's AlexNet with a num_classes head, optionally with ImageNet weights for the rest."""
-    # Weights come from weights_path, else $MP3KIT_ALEXNET_WEIGHTS, else torch's hub cache, else (only when
-    # allow_download, by default $MP3KIT_ALLOW_DOWNLOAD=1) torchvision's download; otherwise a UserError says
+    # Weights come from weights_path, else settings.alexnet_weights(), else torch's hub cache, else (only when
+    # allow_download, by default settings.allow_download()) torchvision's download; otherwise a UserError says
     # where to put the file.
     from torchvision.models import alexnet as tv_alexnet
 
     if allow_download is None:
-        allow_download = os.environ.get(ALLOW_DOWNLOAD_ENV) == "1"
+        allow_download = settings.allow_download()
     if pretrained:
         state, source = _pretrained_alexnet_state(weights_path, allow_download)
         with torch.device("meta"):  # no random init for weights about to be replaced (saves seconds on a CPU)
@@ -271,16 +269,16 @@ def _validate_block(block, i: int, default_bn: bool) -> dict:
 def parse_spec(spec) -> dict:
     """Return a checked copy of spec given as a dict, a JSON string or the path of a .json file."""
     if isinstance(spec, (str, Path)):
-        text = str(spec).strip()
+        text, source = str(spec).strip(), "Model spec"
         if not text.startswith("{"):
             path = Path(text).expanduser()
             if not path.is_file():
                 raise UserError(f"Model spec {text!r} is neither JSON nor an existing .json file; write it like '{{\"blocks\": [{{\"conv\": 64}}]}}'.")
-            text = path.read_text(encoding="utf-8")
+            text, source = path.read_text(encoding="utf-8"), f"Model spec file {path}"
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"Model spec is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix it there.") from exc
+            raise UserError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix it there.") from exc
     if not isinstance(spec, dict):
         raise UserError(f"Model spec must be an object like {{\"blocks\": [...]}}, got {type(spec).__name__}.")
     unknown = sorted(set(spec) - _TOP_KEYS)
@@ -343,7 +341,7 @@ class SpecNet(nn.Module):
                 if b["kind"] == "res":
                     layers.append(Residual(channels, b["out"], b["k"], b["s"], b["p"], b["bn"]))
                 else:
-                    # Conv bias stays on even before BatchNorm, as in the seed network (its parameter counts).
+                    # Conv bias stays on even before BatchNorm, as in the seed report's network (its parameter counts).
                     layers.append(nn.Conv2d(channels, b["out"], b["k"], b["s"], b["p"]))
                     if b["bn"]:
                         layers.append(nn.BatchNorm2d(b["out"]))
@@ -417,11 +415,11 @@ BASENET = {
     "dropout": 0.5,
 }
 
-# The seed report's self-designed network: BaseNet with BatchNorm after every convolution. Its table
+# The seed report's self-designed network, "alexnet-bn": BaseNet with BatchNorm after every convolution. Its table
 # ends in Linear(4096, 21) = 86,037 parameters because the course kit adds a background class; mp3kit
 # has 20 outputs, so the last layer here has 4096 * 20 + 20 = 81,940. (The seed printed BatchNorm with
 # track_running_stats=False; the standard setting used here has the same parameter count.)
-SEED_NETWORK = with_changes(with_block_changes(BASENET, range(5), bn=True), name="seed")
+ALEXNET_BN = with_changes(with_block_changes(BASENET, range(5), bn=True), name="alexnet-bn")
 
 # The seed's ablation rows that change the architecture, cumulatively, in the seed's order. Its other
 # differences (SGD vs Adam, data augmentation) are TrainConfig fields, not specs. The seed does not say
@@ -432,7 +430,7 @@ SEED_ABLATION = [
     ("BaseNet", BASENET),
     ("+ 1 BatchNorm", with_changes(with_block_changes(BASENET, [0], bn=True), name="basenet+bn1")),
     ("+ 2 more BatchNorm", with_changes(with_block_changes(BASENET, [0, 1, 2], bn=True), name="basenet+bn3")),
-    ("+ 2 more BatchNorm (all 5)", with_changes(SEED_NETWORK, name="basenet+bn5")),
+    ("+ 2 more BatchNorm (all 5)", with_changes(ALEXNET_BN, name="basenet+bn5")),
 ]
 SEED_ABLATION.append((
     "+ 2 Conv(384, 384, 3) + MaxPool",
@@ -449,7 +447,39 @@ SEED_ABLATION.append((
 # --------------------------------------------------------------------------------------------------
 # Names -> networks
 
-MODEL_NAMES = ("simple", "alexnet", "alexnet-pretrained", "alexnet-pretrained-frozen", "seed", "basenet")
+MODEL_NAMES = ("simple", "alexnet", "alexnet-pretrained", "alexnet-pretrained-frozen", "alexnet-bn", "basenet")
+# Names older versions used, still read (e.g. from a run's config.json) as the name they stand for.
+MODEL_ALIASES = {"seed": "alexnet-bn"}
+_NAMED_SPECS = {"alexnet-bn": ALEXNET_BN, "basenet": BASENET}
+
+
+def canonical_name(model):
+    """Return model with an old model name replaced by the name it stands for (anything else unchanged)."""
+    if isinstance(model, str):
+        return MODEL_ALIASES.get(model.strip().lower(), model)
+    return model
+
+
+def label(model) -> str:
+    """Return the short readable name of a model: its name (old names updated), a spec's "name", else "custom"."""
+    if isinstance(model, str):
+        return canonical_name(model)
+    if isinstance(model, dict):
+        return str(model.get("name", "custom"))
+    return "custom"
+
+
+def is_spec_text(value) -> bool:
+    """Return True when a string gives a spec rather than a name: JSON text or the path of a .json file."""
+    text = str(value).strip()
+    return text.startswith("{") or text.lower().endswith(".json")
+
+
+def spec_or_name(value):
+    """Return a model name as given (old names updated), or the checked spec dict of a dict, JSON text or .json path."""
+    if isinstance(value, str) and not is_spec_text(value):
+        return canonical_name(value)
+    return parse_spec(value)
 
 
 def _check_image_size(model: nn.Module, image_size: int, label: str) -> None:
@@ -471,8 +501,8 @@ def _check_image_size(model: nn.Module, image_size: int, label: str) -> None:
 def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=None, freeze_features=False,
                     allow_download=None) -> nn.Module:
     """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string or a .json path."""
-    label = name_or_spec.get("name", "spec") if isinstance(name_or_spec, dict) else str(name_or_spec)
-    name = name_or_spec.strip().lower() if isinstance(name_or_spec, str) else None
+    spec = spec_or_name(name_or_spec)
+    name = spec.strip().lower() if isinstance(spec, str) else None
     pretrained = name in ("alexnet-pretrained", "alexnet-pretrained-frozen")
     if weights_path is not None and not pretrained:
         raise UserError(f"weights_path={weights_path} is only used by alexnet-pretrained; drop it or choose that model.")
@@ -483,15 +513,15 @@ def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=N
     elif pretrained:
         model = alexnet(True, weights_path, num_classes=num_classes, allow_download=allow_download)
         freeze_features = freeze_features or name == "alexnet-pretrained-frozen"
-    elif name in ("seed", "basenet"):
-        model = build(SEED_NETWORK if name == "seed" else BASENET, num_classes)
-    elif name is None or name.startswith("{") or name.endswith(".json"):
-        model = build(name_or_spec, num_classes)
+    elif name in _NAMED_SPECS:
+        model = build(_NAMED_SPECS[name], num_classes)
+    elif name is None:
+        model = build(spec, num_classes)
     else:
         raise UserError(f"Unknown model {name_or_spec!r}: use one of {', '.join(MODEL_NAMES)}, or a JSON spec.")
     if freeze_features:
         freeze_feature_layers(model)
-    _check_image_size(model, image_size, repr(label))
+    _check_image_size(model, image_size, repr(label(spec)))
     return model
 
 
@@ -536,38 +566,25 @@ class ArchTable:
     total_params: int = 0
     trainable_params: int = 0
 
-    def _cells(self) -> tuple[list[str], list[list[str]]]:
-        """Return the table's header and its rows as text."""
-        header = ["#", "type", "kernel", "input", "output", "channels", "params"]
+    def table(self) -> Table:
+        """Return the layers as a Table (numbers aligned right), with the parameter totals as its note."""
         body = []
         for i, r in enumerate(self.rows, start=1):
             channels = f"{r['in_channels']} -> {r['out_channels']}" if r["in_channels"] is not None else ""
             body.append([str(i), r["type"], r["kernel"], _fmt_shape(r["input_shape"]),
                          _fmt_shape(r["output_shape"]), channels, f"{r['params']:,}"])
-        return header, body
-
-    def _totals(self) -> str:
-        """Return the totals line."""
         frozen = self.total_params - self.trainable_params
-        return f"Total parameters: {self.total_params:,} (trainable {self.trainable_params:,}, frozen {frozen:,})"
+        totals = f"Total parameters: {self.total_params:,} (trainable {self.trainable_params:,}, frozen {frozen:,})"
+        return Table(body, ["#", "type", "kernel", "input", "output", "channels", "params"], totals,
+                     align=["right", "left", "left", "left", "left", "left", "right"])
 
     def to_markdown(self) -> str:
         """Return the table as GitHub markdown, followed by the parameter totals."""
-        header, body = self._cells()
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:", "---", "---", "---", "---", "---", "---:"]) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines) + "\n\n" + self._totals() + "\n"
+        return self.table().to_markdown()
 
     def to_text(self) -> str:
         """Return the table as aligned plain text, followed by the parameter totals."""
-        header, body = self._cells()
-        widths = [max(len(row[j]) for row in [header, *body]) for j in range(len(header))]
-        right = {0, 6}  # numbers align right
-
-        def fmt(row):
-            return "  ".join(c.rjust(w) if j in right else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
-
-        return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body), self._totals()])
+        return self.table().to_text()
 
     def __repr__(self) -> str:
         return self.to_text()

@@ -24,25 +24,32 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from mp3kit import data
-from mp3kit.util import UserError, atomic_write_json, default_cache_dir, pick_device
+from mp3kit import data, settings
+from mp3kit.util import UserError, atomic_write_json, pick_device
 
 CACHE_VERSION = 1
-AUGMENT_PRESETS = ("none", "seed", "standard")
+AUGMENT_PRESETS = ("none", "jitter-flip-rotate", "standard")
+# Preset names older versions used, still read (e.g. from a run's config.json) as the name they stand for.
+AUGMENT_ALIASES = {"seed": "jitter-flip-rotate"}
 PIPELINES = ("cached", "per-item")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The seed report's augmentation: ColorJitter(hue=.05, saturation=.05), RandomHorizontalFlip,
-# RandomRotation(20), CenterCrop(227), applied to images resized a little larger than the crop.
-SEED_JITTER = 0.05
-SEED_MAX_DEGREES = 20.0
+# "jitter-flip-rotate", the seed report's augmentation: ColorJitter(hue=.05, saturation=.05),
+# RandomHorizontalFlip, RandomRotation(20), CenterCrop(227), applied to images resized a little larger than the crop.
+COLOUR_JITTER = 0.05
+MAX_ROTATION_DEGREES = 20.0
 # Random resized crop: area fraction and aspect ratio ranges of the "standard" preset.
 STANDARD_SCALE = (0.35, 1.0)
 STANDARD_RATIO = (3 / 4, 4 / 3)
 # The augmenting presets crop image_size out of an image resized to image_size * 256 / 227
 # (256 for 227), the ImageNet convention of resizing to 256 before a 224 crop.
 _MARGIN = 256 / 227
+
+
+def canonical_augment(augment):
+    """Return augment with an old preset name replaced by the name it stands for (anything else unchanged)."""
+    return AUGMENT_ALIASES.get(augment, augment) if isinstance(augment, str) else augment
 
 
 def _check_augment(augment: str) -> None:
@@ -60,7 +67,7 @@ def cache_size_for(image_size: int, augment: str) -> int:
 
 
 def _cache_paths(identity: str, size: int, cache_dir) -> tuple[Path, Path]:
-    folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / "images"
+    folder = Path(cache_dir if cache_dir is not None else settings.cache_dir()).expanduser() / "images"
     return folder / f"{identity}-{size}.u8", folder / f"{identity}-{size}.json"
 
 
@@ -96,7 +103,7 @@ def _reserve(folder: Path, name: str, nbytes: int) -> str:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     except OSError as exc:
         raise UserError(f"Cannot write the image cache in {folder} ({exc.strerror}): "
-                        f"set MP3KIT_CACHE (or cache_dir) to a writable folder.") from exc
+                        f"set {settings.CACHE} (or cache_dir) to a writable folder.") from exc
     try:
         # Claim the blocks now: running out of disk while writing through a memory map would kill the process.
         if hasattr(os, "posix_fallocate"):
@@ -107,7 +114,7 @@ def _reserve(folder: Path, name: str, nbytes: int) -> str:
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)
         raise UserError(f"Cannot reserve {nbytes / 2**20:,.0f} MB for the image cache in {folder} ({exc.strerror}): "
-                        f"free disk space or set MP3KIT_CACHE to another folder.") from exc
+                        f"free disk space or set {settings.CACHE} to another folder.") from exc
     os.close(fd)
     return tmp
 
@@ -205,13 +212,13 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return value.unsqueeze(1) - chroma * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
-def _seed_augment(x: torch.Tensor, image_size: int, generator: torch.Generator) -> torch.Tensor:
+def _jitter_flip_rotate(x: torch.Tensor, image_size: int, generator: torch.Generator) -> torch.Tensor:
     """Apply the seed report's jitter, flip, rotation and center crop to x (B, 3, H, H)."""
     n, size = x.shape[0], x.shape[-1]
-    angle = torch.deg2rad(_uniform(generator, n, -SEED_MAX_DEGREES, SEED_MAX_DEGREES))
+    angle = torch.deg2rad(_uniform(generator, n, -MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES))
     flip = _flip_signs(generator, n)
-    hue = _uniform(generator, n, -SEED_JITTER, SEED_JITTER)
-    saturation = _uniform(generator, n, 1 - SEED_JITTER, 1 + SEED_JITTER)
+    hue = _uniform(generator, n, -COLOUR_JITTER, COLOUR_JITTER)
+    saturation = _uniform(generator, n, 1 - COLOUR_JITTER, 1 + COLOUR_JITTER)
     # Output pixel -> source pixel: scale to the crop (image_size of size pixels), rotate, then mirror.
     k = image_size / size
     cos, sin, zero = k * torch.cos(angle), k * torch.sin(angle), torch.zeros(n)
@@ -249,8 +256,8 @@ def center_crop_batch(x: torch.Tensor, image_size: int) -> torch.Tensor:
 def augment_batch(x: torch.Tensor, augment: str, image_size: int, generator: torch.Generator) -> torch.Tensor:
     """Augment x (B, 3, H, H) float in [0, 1] with a preset, drawing from generator; return (B, 3, S, S) in [0, 1]."""
     _check_augment(augment)
-    if augment == "seed":
-        return _seed_augment(x, image_size, generator)
+    if augment == "jitter-flip-rotate":
+        return _jitter_flip_rotate(x, image_size, generator)
     if augment == "standard":
         return _standard_augment(x, image_size, generator)
     return center_crop_batch(x, image_size)

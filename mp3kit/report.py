@@ -24,9 +24,10 @@ from pathlib import Path
 from mp3kit import __version__
 from mp3kit import findings
 from mp3kit import runs as run_records
+from mp3kit import settings
+from mp3kit.table import Table
 from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
 
-PROFILES = ("smoke", "quick", "full")
 NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
 # The generated part of a report folder, swapped in as a whole; report.md goes last so it never links to figures
 # that are not there yet.
@@ -58,6 +59,8 @@ def build(profile="quick", data_root=None, *, only=None, report_dir="report", no
 
     execute=False runs no notebook and rebuilds the report from the manifests and runs already on disk.
     """
+    from mp3kit.experiment import PROFILES
+
     if profile not in PROFILES:
         raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
     notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else find_repo() / "notebooks"
@@ -181,7 +184,7 @@ def run_notebook(path: Path, output: Path, parameters: dict, runs_dir: Path, tim
     failed_copy = Path(runs_dir) / f"{path.stem}.failed.ipynb"
     kept = f"the report in {report_dir} was left as it was"
     try:
-        with temporary_environ(MP3KIT_QUIET="1"):
+        with temporary_environ(**{settings.QUIET: "1"}):
             # A quiet kernel log keeps one progress line per notebook: otherwise every kernel prints a
             # TCP-transport warning at start and a caught KeyboardInterrupt at shutdown. A cell's
             # errors still reach the executed notebook and the failure message.
@@ -310,15 +313,22 @@ def _run_results(path: Path, label) -> dict:
         "device": metrics.get("device"),
         "synthetic": run.synthetic,
         "test_ap": dict(zip(classes, ap)) if ap else None,
-        "config": {**config, "model": model_label(config.get("model"))},
+        "config": _current_names({**config, "model": model_label(config.get("model"))}),
     })
 
 
 def model_label(model) -> str:
-    """Return a short name for a config's model: the name itself, or a spec's "name"."""
-    if isinstance(model, dict):
-        return str(model.get("name", "custom spec"))
-    return str(model)
+    """Return a short name for a config's model (models.label: the name itself, or a spec's "name")."""
+    from mp3kit import models
+
+    return models.label(model)
+
+
+def _current_names(config: dict) -> dict:
+    """Return a run's config with an augmentation preset name older versions wrote replaced by today's."""
+    from mp3kit import pipeline
+
+    return {**config, "augment": pipeline.canonical_augment(config["augment"])} if "augment" in config else config
 
 
 def _clean(value):
@@ -481,21 +491,21 @@ def _settings_table(rows: list[dict]) -> str:
     """Return a table of runs: what was set (model, optimizer, lr, epochs ...) and the test results."""
     if not rows:
         return ""
-    lines = ["| Experiment | Model | Optimizer | Learning rate | Epochs | Batch | Augment | Image | "
-             "Test mAP | Avg test loss |",
-             "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
-    notes = []
+    body, notes = [], []
     for r in rows:
         c = r.get("config", {})
         epochs, done = c.get("epochs"), r.get("epochs_done")
         shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
-        lines.append(f"| {_cell(r['label'])} | {_cell(c.get('model', '–'))} | {c.get('optimizer', '–')} | "
-                     f"{_lr(c.get('lr'))} | {shown_epochs} | {c.get('batch_size', '–')} | {c.get('augment', '–')} | "
-                     f"{c.get('image_size', '–')} | {_f4(r.get('test_map'))} | {_f4(r.get('test_loss'))} |")
+        body.append([r["label"], c.get("model", "–"), c.get("optimizer", "–"), _lr(c.get("lr")), shown_epochs,
+                     str(c.get("batch_size", "–")), c.get("augment", "–"), str(c.get("image_size", "–")),
+                     _f4(r.get("test_map")), _f4(r.get("test_loss"))])
         if r.get("status") != "complete":
             notes.append(f"_{r['label']}: the run is {r.get('status')}"
                          + (f" ({r['reason']})" if r.get("reason") else "") + "._")
-    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
+    columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Test mAP",
+               "Avg test loss"]
+    align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 3
+    return _markdown(Table(body, columns, align=align)) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def _ap_table(rows: list[dict]) -> str:
@@ -503,11 +513,14 @@ def _ap_table(rows: list[dict]) -> str:
     rows = [r for r in rows if r.get("test_ap")]
     if not rows:
         return ""
-    lines = ["| Class | " + " | ".join(_cell(r["label"]) for r in rows) + " |", "|---|" + "---:|" * len(rows)]
-    for cls in rows[0]["test_ap"]:
-        lines.append(f"| {cls} | " + " | ".join(_f4(r["test_ap"].get(cls)) for r in rows) + " |")
-    lines.append("| **mAP** | " + " | ".join(f"**{_f4(r.get('test_map'))}**" for r in rows) + " |")
-    return "\n".join(lines)
+    body = [[cls, *(_f4(r["test_ap"].get(cls)) for r in rows)] for cls in rows[0]["test_ap"]]
+    body.append(["**mAP**", *(f"**{_f4(r.get('test_map'))}**" for r in rows)])
+    return _markdown(Table(body, ["Class", *(str(r["label"]) for r in rows)], align=["left"] + ["right"] * len(rows)))
+
+
+def _markdown(table: Table) -> str:
+    """Return a table's markdown without its closing line break, as the report's other parts are joined."""
+    return table.to_markdown().rstrip("\n")
 
 
 def _best_line(rows: list[dict], chance) -> str:
@@ -527,18 +540,18 @@ def _ablation(item: dict, runs: dict) -> str:
     rows = item.get("rows") or []
     if not rows:
         return ""
-    lines = ["| Serial # | Model architecture | Best mAP on test set |", "|---:|---|---:|"]
-    notes = []
+    body, notes = [], []
     for row in rows:
         run = runs.get(row.get("key"), {})
         label = row.get("label") or run.get("label", "–")
-        lines.append(f"| {row.get('serial')} | {_cell(label)} | {_f4(run.get('test_map'))} |")
+        body.append([str(row.get("serial")), label, _f4(run.get("test_map"))])
         if row.get("skipped"):
             notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
         elif run and run.get("status") != "complete":
             notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
                          + (f" ({run['reason']})" if run.get("reason") else "") + ".")
-    return "\n\n".join(p for p in ["\n".join(lines), " ".join(notes), item.get("note", "")] if p)
+    table = _markdown(Table(body, ["Serial #", "Model architecture", "Best mAP on test set"], align=["right", "left", "right"]))
+    return "\n\n".join(p for p in [table, " ".join(notes), item.get("note", "")] if p)
 
 
 # ---------------------------------------------------------------- markers

@@ -1,6 +1,6 @@
 """Training: one TrainConfig, one fit(), one Run record on disk.
 
-A papermill parameter, a widget and a CLI flag all fill the same TrainConfig; fit() is the only training loop.
+A notebook parameter, a widget and a CLI flag all fill the same TrainConfig; fit() is the only training loop.
 Like torchvision's classification reference, fit() keeps the run's bookkeeping (reuse, resume or start afresh;
 records; errors) around visible seams: train_one_epoch (whose train_step bench.py times too), the evaluation
 functions and the checkpoint helpers. Every completed epoch is checkpointed, so a run can be resumed after a
@@ -33,6 +33,7 @@ from mp3kit.util import UserError, WriteFailed, atomic_write, pick_device, write
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine")
 DIFFICULT_MODES = ("positive", "negative", "ignore")
+AMP_MODES = ("auto", "on", "off")  # mixed precision: auto = on for CUDA only
 CHECKPOINT_VERSION = 1  # later keys (history) are optional, so version 1 files still load
 RESUME_CHOICES = (False, True, "auto")
 
@@ -41,8 +42,8 @@ RESUME_CHOICES = (False, True, "auto")
 class TrainConfig:
     """Everything a run needs; the defaults are the course kit's."""
 
-    model: object = "simple"  # a name (simple, alexnet, alexnet-pretrained, seed, basenet) or a models.build spec
-    pretrained_weights: str | None = None  # AlexNet ImageNet weights file (else $MP3KIT_ALEXNET_WEIGHTS or the torch hub cache)
+    model: object = "simple"  # a name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...) or a models.build spec
+    pretrained_weights: str | None = None  # AlexNet ImageNet weights file (else settings.alexnet_weights() or the hub cache)
     freeze_features: bool = False  # pretrained AlexNet: train the head only
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -69,6 +70,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        # Names older versions wrote (e.g. model "seed", augment "seed") still load, as the names they stand for.
+        self.model = models.canonical_name(self.model)
+        self.augment = pipeline.canonical_augment(self.augment)
         self.validate()
 
     def validate(self) -> None:
@@ -78,8 +82,8 @@ class TrainConfig:
             "schedule": SCHEDULES,
             "augment": pipeline.AUGMENT_PRESETS,
             "difficult": DIFFICULT_MODES,
-            "pipeline": ("cached", "per-item"),
-            "amp": ("auto", "on", "off"),
+            "pipeline": pipeline.PIPELINES,
+            "amp": AMP_MODES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -111,10 +115,8 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def model_label(self) -> str:
-        """Return a short readable name of the model."""
-        if isinstance(self.model, str):
-            return self.model
-        return str(self.model.get("name", "custom")) if isinstance(self.model, dict) else "custom"
+        """Return a short readable name of the model (models.label)."""
+        return models.label(self.model)
 
     def default_name(self) -> str:
         """Return a run name derived from the model and a hash of the whole config."""
@@ -168,8 +170,7 @@ def _set_seed(seed: int) -> None:
 def make_optimizer(config: TrainConfig, params):
     """Return the optimizer config names over the trainable params (fused kernels on CPU and CUDA)."""
     params = [p for p in params if p.requires_grad]
-    # The fused kernels are several times faster than the per-tensor loop (measured on CPU with AlexNet:
-    # an SGD step 24 ms against 81 ms); MPS keeps the default.
+    # The fused kernels are several times faster than the per-tensor loop (README, "Speed"); MPS keeps the default.
     if config.optimizer == "sgd":
         cls, options = torch.optim.SGD, dict(momentum=config.momentum)
     else:
@@ -188,8 +189,8 @@ def place_model(model, device):
     """Move model to device, in the memory layout training uses there; return it."""
     model.to(device)
     if device.type in ("cpu", "cuda"):
-        # Channels-last convolutions: about 2x the SimpleClassifier's training speed on a 2-core CPU; the
-        # usual layout for mixed precision on CUDA. MPS keeps the default layout.
+        # Channels-last convolutions: faster training on the CPU (README, "Speed"), and the usual layout for
+        # mixed precision on CUDA. MPS keeps the default layout.
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -466,8 +467,8 @@ def _cpu_copy(obj):
 class _CheckpointWriter:
     """Writes the epochs' checkpoints one at a time in a background thread, so the disk works while training goes on.
 
-    A checkpoint of AlexNet with Adam is 685 MB: on the 2-core development VM, writing one took 1.2-1.8 s of
-    each 8 s epoch. save() snapshots the state first (training changes the weights in place); wait() returns
+    A checkpoint of AlexNet with Adam is 685 MB, and writing one takes a noticeable part of an epoch (README,
+    "Speed"). save() snapshots the state first (training changes the weights in place); wait() returns
     once the last checkpoint is on disk and raises the error its writing met, if any (a full disk as WriteFailed),
     so that error stops the run at the end of the next epoch at the latest. kept is the epoch of the last
     checkpoint known to be on disk.
@@ -536,7 +537,7 @@ def _load_state(model, state: dict, path) -> None:
 def build_model(config: TrainConfig):
     """Build the network a config names (with pretrained weights when it asks for them).
 
-    The ImageNet AlexNet weights are downloaded only when $MP3KIT_ALLOW_DOWNLOAD is 1; otherwise they must
+    The ImageNet AlexNet weights are downloaded only when settings.allow_download() says so; otherwise they must
     already be on disk (notebook 2's Colab cell puts them in torch's hub cache).
     """
     return models.model_from_name(
@@ -562,8 +563,11 @@ def load_model(run_or_path, device: str = "cpu"):
 
 
 def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
+    # A run recorded under the names older versions used (model "seed", augment "seed") is the same run.
+    current = {"model": models.canonical_name, "augment": pipeline.canonical_augment}
+    recorded = {k: current[k](v) if k in current else v for k, v in run.config.items() if k != "data"}
     return (
-        {k: v for k, v in run.config.items() if k != "data"} == config.to_dict()
+        recorded == config.to_dict()
         and run.config.get("data", {}).get("identities") == _identities(data)
     )
 
@@ -609,7 +613,7 @@ def _loaders(config: TrainConfig, data: Data, device, cache_dir, progress: bool)
     train_loader = pipeline.make_loader(data.train, train=True, augment=config.augment,
                                         targets=training_targets(data.train, config.difficult), **loader_kw)
     # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
-    # and AlexNet-sized layers run faster on bigger batches (CPU: 775 against 568 images/s at 50 and 25).
+    # and AlexNet-sized layers run faster on bigger batches (README, "Speed").
     eval_kw = {**loader_kw, "batch_size": 2 * config.batch_size}
     return train_loader, functools.partial(pipeline.make_loader, train=False, **eval_kw)
 

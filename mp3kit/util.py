@@ -21,6 +21,8 @@ class UserError(Exception):
         return [f"\x1b[31mmp3kit:\x1b[0m {self}"]
 
 
+SYNTHETIC_MARKER = "MP3KIT_SYNTHETIC.json"  # the file that marks a VOC2007 folder as made by mp3kit.synth
+
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 # torch.save raises this RuntimeError when the file under it stops taking bytes, as on a full disk.
@@ -133,11 +135,6 @@ def pick_device(name: str = "auto"):
     if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def default_cache_dir() -> Path:
-    """Return mp3kit's cache folder ($MP3KIT_CACHE, else ~/.cache/mp3kit)."""
-    return Path(os.environ.get("MP3KIT_CACHE") or Path.home() / ".cache" / "mp3kit")
 
 
 @contextmanager

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
-from mp3kit import pipeline, runs, train
+from mp3kit import models, pipeline, runs, train
 from mp3kit.models import MODEL_NAMES
 from mp3kit.plots import SYNTHETIC_MARK, history_png
+from mp3kit.table import Table
 from mp3kit.train import TrainConfig
 from mp3kit.util import UserError
 
@@ -328,22 +329,16 @@ def runs_table_html(recorded, runs_dir, current=None) -> str:
     """Return an HTML table of runs (name, model, optimizer, lr, epochs, status, test mAP), current in bold."""
     if not recorded:
         return f"<i>No runs in <code>{html.escape(str(runs_dir))}</code> yet: click Train to make one.</i>"
-    head = "".join(f'<th style="padding:2px 10px;text-align:{a};border-bottom:1px solid #bbb">{h}</th>' for h, a in _COLUMNS)
     rows = []
     for run in recorded:
         c = run.config
-        model = c.get("model")
-        model = model.get("name", "custom") if isinstance(model, dict) else str(model)
-        test_map = f"{run.test_map:.3f}" if run.test_map is not None else "&ndash;"
-        values = [html.escape(run.name), html.escape(model), html.escape(str(c.get("optimizer", ""))),
-                  f"{c.get('lr', float('nan')):.3g}", f"{len(run.history)}/{c.get('epochs', '?')}",
-                  html.escape(run.status), test_map]
-        weight = "font-weight:bold;" if run.name == current else ""
-        tds = "".join(f'<td style="{weight}padding:2px 10px;text-align:{a}">{v}</td>' for v, (_, a) in zip(values, _COLUMNS))
-        rows.append(f"<tr>{tds}</tr>")
-    return (f'<div style="max-height:160px;overflow-y:auto"><table style="border-collapse:collapse;font-size:13px">'
-            f"<caption style='text-align:left'>Runs in <code>{html.escape(str(runs_dir))}</code>, newest first</caption>"
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+        test_map = f"{run.test_map:.3f}" if run.test_map is not None else "\u2013"
+        rows.append([run.name, models.label(c.get("model")), str(c.get("optimizer", "")), f"{c.get('lr', float('nan')):.3g}",
+                     f"{len(run.history)}/{c.get('epochs', '?')}", run.status, test_map])
+    table = Table(rows, [h for h, _ in _COLUMNS], align=[a for _, a in _COLUMNS])
+    caption = f"Runs in <code>{html.escape(str(runs_dir))}</code>, newest first"
+    bold = [i for i, run in enumerate(recorded) if run.name == current]
+    return f'<div style="max-height:160px;overflow-y:auto">{table.to_html(caption, bold_rows=bold)}</div>'
 
 
 def _panel_png(run) -> bytes:

@@ -22,7 +22,7 @@ REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from 
 RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
 VOC_SOURCES = []  # Colab/full profile: your own VOC archives, tried first: a folder such as "/content/drive/MyDrive/voc" or a base URL
 ADAM_LR = 1e-4  # the recipe the seed report's ablation used from its second row on
-AUGMENT = "seed"  # data augmentation preset: none | seed (colour jitter, flip, rotation) | standard (random resized crop, flip)
+AUGMENT = "jitter-flip-rotate"  # none | jitter-flip-rotate (colour jitter, flip, rotation) | standard (random resized crop, flip)
 TOP_CLASS = "dog"  # the class whose top-scoring test images are shown at the end
 
 # %%

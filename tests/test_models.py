@@ -1,4 +1,4 @@
-"""Networks: the simple net, AlexNet (scratch and offline-pretrained), the spec builder, the seed network, tables."""
+"""Networks: the simple net, AlexNet (scratch and offline-pretrained), the spec builder, alexnet-bn, names, tables."""
 
 import json
 
@@ -7,9 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from mp3kit import models
+from mp3kit import models, settings
 from mp3kit.models import (
-    BASENET, SEED_ABLATION, SEED_NETWORK, SimpleClassifier, alexnet, architecture_table, build, model_from_name,
+    ALEXNET_BN, BASENET, SEED_ABLATION, SimpleClassifier, alexnet, architecture_table, build, model_from_name,
     with_block_changes, with_blocks_inserted, with_changes,
 )
 from mp3kit.util import UserError
@@ -49,7 +49,7 @@ def no_real_weights(tmp_path, monkeypatch):
     """Point torch's hub cache at an empty folder and clear the env var, so no machine's real cache leaks in."""
     hub = tmp_path / "hub"
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-    monkeypatch.delenv(models.ALEXNET_WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(settings.ALEXNET_WEIGHTS, raising=False)
 
     def no_download(*args, **kwargs):
         raise AssertionError("a test tried to download weights")
@@ -115,7 +115,7 @@ def test_pretrained_from_argument_with_frozen_features(weights_file, imagenet_st
 
 
 def test_pretrained_from_env_var(weights_file, imagenet_state, monkeypatch):
-    monkeypatch.setenv(models.ALEXNET_WEIGHTS_ENV, str(weights_file))
+    monkeypatch.setenv(settings.ALEXNET_WEIGHTS, str(weights_file))
     model = model_from_name("alexnet-pretrained", image_size=64)
     assert_loaded(model, imagenet_state)
     assert all(p.requires_grad for p in model.parameters())  # fine-tunes everything by default
@@ -133,7 +133,7 @@ def test_pretrained_from_torch_home(weights_file, tmp_path, monkeypatch):
     monkeypatch.undo()  # the real torch.hub.get_dir, steered by TORCH_HOME alone
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(models.ALEXNET_WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(settings.ALEXNET_WEIGHTS, raising=False)
     assert models.alexnet_cache_path() == tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE
     models.alexnet_cache_path().parent.mkdir(parents=True)
     models.alexnet_cache_path().symlink_to(weights_file)
@@ -146,13 +146,13 @@ def test_missing_weights_say_where_to_put_them(no_real_weights):
     message = str(info.value)
     assert str(no_real_weights / "checkpoints" / WEIGHTS_FILE) in message
     assert "https://download.pytorch.org/models/" + WEIGHTS_FILE in message
-    assert models.ALEXNET_WEIGHTS_ENV in message
+    assert settings.ALEXNET_WEIGHTS in message
 
 
 def test_missing_file_named_by_argument_or_env(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="nope.pth .weights_path. does not exist"):
         alexnet(pretrained=True, weights_path=tmp_path / "nope.pth")
-    monkeypatch.setenv(models.ALEXNET_WEIGHTS_ENV, str(tmp_path / "gone.pth"))
+    monkeypatch.setenv(settings.ALEXNET_WEIGHTS, str(tmp_path / "gone.pth"))
     with pytest.raises(UserError, match=r"gone.pth \(from \$MP3KIT_ALEXNET_WEIGHTS\) does not exist"):
         alexnet(pretrained=True)
 
@@ -169,10 +169,10 @@ def test_download_only_when_allowed_and_failure_is_clear(imagenet_state, monkeyp
     with pytest.raises(UserError, match="Downloading the pretrained AlexNet weights failed .*network is unreachable"):
         alexnet(pretrained=True, allow_download=True)
     # By default $MP3KIT_ALLOW_DOWNLOAD decides, which is also what the missing-weights message offers.
-    monkeypatch.setenv(models.ALLOW_DOWNLOAD_ENV, "1")
+    monkeypatch.setenv(settings.ALLOW_DOWNLOAD, "1")
     with pytest.raises(UserError, match="Downloading the pretrained AlexNet weights failed"):
         alexnet(pretrained=True)
-    monkeypatch.delenv(models.ALLOW_DOWNLOAD_ENV)
+    monkeypatch.delenv(settings.ALLOW_DOWNLOAD)
     with pytest.raises(UserError, match="downloading is off: .* or set MP3KIT_ALLOW_DOWNLOAD=1 to let mp3kit download it"):
         alexnet(pretrained=True)
 
@@ -191,8 +191,8 @@ def test_mismatched_or_corrupt_checkpoint(tmp_path):
 # ---- the spec builder
 
 
-def test_seed_network_matches_the_seed_reports_table():
-    table = architecture_table(meta_build(SEED_NETWORK), (3, 227, 227))
+def test_alexnet_bn_matches_the_seed_reports_table():
+    table = architecture_table(meta_build(ALEXNET_BN), (3, 227, 227))
     assert [(r["type"], r["output_shape"], r["params"]) for r in table.rows] == SEED_SUMMARY
     assert table.rows[0]["input_shape"] == (-1, 3, 227, 227) and table.rows[0]["kernel"] == "11x11 s4 p2"
     assert table.total_params == sum(p for _, _, p in SEED_SUMMARY) == table.trainable_params
@@ -213,7 +213,7 @@ def test_seed_ablation_rows_are_cumulative_and_run_at_227():
         assert rows[-1]["output_shape"] == (-1, 20)
         counts.append((sum(r["type"] == "BatchNorm2d" for r in rows), sum(r["type"] == "Conv2d" for r in rows)))
     assert counts == [(0, 5), (1, 5), (3, 5), (5, 5), (5, 7), (5, 10)]
-    assert SEED_ABLATION[3][1]["blocks"] == SEED_NETWORK["blocks"]
+    assert SEED_ABLATION[3][1]["blocks"] == ALEXNET_BN["blocks"]
 
 
 def test_spec_features_build_and_run():
@@ -303,14 +303,17 @@ def test_bad_specs_name_the_key(spec, fragment):
 def test_model_from_name_knows_every_name():
     assert isinstance(model_from_name("simple", image_size=64), SimpleClassifier)
     with torch.device("meta"):  # shapes only: skip the cost of random AlexNet-sized weights
-        for name in ("alexnet", "seed", "basenet"):
+        for name in ("alexnet", "alexnet-bn", "seed", "basenet"):  # "seed": alexnet-bn's old name
             assert model_from_name(name).classifier[-1].out_features == 20
-        spec_net = model_from_name(with_changes(SEED_NETWORK, head=[256]), num_classes=3)
+        spec_net = model_from_name(with_changes(ALEXNET_BN, head=[256]), num_classes=3)
     assert spec_net.classifier[-1].out_features == 3
 
 
 def test_model_from_name_errors():
-    with pytest.raises(UserError, match="use one of simple, alexnet, alexnet-pretrained, alexnet-pretrained-frozen, seed, basenet"):
+    with pytest.raises(UserError, match=f"use one of {', '.join(models.MODEL_NAMES)}"):
+        model_from_name("resnet50")
+    assert models.MODEL_NAMES == ("simple", "alexnet", "alexnet-pretrained", "alexnet-pretrained-frozen", "alexnet-bn", "basenet")
+    with pytest.raises(UserError, match="use one of"):
         model_from_name("resnet50")
     with pytest.raises(UserError, match="only used by alexnet-pretrained"):
         model_from_name("simple", weights_path="w.pth")
@@ -331,3 +334,27 @@ def test_architecture_table_text_markdown_and_frozen_count():
     assert md[-1].startswith("Total parameters: ") and "frozen 27,952" in md[-1]
     assert "Conv2d" in repr(table) and "Total parameters" in str(table)
     assert model.training  # the table's eval-mode pass leaves the mode as it was
+
+
+def test_one_label_for_every_model_name_or_spec():
+    assert models.label("simple") == "simple"
+    assert models.label("seed") == models.label("Seed") == "alexnet-bn"  # an old run's name reads as today's
+    assert models.label(ALEXNET_BN) == "alexnet-bn" and models.label({"blocks": [{"conv": 8}]}) == "custom"
+    assert models.label(None) == "custom"
+    from mp3kit.train import TrainConfig
+
+    assert TrainConfig(model={"name": "mine", "blocks": [{"conv": 8}]}).model_label() == "mine"
+    assert TrainConfig(model="seed").model_label() == "alexnet-bn"
+
+
+def test_spec_or_name_parses_specs_and_keeps_names(tmp_path):
+    spec = {"name": "tiny", "blocks": [{"conv": 8}]}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    assert models.spec_or_name("alexnet") == "alexnet" and models.spec_or_name("seed") == "alexnet-bn"
+    assert models.spec_or_name(json.dumps(spec)) == spec == models.spec_or_name(str(path)) == models.spec_or_name(spec)
+    path.write_text('{"blocks": [')
+    with pytest.raises(UserError, match=r"Model spec file .*tiny.json is not valid JSON"):
+        models.spec_or_name(str(path))
+    with pytest.raises(UserError, match="neither JSON nor an existing .json file"):
+        models.spec_or_name(str(tmp_path / "missing.json"))

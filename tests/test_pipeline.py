@@ -152,7 +152,7 @@ def test_corrupt_image_names_the_file_and_leaves_no_cache(split, tmp_path):
 
 def test_cache_size_for_presets():
     assert pipeline.cache_size_for(227, "none") == 227
-    assert pipeline.cache_size_for(227, "seed") == 256
+    assert pipeline.cache_size_for(227, "jitter-flip-rotate") == 256
     assert pipeline.cache_size_for(227, "standard") == 256
     with pytest.raises(UserError, match="flip"):
         pipeline.cache_size_for(227, "flip")
@@ -311,7 +311,7 @@ def test_augment_presets_shape_determinism_and_effect(augment):
         assert all(not torch.allclose(y[0], y[i]) for i in range(1, 6))
 
 
-@pytest.mark.parametrize("augment", ["seed", "standard"])
+@pytest.mark.parametrize("augment", ["jitter-flip-rotate", "standard"])
 def test_augment_presets_flip_about_half_the_images(augment):
     # Brightness grows from left to right: a mirrored image's columns get darker instead.
     ramp = np.broadcast_to(np.linspace(0, 255, 40).astype(np.uint8)[None, :, None], (40, 40, 3))
@@ -325,9 +325,9 @@ def test_augment_presets_flip_about_half_the_images(augment):
     assert (_one_batch(images, "none", train=True).mean(dim=(1, 2)).diff(dim=1) >= 0).all()
 
 
-def test_seed_preset_rotates_and_jitters_colour():
+def test_jitter_flip_rotate_preset_rotates_and_jitters_colour():
     images = _photo_like(n=16, size=36)  # the crop keeps 32 / 36 of the side, as 227 / 256 does
-    x = _one_batch(images, "seed", train=True)
+    x = _one_batch(images, "jitter-flip-rotate", train=True)
     std = torch.tensor(pipeline.IMAGENET_STD).view(1, 3, 1, 1)
     mean = torch.tensor(pipeline.IMAGENET_MEAN).view(1, 3, 1, 1)
     pixels = x * std + mean  # back to [0, 1]
@@ -353,7 +353,7 @@ def test_hue_and_saturation_match_torchvision_per_image():
 
 def test_per_item_and_cached_loaders_give_the_same_batches(split, tmp_path):
     options = dict(batch_size=4, image_size=32, seed=2, device="cpu", cache_dir=tmp_path, progress=False)
-    for augment, train in (("none", True), ("standard", True), ("seed", False)):
+    for augment, train in (("none", True), ("standard", True), ("jitter-flip-rotate", False)):
         cached = list(pipeline.make_loader(split, augment=augment, train=train, pipeline="cached", **options))
         per_item = list(pipeline.make_loader(split, augment=augment, train=train, pipeline="per-item", **options))
         assert len(cached) == len(per_item) == 3
@@ -401,3 +401,8 @@ def test_bench_reports_both_pipelines_and_ends_with_a_json_line(tmp_path, capsys
     assert figures["pipeline_ratio"] == pytest.approx(figures["cached_img_s"] / figures["per_item_img_s"], rel=1e-3)
     assert any(line.startswith("input pipeline") for line in lines)
     assert not (tmp_path / "cache" / "images").exists()  # the bench's image cache is temporary
+
+
+def test_old_preset_name_reads_as_todays():
+    assert pipeline.canonical_augment("seed") == "jitter-flip-rotate" and pipeline.canonical_augment("none") == "none"
+    assert "seed" not in pipeline.AUGMENT_PRESETS  # listed under its new name only

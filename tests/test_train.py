@@ -512,3 +512,16 @@ def test_a_user_error_in_a_notebook_shows_its_sentence_not_a_traceback():
     shown = "\n".join(errors[0]["traceback"])
     assert "Traceback" not in shown and "File " not in shown and len(errors[0]["traceback"]) == 1
     assert "Could not write checkpoint.pt (3.0 MB) in runs/x (No space left on device): free that much space there." in shown
+
+
+def test_a_run_recorded_under_the_old_names_seed_is_reused_under_the_new_ones(voc_root, tmp_path):
+    first = train.fit(train.TrainConfig(**{**SMALL, "epochs": 1}), voc_root, name="old", runs_dir=tmp_path, progress=False)
+    config_file = tmp_path / "old" / "config.json"
+    recorded = json.loads(config_file.read_text())
+    recorded.update(model="seed", augment="seed")  # what an older mp3kit wrote for alexnet-bn with its augmentation
+    config_file.write_text(json.dumps(recorded))
+    old_config = train.TrainConfig.from_dict(recorded)
+    assert (old_config.model, old_config.augment) == ("alexnet-bn", "jitter-flip-rotate")
+    cfg = train.TrainConfig(**{**SMALL, "epochs": 1, "model": "alexnet-bn", "augment": "jitter-flip-rotate"})
+    again = train.fit(cfg, voc_root, name="old", runs_dir=tmp_path, progress=False, reuse=True)
+    assert again.origin == "reused" and again.metrics == first.metrics
