@@ -79,7 +79,7 @@ def config_from_args(args):
 
     fields = ("epochs", "lr", "optimizer", "batch_size", "image_size", "augment", "seed", "momentum", "weight_decay",
               "schedule", "warmup_epochs", "eval_every", "device", "amp", "pipeline", "max_images", "pretrained_weights",
-              "difficult")
+              "difficult", "train_split", "tta")
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     if args.model is not None:
         changes["model"] = _parse_model(args.model)
@@ -99,6 +99,25 @@ def _cmd_train(args) -> int:
         return 1
     kind = " (synthetic data)" if run.synthetic else ""
     print(f"{run.name}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f}{kind} -> {run.path}")
+    return 0
+
+
+def _cmd_lr_find(args) -> int:
+    from mp3kit import plots, train
+
+    config = config_from_args(args)
+    found = train.lr_range_test(config, args.data_root, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr,
+                                progress=not args.quiet)
+    if args.plot:
+        plots.plot_lr_find(found, path=args.plot, title=f"Learning-rate range test, {config.model_label()} with "
+                                                        f"{config.optimizer}")
+    if found["suggested_lr"] is None:
+        print(f"The loss did not fall over lrs {found['lr'][0]:.2g} to {found['lr'][-1]:.2g}: check the model and data.")
+        return 1
+    low, high = found["range"]
+    print(f"{config.model_label()} with {config.optimizer}: the loss falls fastest at lr {found['suggested_lr']:.2g}, and "
+          f"at least half as fast from {low:.2g} to {high:.2g} ({len(found['lr'])} steps)"
+          + (f"; plot: {args.plot}" if args.plot else ""))
     return 0
 
 
@@ -154,6 +173,37 @@ def _cmd_report(args) -> int:
                        execute=not args.no_execute)
 
 
+def _add_config_flags(t) -> None:
+    """Add the flags that fill a TrainConfig (train and lr-find share them)."""
+    t.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
+    t.add_argument("--model", default=None, help="a model name (mp3kit.models.MODEL_NAMES, e.g. simple, alexnet, "
+                                                 "alexnet-pretrained, alexnet-bn) or a JSON spec / .json file")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=_Choices("train", "OPTIMIZERS"), **_ONE_OF)
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--schedule", choices=_Choices("train", "SCHEDULES"), **_ONE_OF)
+    t.add_argument("--warmup-epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
+    t.add_argument("--eval-every", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    t.add_argument("--amp", choices=_Choices("train", "AMP_MODES"), **_ONE_OF)
+    t.add_argument("--pipeline", choices=_Choices("pipeline", "PIPELINES"), **_ONE_OF)
+    t.add_argument("--difficult", choices=_Choices("train", "DIFFICULT_MODES"), **_ONE_OF)
+    t.add_argument("--max-images", type=int, help="use at most N images per split (quick checks)")
+    t.add_argument("--pretrained-weights", help="AlexNet ImageNet weights file (alexnet-pretrained)")
+    t.add_argument("--freeze-features", action="store_true", help="pretrained AlexNet: train the head only")
+    t.add_argument("--train-split", choices=_Choices("train", "TRAIN_SPLITS"), metavar="NAME",
+                   help="%(choices)s: train (val held out), or train + val, the VOC protocol for a final test number "
+                        "(choose the epochs on train first)")
+    t.add_argument("--tta", choices=_Choices("train", "TTA_MODES"), metavar="NAME",
+                   help="%(choices)s: flip evaluates each image as the mean over it and its mirror")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argparse parser for every subcommand."""
     p = argparse.ArgumentParser(prog="mp3kit", description="Multi-label classification on PASCAL VOC 2007, for coursework.")
@@ -186,33 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_data_check)
 
     t = sub.add_parser("train", help="train one run and record it under the runs folder")
-    t.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
     t.add_argument("--name", default=None, help="run name (default: model plus a hash of the config)")
     t.add_argument("--runs-dir", default="runs")
-    t.add_argument("--model", default=None, help="a model name (mp3kit.models.MODEL_NAMES, e.g. simple, alexnet, "
-                                                 "alexnet-pretrained, alexnet-bn) or a JSON spec / .json file")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=_Choices("train", "OPTIMIZERS"), **_ONE_OF)
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--schedule", choices=_Choices("train", "SCHEDULES"), **_ONE_OF)
-    t.add_argument("--warmup-epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
-    t.add_argument("--eval-every", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    t.add_argument("--amp", choices=_Choices("train", "AMP_MODES"), **_ONE_OF)
-    t.add_argument("--pipeline", choices=_Choices("pipeline", "PIPELINES"), **_ONE_OF)
-    t.add_argument("--difficult", choices=_Choices("train", "DIFFICULT_MODES"), **_ONE_OF)
-    t.add_argument("--max-images", type=int, help="use at most N images per split (quick checks)")
-    t.add_argument("--pretrained-weights", help="AlexNet ImageNet weights file (alexnet-pretrained)")
-    t.add_argument("--freeze-features", action="store_true", help="pretrained AlexNet: train the head only")
+    _add_config_flags(t)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
+
+    lf = sub.add_parser("lr-find", help="learning-rate range test: the loss while the lr rises, and the lrs where it "
+                                        "falls fastest (trains a throwaway copy; records nothing)")
+    _add_config_flags(lf)
+    lf.add_argument("--steps", type=int, default=200, help="batches to train (default 200)")
+    lf.add_argument("--start-lr", type=float, default=1e-6)
+    lf.add_argument("--end-lr", type=float, default=1.0)
+    lf.add_argument("--plot", metavar="FILE.png", help="also save the loss-against-lr plot there")
+    lf.add_argument("--quiet", action="store_true")
+    lf.set_defaults(func=_cmd_lr_find)
 
     r = sub.add_parser("runs", help="list the recorded runs and their test mAP")
     r.add_argument("--runs-dir", default="runs")

@@ -99,6 +99,18 @@ class VOCSplit:
                         self.difficult[rows], self.synthetic, self._objects)
 
 
+def concat_splits(name: str, *splits: VOCSplit) -> VOCSplit:
+    """Return one split holding the rows of splits in order (train and val as trainval); they share one VOC tree."""
+    first = splits[0]
+    if any(s.voc_dir != first.voc_dir for s in splits):
+        raise UserError(f"The splits {', '.join(s.name for s in splits)} come from different VOC trees: join splits of one tree.")
+    objects = {}
+    for s in splits:
+        objects.update(s._objects)
+    return VOCSplit(name, first.voc_dir, [i for s in splits for i in s.ids], np.concatenate([s.targets for s in splits]),
+                    np.concatenate([s.difficult for s in splits]), first.synthetic, objects)
+
+
 def _looks_like_voc(folder: Path) -> bool:
     return folder.is_dir() and any((folder / part).is_dir() for part in _VOC_PARTS)
 

@@ -41,7 +41,7 @@ import torch
 
 from mp3kit import data as voc
 from mp3kit import settings
-from mp3kit import findings, kaggle, metrics, models, runs, synth, train
+from mp3kit import findings, kaggle, metrics, models, plots, runs, synth, train
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.table import Table
@@ -87,9 +87,9 @@ PROFILES = {
         long_epochs=3,
         final_epochs=3,
     ),
-    # Sized for a 2-core CPU. AlexNet-sized networks cost about 0.25 s a step there whatever the batch (their
-    # 9216 x 4096 layer sets the pace), so notebooks 2 and 3 take few, larger batches; the simple classifier is
-    # cheap per step but needs about 700 SGD steps to leave chance, so notebook 1 takes many small ones.
+    # Sized for a 2-core CPU (README, "Profiles"): an AlexNet-sized step costs about the same whatever the batch
+    # (the 9216 x 4096 layer sets the pace), so notebooks 2 and 3 take few, larger batches; the simple classifier is
+    # cheap per step but needs several hundred SGD steps to leave chance, so notebook 1 takes many small ones.
     "quick": Profile(
         "quick",
         "minutes on a laptop CPU: the embedded synthetic dataset at 64 px; notebook 1 batch 10 for 15 epochs, "
@@ -429,6 +429,29 @@ class Experiment:
     def note(self, key: str, text: str, section: str | None = None) -> None:
         """Give the report a markdown paragraph in section."""
         self._declare("note", key, section, text=text)
+
+    def lr_find(self, config=None, steps: int | None = None, key: str = "lr-find", section: str | None = None) -> dict:
+        """Run an lr range test of config on this notebook's data, plot it, print the suggested lr and range, return it.
+
+        The loss is recorded over steps batches (default: 200, the smoke profile 30) while the lr rises from 1e-6
+        to 1; the suggestion is where the smoothed loss falls fastest (see train.lr_range_test). Nothing is trained
+        for keeps: use the suggestion in a run's config.
+        """
+        config = self._as_config(config)
+        steps = steps or (30 if self.profile.name == "smoke" else 200)
+        found = train.lr_range_test(config, data=self._data_for(config.max_images), steps=steps, progress=self.progress)
+        plots.plot_lr_find(found, path=self.figure(key, f"Learning-rate range test ({config.optimizer})", section),
+                           title=f"Learning-rate range test, {config.model_label()} with {config.optimizer}",
+                           synthetic=self.synthetic)
+        if found["suggested_lr"] is None:
+            print(f"{key}: the loss did not fall over lrs {found['lr'][0]:.1g} to {found['lr'][-1]:.1g}; "
+                  "check the model and the data, or raise steps.")
+        else:
+            low, high = found["range"]
+            print(f"{key}: with {config.optimizer}, the loss falls fastest at lr {found['suggested_lr']:.2g} and at least "
+                  f"half as fast from {low:.2g} to {high:.2g}: try lrs in that range.")
+        self.record(key, {k: found[k] for k in ("suggested_lr", "range")})
+        return found
 
     def finding(self, number, text: str, claims, *, seed: str = "", published: str = "",
                 section: str = "findings") -> str:

@@ -72,6 +72,28 @@ def history_png(runs, title=None, size=(12, 4.5)) -> bytes:
     return _png_bytes(_make_history(runs, title, size, pyplot=False))
 
 
+def plot_lr_find(found: dict, path=None, title="Learning-rate range test", synthetic: bool = False) -> None:
+    """Plot an lr range test (train.lr_range_test): loss against a rising lr, with the suggested lr and range marked."""
+    _finish(_make_lr_find(found, title, synthetic), path)
+
+
+def _make_lr_find(found: dict, title, synthetic):
+    with _figure(1, 1, (7, 4)) as (fig, axes):
+        ax = axes[0][0]
+        ax.plot(found["lr"], found["loss"], color="0.75", linewidth=0.8, label="loss per batch")
+        ax.plot(found["lr"], found["smoothed"], color="C0", label="smoothed")
+        if found.get("range"):
+            ax.axvspan(*found["range"], color="C2", alpha=0.15, label="falls at least half as fast")
+            ax.axvline(found["suggested_lr"], color="C2", linestyle="--",
+                       label=f"falls fastest: lr {found['suggested_lr']:.2g}")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="training loss")
+        ax.set_ylim(top=min(max(found["smoothed"]) * 1.2, max(found["loss"])))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.suptitle(_title(title, synthetic))
+        return fig
+
+
 def _make_history(runs, title=None, size=(12, 4.5), pyplot=True):
     """Return the Figure of loss and mAP against epoch for runs (x axis: every planned epoch)."""
     runs = _as_runs(runs)

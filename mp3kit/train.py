@@ -36,6 +36,10 @@ DIFFICULT_MODES = ("positive", "negative", "ignore")
 AMP_MODES = ("auto", "on", "off")  # mixed precision: auto = on for CUDA only
 CHECKPOINT_VERSION = 1  # later keys (history) are optional, so version 1 files still load
 RESUME_CHOICES = (False, True, "auto")
+TRAIN_SPLITS = ("train", "trainval")
+TTA_MODES = ("none", "flip")
+# TrainConfig fields added after runs were first recorded, with the value that older runs had in effect.
+LATER_FIELDS = {"train_split": "train", "tta": "none"}
 
 
 @dataclass
@@ -67,6 +71,10 @@ class TrainConfig:
     difficult: str = "positive"  # how difficult-only labels count in training (the kit: positive)
     pipeline: str = "cached"  # cached (decode once) | per-item (the kit's PIL path, for comparison)
     max_images: int | None = None  # cap every split (smoke runs)
+    # train | trainval: train and val together, the VOC protocol for a final test number (choose the epochs on
+    # train/val first: a trainval run has no held-out val curve).
+    train_split: str = "train"
+    tta: str = "none"  # none | flip: evaluation scores averaged over each image and its mirror
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -82,6 +90,8 @@ class TrainConfig:
             "schedule": SCHEDULES,
             "augment": pipeline.AUGMENT_PRESETS,
             "difficult": DIFFICULT_MODES,
+            "train_split": TRAIN_SPLITS,
+            "tta": TTA_MODES,
             "pipeline": pipeline.PIPELINES,
             "amp": AMP_MODES,
         }
@@ -136,6 +146,10 @@ class Data:
     @property
     def synthetic(self) -> bool:
         return bool(self.train.synthetic)
+
+    def training(self, split: str = "train") -> voc.VOCSplit:
+        """Return the split a run trains on: train, or train and val together (trainval)."""
+        return self.train if split == "train" else voc.concat_splits("trainval", self.train, self.val)
 
 
 def _subset(split: voc.VOCSplit, n: int | None) -> voc.VOCSplit:
@@ -356,35 +370,47 @@ def train_one_epoch(model, optimizer, loader, epoch: int, *, amp=None, scaler=No
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None) -> tuple[float, np.ndarray]:
-    """Return the mean loss and the (N, 20) sigmoid scores of model over loader, in loader order."""
+def evaluate(model, loader, device, amp_dtype=None, tta: str = "none") -> tuple[float, np.ndarray]:
+    """Return the mean loss and the (N, 20) sigmoid scores of model over loader, in loader order.
+
+    tta="flip" scores each image as the mean of the sigmoid scores of the image and its mirror image.
+    """
     model.eval()
     total, count, scores = 0.0, 0, []
     for x, y in loader:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)  # (B, 20)
-        logits = logits.float()
-        total += F.binary_cross_entropy_with_logits(logits, y.clamp(min=0), reduction="sum").item()
+        views = (x, x.flip(-1)) if tta == "flip" else (x,)  # x: (B, 3, H, W); flip(-1) mirrors left-right
+        probs = []
+        for view in views:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                probs.append(torch.sigmoid(model(view).float()))  # (B, 20)
+        p = torch.stack(probs).mean(0)
+        p_, t = p.clamp(1e-7, 1 - 1e-7), y.clamp(min=0)  # written out: a NaN output gives a NaN loss, not an error
+        total += -(t * p_.log() + (1 - t) * (1 - p_).log()).sum().item()
         count += y.numel()
-        scores.append(torch.sigmoid(logits).cpu())
+        scores.append(p.cpu())
     return total / max(count, 1), torch.cat(scores).numpy()
 
 
-def evaluate_epoch(model, train_loader, val_loader, data: Data, device, amp, epoch: int) -> dict:
-    """Return the train mAP, val mAP and val loss after 0-based epoch; NonFiniteLoss when the outputs are not finite."""
-    _, train_scores = evaluate(model, train_loader, device, amp)
-    val_loss, val_scores = evaluate(model, val_loader, device, amp)
-    if not (np.isfinite(train_scores).all() and np.isfinite(val_scores).all()):
+def evaluate_epoch(model, train_loader, val_loader, train_split: voc.VOCSplit, val_split: voc.VOCSplit | None, device,
+                   amp, epoch: int, tta: str = "none") -> dict:
+    """Return the train mAP, val mAP and val loss after 0-based epoch; NonFiniteLoss when the outputs are not finite.
+
+    val_loader None (a run that trains on val too) gives no val figures.
+    """
+    _, train_scores = evaluate(model, train_loader, device, amp, tta)
+    val_loss, val_scores = evaluate(model, val_loader, device, amp, tta) if val_loader is not None else (None, None)
+    if not (np.isfinite(train_scores).all() and (val_scores is None or np.isfinite(val_scores).all())):
         raise NonFiniteLoss(
             f"The network's outputs became NaN or infinite at epoch {epoch + 1}: lower the learning rate; "
             "the checkpoint of the last good epoch is kept."
         )
-    return {"train_map": _map(data.train, train_scores), "val_map": _map(data.val, val_scores), "val_loss": val_loss}
+    val_map = _map(val_split, val_scores) if val_scores is not None else None
+    return {"train_map": _map(train_split, train_scores), "val_map": val_map, "val_loss": val_loss}
 
 
-def evaluate_test(model, loader, split: voc.VOCSplit, device, amp) -> tuple[dict, np.ndarray]:
+def evaluate_test(model, loader, split: voc.VOCSplit, device, amp, tta: str = "none") -> tuple[dict, np.ndarray]:
     """Return the test metrics (mAP, mean loss, AP per class) of model over split's loader, and its (N, 20) scores."""
-    test_loss, scores = evaluate(model, loader, device, amp)
+    test_loss, scores = evaluate(model, loader, device, amp, tta)
     with warnings.catch_warnings():
         # A class absent from a small (smoke) test split gets AP None in metrics.json; no need to shout.
         warnings.simplefilter("ignore", metrics.NoPositivesWarning)
@@ -566,6 +592,7 @@ def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
     # A run recorded under the names older versions used (model "seed", augment "seed") is the same run.
     current = {"model": models.canonical_name, "augment": pipeline.canonical_augment}
     recorded = {k: current[k](v) if k in current else v for k, v in run.config.items() if k != "data"}
+    recorded = {**LATER_FIELDS, **recorded}  # runs saved before a field existed did what its default does
     return (
         recorded == config.to_dict()
         and run.config.get("data", {}).get("identities") == _identities(data)
@@ -606,12 +633,12 @@ def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool)
     return None, ckpt
 
 
-def _loaders(config: TrainConfig, data: Data, device, cache_dir, progress: bool):
-    """Return the training loader and a function that makes the evaluation loader of a split."""
+def _loaders(config: TrainConfig, training: voc.VOCSplit, device, cache_dir, progress: bool):
+    """Return the loader of the training split and a function that makes the evaluation loader of a split."""
     loader_kw = dict(batch_size=config.batch_size, image_size=config.image_size, seed=config.seed, device=device,
                      pipeline=config.pipeline, cache_dir=cache_dir, progress=progress)
-    train_loader = pipeline.make_loader(data.train, train=True, augment=config.augment,
-                                        targets=training_targets(data.train, config.difficult), **loader_kw)
+    train_loader = pipeline.make_loader(training, train=True, augment=config.augment,
+                                        targets=training_targets(training, config.difficult), **loader_kw)
     # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
     # and AlexNet-sized layers run faster on bigger batches (README, "Speed").
     eval_kw = {**loader_kw, "batch_size": 2 * config.batch_size}
@@ -682,9 +709,11 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     run.device_info, run.origin = precision_info(device, amp), "resumed" if ckpt else "trained"
     if progress:
         print(f"{name}: {precision_line(run.device_info)}", flush=True)
-    train_loader, eval_loader = _loaders(config, data, device, cache_dir, progress)
-    train_eval_loader, val_loader = eval_loader(data.train), eval_loader(data.val)
-    step_kw = dict(amp=amp, scaler=scaler, pos_weight=_pos_weight(config, data.train.targets, device), stop=stop,
+    training = data.training(config.train_split)
+    held_out = data.val if config.train_split == "train" else None  # trainval: val is trained on, not held out
+    train_loader, eval_loader = _loaders(config, training, device, cache_dir, progress)
+    train_eval_loader, val_loader = eval_loader(training), held_out and eval_loader(held_out)
+    step_kw = dict(amp=amp, scaler=scaler, pos_weight=_pos_weight(config, training.targets, device), stop=stop,
                    progress=progress)
     t_run, writer = time.perf_counter(), _CheckpointWriter(kept=start)
     try:
@@ -698,8 +727,10 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
                         group["lr"] = config.lr * lr_factor(config, epoch)
                     record = train_one_epoch(model, optimizer, train_loader, epoch, **step_kw)
                     if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                        record.update(evaluate_epoch(model, train_eval_loader, val_loader, data, device, amp, epoch))
-                        best = record["val_map"] if best is None else max(best, record["val_map"])
+                        record.update(evaluate_epoch(model, train_eval_loader, val_loader, training, held_out, device,
+                                                     amp, epoch, config.tta))
+                        if record["val_map"] is not None:
+                            best = record["val_map"] if best is None else max(best, record["val_map"])
                     run.history.append(record)
                     if epoch + 1 < config.epochs:  # the last epoch's weights are saved with the test results
                         writer.save(run.checkpoint_path,
@@ -728,9 +759,77 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     return run
 
 
+def lr_range_test(config: TrainConfig, data_root=None, *, data: Data | None = None, steps: int = 200,
+                  start_lr: float = 1e-6, end_lr: float = 1.0, cache_dir=None, progress: bool = False) -> dict:
+    """Train config's network afresh for up to steps batches while the lr rises exponentially from start_lr to end_lr.
+
+    Returns the lrs, the losses and their smoothed curve, and the suggestion: the lr where the smoothed loss falls
+    fastest against log lr ("suggested_lr"), and the range of lrs around it where it falls at least half as fast
+    ("range"). The test stops early once the loss exceeds four times its lowest value. Nothing is recorded on disk.
+    """
+    config.validate()
+    if not (0 < start_lr < end_lr and steps >= 10):
+        raise UserError(f"lr_range_test needs 0 < start_lr < end_lr and at least 10 steps (got {start_lr:g}, "
+                        f"{end_lr:g}, {steps}).")
+    data = data or load_data(data_root, config.max_images)
+    device = pick_device(config.device)
+    _set_seed(config.seed)
+    model = place_model(build_model(config), device).train()
+    amp = amp_dtype(config, device)
+    optimizer, scaler = make_optimizer(config.replace(lr=start_lr), model.parameters()), grad_scaler(amp)
+    training = data.training(config.train_split)
+    loader, _ = _loaders(config, training, device, cache_dir, progress)
+    pos_weight = _pos_weight(config, training.targets, device)
+    growth = (end_lr / start_lr) ** (1 / (steps - 1))
+    lrs, losses, running, average, epoch = [], [], [], 0.0, 0
+    while len(lrs) < steps:
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            lr = start_lr * growth ** len(lrs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight).item()
+            if not math.isfinite(loss):
+                break
+            average = 0.9 * average + 0.1 * loss  # an exponential moving average, bias-corrected below
+            lrs.append(lr), losses.append(loss), running.append(average / (1 - 0.9 ** len(lrs)))
+            if len(lrs) >= steps or running[-1] > 4 * min(running):
+                break
+        else:
+            epoch += 1
+            continue
+        break
+    # The running average decides when to stop; the curve returned is a centred moving average, which, unlike the
+    # running one, does not lag behind the rising lr.
+    k = max(1, len(losses) // 40)
+    centred = [float(np.mean(losses[max(0, i - k): i + k + 1])) for i in range(len(losses))]
+    return {"lr": lrs, "loss": losses, "smoothed": centred, **suggest_lr(lrs, centred)}
+
+
+def suggest_lr(lrs, smoothed) -> dict:
+    """Return the lr where the smoothed loss falls fastest against log lr, and the lrs where it falls at least half as fast."""
+    if len(lrs) < 5:
+        raise UserError(f"The lr range test stopped after {len(lrs)} steps: lower start_lr or check the loss.")
+    loss, log_lr = np.asarray(smoothed, dtype=float), np.log10(lrs)
+    # Loss change per decade of lr, over a window of about a tenth of the steps either side: a step-to-step
+    # difference of the smoothed loss is mostly noise.
+    k = max(1, len(lrs) // 10)
+    ahead, behind = np.minimum(np.arange(len(lrs)) + k, len(lrs) - 1), np.maximum(np.arange(len(lrs)) - k, 0)
+    slope = (loss[ahead] - loss[behind]) / (log_lr[ahead] - log_lr[behind])
+    best = int(np.argmin(slope))
+    if slope[best] >= 0:
+        return {"suggested_lr": None, "range": None}  # the loss never fell
+    low = high = best
+    while low > 0 and slope[low - 1] <= slope[best] / 2:
+        low -= 1
+    while high < len(slope) - 1 and slope[high + 1] <= slope[best] / 2:
+        high += 1
+    return {"suggested_lr": float(lrs[best]), "range": [float(lrs[low]), float(lrs[high])]}
+
+
 def _finish(run: Run, model, test_loader, data: Data, device, amp, config: TrainConfig, best, writer, t_run) -> None:
     """Test the trained model, keep its weights, record the test results and mark the run complete."""
-    test_metrics, scores = evaluate_test(model, test_loader, data.test, device, amp)
+    test_metrics, scores = evaluate_test(model, test_loader, data.test, device, amp, config.tta)
     run.metrics = {**test_metrics, "best_val_map": best, "epochs_done": len(run.history), "synthetic": data.synthetic,
                    **run.device_info, "seconds": time.perf_counter() - t_run}
     # The finished run's checkpoint keeps weights and config, not the optimizer state (AlexNet's is 2x the weights):

@@ -239,3 +239,14 @@ def test_a_finding_is_checked_on_the_notebooks_runs_printed_and_given_to_the_rep
 def test_a_malformed_finding_is_one_sentence(exp, claim, says):
     with pytest.raises(UserError, match=re.escape(says)):
         exp.finding(1, "x", [claim])
+
+
+def test_lr_find_plots_the_range_test_prints_its_suggestion_and_records_it(exp, capsys):
+    found = exp.lr_find(exp.config(model=TINY_NET, optimizer="adam", max_images=40), steps=40, section="simple-plots")
+    out = capsys.readouterr().out
+    assert (exp.figures_dir / "lr-find.png").stat().st_size > 1000
+    low, high = found["range"]
+    assert f"the loss falls fastest at lr {found['suggested_lr']:.2g}" in out and f"from {low:.2g} to {high:.2g}" in out
+    m = _manifest(exp)
+    assert m["values"]["lr-find"] == {"suggested_lr": found["suggested_lr"], "range": found["range"]}
+    assert {"kind": "figure", "key": "lr-find", "section": "simple-plots"}.items() <= m["report"][-1].items()

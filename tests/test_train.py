@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -525,3 +526,109 @@ def test_a_run_recorded_under_the_old_names_seed_is_reused_under_the_new_ones(vo
     cfg = train.TrainConfig(**{**SMALL, "epochs": 1, "model": "alexnet-bn", "augment": "jitter-flip-rotate"})
     again = train.fit(cfg, voc_root, name="old", runs_dir=tmp_path, progress=False, reuse=True)
     assert again.origin == "reused" and again.metrics == first.metrics
+
+
+# ---------------------------------------------------------------- recipes: trainval, flip TTA, the lr range test
+
+RECIPE_NET = {"name": "tiny3", "blocks": [{"conv": 16, "s": 2, "bn": True}, {"conv": 32, "s": 2, "bn": True},
+                                         {"conv": 64, "s": 2, "bn": True}], "pool": "global", "head": []}
+RECIPE = dict(model=RECIPE_NET, optimizer="adam", lr=3e-3, epochs=6, batch_size=25, image_size=64, eval_every=3,
+              max_images=200)
+
+
+@pytest.fixture(scope="module")
+def recipe_data(voc_root):
+    return train.load_data(voc_root, RECIPE["max_images"])
+
+
+@pytest.fixture(scope="module")
+def recipe_run(recipe_data, tmp_path_factory):
+    return train.fit(train.TrainConfig(**RECIPE), name="train", runs_dir=tmp_path_factory.mktemp("recipe"),
+                     progress=False, data=recipe_data)
+
+
+def test_training_on_trainval_beats_train_alone_with_the_same_recipe(recipe_data, recipe_run, tmp_path):
+    both = train.fit(train.TrainConfig(**RECIPE, train_split="trainval"), name="tv", runs_dir=tmp_path, progress=False,
+                     data=recipe_data)
+    assert both.config["train_split"] == "trainval" and recipe_run.config["train_split"] == "train"
+    assert both.test_map >= recipe_run.test_map + 0.02, (both.test_map, recipe_run.test_map)
+    # val is trained on, so a trainval run has no held-out val curve, only the train mAP over train + val.
+    evaluated = [h for h in both.history if h["train_map"] is not None]
+    assert evaluated and all(h["val_map"] is None and h["val_loss"] is None for h in evaluated)
+    assert both.best_val_map() is None and both.complete
+
+
+def test_flip_tta_scores_an_image_and_its_mirror_alike_and_does_not_lower_map(recipe_data, recipe_run):
+    model = train.load_model(recipe_run)
+    loader = train.pipeline.make_loader(recipe_data.test, train=False, batch_size=50, image_size=64,
+                                        device=torch.device("cpu"))
+    plain, _ = train.evaluate_test(model, loader, recipe_data.test, torch.device("cpu"), None)
+    flip, scores = train.evaluate_test(model, loader, recipe_data.test, torch.device("cpu"), None, tta="flip")
+    assert flip["test_map"] >= plain["test_map"] - 0.005, (flip["test_map"], plain["test_map"])
+    assert flip["test_map"] != plain["test_map"]  # the mirror images were really scored
+    x, _ = next(iter(loader))
+    mirrored = _OneBatch(x.flip(-1))
+    _, a = train.evaluate(model, _OneBatch(x), torch.device("cpu"), tta="flip")
+    _, b = train.evaluate(model, mirrored, torch.device("cpu"), tta="flip")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _OneBatch:
+    def __init__(self, x):
+        self.x = x
+
+    def __iter__(self):
+        yield self.x, torch.zeros(self.x.shape[0], 20)
+
+
+def test_tta_is_recorded_in_the_config_and_a_run_without_the_new_fields_is_still_reused(recipe_data, recipe_run, tmp_path):
+    assert recipe_run.config["tta"] == "none"
+    old = runs.load_run(recipe_run.path)
+    config = {k: v for k, v in old.config.items() if k not in train.LATER_FIELDS}  # as saved before they existed
+    (recipe_run.path / "config.json").write_text(json.dumps(config))
+    again = train.fit(train.TrainConfig(**RECIPE), name="train", runs_dir=recipe_run.path.parent, progress=False,
+                      data=recipe_data, reuse=True)
+    assert again.origin == "reused"
+    with pytest.raises(UserError, match="TrainConfig.tta='mirror' is not one of none, flip"):
+        train.TrainConfig(tta="mirror")
+
+
+def test_the_lr_range_test_suggests_an_lr_near_the_best_and_far_ahead_of_ten_times_less(recipe_data, tmp_path):
+    config = train.TrainConfig(**{**RECIPE, "epochs": 2})
+    found = train.lr_range_test(config, data=recipe_data, steps=150)
+    lr, (low, high) = found["suggested_lr"], found["range"]
+    assert low <= lr <= high and len(found["lr"]) == len(found["loss"]) == len(found["smoothed"])
+    assert all(b > a for a, b in zip(found["lr"], found["lr"][1:]))
+
+    def final_loss(lr):
+        run = train.fit(config.replace(lr=lr), name=f"lr{lr:g}", runs_dir=tmp_path, progress=False, data=recipe_data)
+        return run.history[-1]["train_loss"]
+
+    # Near the best of the three and far ahead of ten times less (an lr a decade below barely moves in 2 epochs).
+    at, below, above = final_loss(lr), final_loss(lr / 10), final_loss(lr * 10)
+    assert at <= 1.1 * min(below, above) and at < below - 0.1, (below, at, above)
+
+
+def test_suggest_lr_finds_the_steepest_fall_of_a_known_curve():
+    lrs = np.logspace(-6, 0, 121)
+    loss = 0.7 - 0.5 / (1 + np.exp(-(np.log10(lrs) + 3) * 3))  # falls fastest at lr 1e-3
+    found = train.suggest_lr(lrs, loss)
+    assert found["suggested_lr"] == pytest.approx(1e-3, rel=0.13)
+    assert found["range"][0] < 1e-3 < found["range"][1] and found["range"][1] / found["range"][0] < 100
+    assert train.suggest_lr(lrs, np.linspace(0.2, 0.7, 121)) == {"suggested_lr": None, "range": None}
+
+
+def test_cli_trains_on_trainval_with_flip_tta_and_runs_the_lr_range_test(voc_root, tmp_path):
+    out = _cli("train", "--data-root", str(voc_root), "--name", "tv", "--runs-dir", str(tmp_path), "--epochs", "1",
+               "--image-size", "64", "--max-images", "30", "--train-split", "trainval", "--tta", "flip", "--quiet")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "tv" / "config.json").read_text())
+    assert config["train_split"] == "trainval" and config["tta"] == "flip"
+    found = _cli("lr-find", "--data-root", str(voc_root), "--image-size", "64", "--max-images", "60", "--steps", "40",
+                 "--optimizer", "adam", "--plot", str(tmp_path / "lr.png"), "--quiet")
+    assert found.returncode == 0, found.stderr
+    assert re.fullmatch(r"simple with adam: the loss falls fastest at lr \S+, and at least half as fast from \S+ to \S+ "
+                        r"\(40 steps\); plot: .*lr\.png\n", found.stdout), found.stdout
+    assert (tmp_path / "lr.png").stat().st_size > 1000
+    bad = _cli("train", "--tta", "mirror")
+    assert bad.returncode == 2 and "invalid choice: 'mirror'" in bad.stderr
