@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 report: setup
 	$(PY) -m mp3kit report --profile quick
 
-# Unit tests plus the three notebooks under nbval in the smoke profile.
+# ruff (configured in pyproject.toml), then the unit tests plus the three notebooks under nbval in the smoke profile.
 test: setup
+	$(PY) -m ruff check .
 	MP3KIT_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
 
 bench: setup

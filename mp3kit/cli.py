@@ -152,7 +152,8 @@ def _cmd_submit(args) -> int:
 
     run = runs.load_run(args.run)
     if not run.complete:
-        raise UserError(f"The run {run.path} is {run.status}, with no test evaluation yet: resume it first (mp3kit train --resume).")
+        raise UserError(f"The run {run.path} is {run.status}, with no test evaluation yet: resume it first (mp3kit "
+                        f"train --resume).")
     out = Path(args.out or run.path / "kaggle.csv")
     kaggle.write_kaggle_csv(out, run.test_ap)
     print(f"Wrote {out}: Kaggle score (1 - mAP) {1 - run.test_map:.5f}" + (" (synthetic data)" if run.synthetic else ""))

@@ -40,8 +40,7 @@ from pathlib import Path
 import torch
 
 from mp3kit import data as voc
-from mp3kit import settings
-from mp3kit import findings, kaggle, metrics, models, plots, runs, synth, train
+from mp3kit import findings, kaggle, metrics, models, plots, runs, settings, synth, train
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.table import Table
@@ -72,7 +71,7 @@ class Profile:
         """Return the epochs of an ordinary run."""
         return int(self.train.get("epochs", TrainConfig.epochs))
 
-    def for_notebook(self, notebook: str) -> "Profile":
+    def for_notebook(self, notebook: str) -> Profile:
         """Return this profile as notebook (e.g. "01_introduction") runs it, with that notebook's overrides applied."""
         changes = dict(self.notebooks.get(str(notebook).split("_", 1)[0], {}))
         train_changes = changes.pop("train", {})
@@ -271,7 +270,8 @@ class Experiment:
         if isinstance(config, dict):
             return self.config(**config)
         if not isinstance(config, TrainConfig):
-            raise UserError(f"Experiment.run got a {type(config).__name__}: pass exp.config(...) or a dict of TrainConfig changes.")
+            raise UserError(f"Experiment.run got a {type(config).__name__}: pass exp.config(...) or a dict of "
+                            f"TrainConfig changes.")
         return config
 
     def _run_line(self, key: str, run: Run, seconds) -> str:
@@ -495,7 +495,8 @@ class Experiment:
         try:
             json.dumps(value)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"The value recorded as {key!r} is not JSON ({exc}): record numbers, strings, lists or dicts.") from exc
+            raise UserError(f"The value recorded as {key!r} is not JSON ({exc}): record numbers, strings, lists or "
+                            f"dicts.") from exc
         self.manifest["values"][key] = value
         self._save()
         return value

@@ -48,7 +48,7 @@ class Claim:
         return {"kind": self.kind, "keys": list(self.keys), "text": self.text}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Claim":
+    def from_dict(cls, d: dict) -> Claim:
         return cls(d["kind"], tuple(d["keys"]), d.get("text", ""))
 
 
@@ -67,7 +67,7 @@ class Finding:
                 "seed": self.seed, "published": self.published}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Finding":
+    def from_dict(cls, d: dict) -> Finding:
         return cls(str(d["number"]), d["text"], tuple(Claim.from_dict(c) for c in d["claims"]), d.get("seed", ""),
                    d.get("published", ""))
 

@@ -56,7 +56,8 @@ def write_kaggle_csv(path, aps) -> Path:
                 "evaluate on the full test split so every class has positives."
             )
         if not -_AP_SLACK <= ap <= 1 + _AP_SLACK:
-            raise UserError(f"Cannot write {path}: the AP of class {i} is {ap}, outside [0, 1]; pass APs, not 1 - AP or percentages.")
+            raise UserError(f"Cannot write {path}: the AP of class {i} is {ap}, outside [0, 1]; pass APs, not 1 - AP "
+                            f"or percentages.")
     lines = [",".join(HEADER)]
     lines += [f"{i},{float(min(max(1.0 - ap, 0.0), 1.0))!r}" for i, ap in enumerate(values)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
@@ -135,7 +136,8 @@ def write_predictions_csv(path, ids, scores, classes=None) -> Path:
     scores = _to_numpy(scores)
     ids = [str(i) for i in ids]
     if scores.ndim != 2 or scores.shape[1] != len(classes):
-        raise UserError(f"Cannot write {path}: scores have shape {scores.shape}; expected (N, {len(classes)}), one column per class.")
+        raise UserError(f"Cannot write {path}: scores have shape {scores.shape}; expected (N, {len(classes)}), one "
+                        f"column per class.")
     if len(ids) != scores.shape[0]:
         raise UserError(f"Cannot write {path}: {len(ids)} ids but {scores.shape[0]} score rows; pass one id per image.")
     buf = io.StringIO()

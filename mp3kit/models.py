@@ -38,7 +38,6 @@ from mp3kit import settings
 from mp3kit.table import Table
 from mp3kit.util import UserError
 
-
 # --------------------------------------------------------------------------------------------------
 # The course kit's networks
 
@@ -145,7 +144,8 @@ def _check_matches(model: nn.Module, state: dict, source: str, skip_prefix: str)
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
             if keys
         )
-        raise UserError(f"Weights file {source} does not match the AlexNet architecture ({detail}); give torchvision's AlexNet ImageNet weights.")
+        raise UserError(f"Weights file {source} does not match the AlexNet architecture ({detail}); give "
+                        f"torchvision's AlexNet ImageNet weights.")
 
 
 def freeze_feature_layers(model: nn.Module) -> nn.Module:
@@ -175,7 +175,8 @@ def alexnet(pretrained=False, weights_path=None, freeze_features=False, num_clas
         kept = {k: v.float().contiguous() for k, v in state.items() if not k.startswith("classifier.6.")}
         model.load_state_dict(kept, strict=False, assign=True)
     elif weights_path is not None:
-        raise UserError(f"weights_path={weights_path} is only used with pretrained=True; drop it or ask for the pretrained AlexNet.")
+        raise UserError(f"weights_path={weights_path} is only used with pretrained=True; drop it or ask for the "
+                        f"pretrained AlexNet.")
     else:
         model = tv_alexnet(weights=None)
     model.classifier[6] = nn.Linear(4096, num_classes)
@@ -273,22 +274,26 @@ def parse_spec(spec) -> dict:
         if not text.startswith("{"):
             path = Path(text).expanduser()
             if not path.is_file():
-                raise UserError(f"Model spec {text!r} is neither JSON nor an existing .json file; write it like '{{\"blocks\": [{{\"conv\": 64}}]}}'.")
+                raise UserError(f"Model spec {text!r} is neither JSON nor an existing .json file; write it like "
+                                f"'{{\"blocks\": [{{\"conv\": 64}}]}}'.")
             text, source = path.read_text(encoding="utf-8"), f"Model spec file {path}"
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix it there.") from exc
+            raise UserError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix it "
+                            f"there.") from exc
     if not isinstance(spec, dict):
         raise UserError(f"Model spec must be an object like {{\"blocks\": [...]}}, got {type(spec).__name__}.")
     unknown = sorted(set(spec) - _TOP_KEYS)
     if unknown:
-        raise UserError(f"Model spec key {unknown[0]!r} is unknown; a spec may have {', '.join(sorted(_TOP_KEYS))} (block settings go inside 'blocks').")
+        raise UserError(f"Model spec key {unknown[0]!r} is unknown; a spec may have {', '.join(sorted(_TOP_KEYS))} "
+                        f"(block settings go inside 'blocks').")
     if "name" in spec and not isinstance(spec["name"], str):
         _fail("key 'name'", f"got {spec['name']!r}; use a string.")
     blocks = spec.get("blocks")
     if not isinstance(blocks, list) or not blocks:
-        raise UserError("Model spec key 'blocks' is missing or empty; give a list of blocks such as [{\"conv\": 64, \"k\": 3, \"pool\": 2}].")
+        raise UserError("Model spec key 'blocks' is missing or empty; give a list of blocks such as "
+                        "[{\"conv\": 64, \"k\": 3, \"pool\": 2}].")
     default_bn = spec.get("bn", False)
     _check_bool(default_bn, "key 'bn'")
     for i, block in enumerate(blocks):
@@ -337,7 +342,7 @@ class SpecNet(nn.Module):
         channels = 3  # RGB
         for i, raw in enumerate(self.spec["blocks"]):
             b = _validate_block(raw, i, default_bn)
-            for r in range(b["repeat"]):
+            for _ in range(b["repeat"]):
                 if b["kind"] == "res":
                     layers.append(Residual(channels, b["out"], b["k"], b["s"], b["p"], b["bn"]))
                 else:

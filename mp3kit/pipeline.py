@@ -142,7 +142,7 @@ def _build_cache(split, size: int, path: Path, meta_path: Path, expected: dict, 
                     future.cancel()
                 raise
         images.flush()
-        del images
+        images = None  # release the map before the rename (the workers are done with it)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,10 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mp3kit import __version__
-from mp3kit import findings
+from mp3kit import __version__, findings, settings
 from mp3kit import runs as run_records
-from mp3kit import settings
 from mp3kit.table import Table
 from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
 

@@ -161,6 +161,7 @@ def load_test_scores(run: Run) -> dict:
     """Return the run's test ids, scores, targets and difficult mask as numpy arrays."""
     path = run.path / "test_scores.npz"
     if not path.exists():
-        raise UserError(f"{path} is missing: the run {run.name!r} has not finished its test evaluation; resume it with resume=True.")
+        raise UserError(f"{path} is missing: the run {run.name!r} has not finished its test evaluation; resume it "
+                        f"with resume=True.")
     with np.load(path) as z:
         return {k: z[k] for k in ("ids", "scores", "targets", "difficult")}

@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mp3kit.data import (SPLITS, VOC_CLASSES, VOCDataset, VOCObject, check_tree, find_voc_dir, format_check,
-                         load_split, open_image)
+from mp3kit.data import SPLITS, VOC_CLASSES, VOCDataset, VOCObject, check_tree, find_voc_dir, format_check, load_split, open_image
 from mp3kit.util import UserError
 
 IMAGESETS_ARCHIVE = Path(__file__).parent / "data" / "voc2007_imagesets.tar.xz"

@@ -9,8 +9,17 @@ from torch import nn
 
 from mp3kit import models, settings
 from mp3kit.models import (
-    ALEXNET_BN, BASENET, SEED_ABLATION, SimpleClassifier, alexnet, architecture_table, build, model_from_name,
-    with_block_changes, with_blocks_inserted, with_changes,
+    ALEXNET_BN,
+    BASENET,
+    SEED_ABLATION,
+    SimpleClassifier,
+    alexnet,
+    architecture_table,
+    build,
+    model_from_name,
+    with_block_changes,
+    with_blocks_inserted,
+    with_changes,
 )
 from mp3kit.util import UserError
 

@@ -7,7 +7,6 @@ run in a second virtualenv with Colab's ipywidgets 7.7.1 and ipykernel 6.17.1 (t
 import importlib.util
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
