@@ -457,20 +457,16 @@ def _render_item(item: dict, name: str, nb: dict, profile: str, chance) -> str:
 
 def _findings_table(items: list, chance, references: bool) -> str:
     """Return the table of the seed report's findings, each checked on its notebook's runs, and the rule used."""
+    if chance is None:
+        return "_The findings need the chance level, which no notebook recorded: rebuild the report._"
     rows = []
     for item, nb in items:
-        finding = findings.Finding.from_dict(item["finding"])
         runs = nb["runs"]
         maps = {k: r.get("test_map") for k, r in runs.items() if r.get("status") == "complete"}
         labels = {k: r.get("label", k) for k, r in runs.items()}
-        if chance is None:
-            return "_The findings need the chance level, which no notebook recorded: rebuild the report._"
-        rows.extend(findings.rows([finding], maps, labels, chance, references=references))
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+        rows += findings.rows([findings.Finding.from_dict(item["finding"])], maps, labels, chance, references=references)
     rule = items[0][0].get("rule") or findings.RULE  # the rule the notebook checked its findings by
-    return "\n".join(lines) + f"\n\n{rule}"
+    return _markdown(Table(rows, note=rule))
 
 
 def _captioned(caption, body: str) -> str:

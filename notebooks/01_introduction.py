@@ -197,9 +197,10 @@ plots.plot_history(exp.labelled(*lr_runs),
 # %% [markdown]
 # **Instead of guessing: a learning-rate range test.** `exp.lr_find(config)` trains a throwaway
 # copy of the network for a couple of hundred batches while the learning rate rises from 1e-6
-# to 1, and plots the loss against it. Where the loss falls fastest is a good learning rate; where
-# it turns upward, training diverges. The test takes seconds here, and it says which of the three
-# rates above was worth trying before you spend epochs on them.
+# to 1, and plots the loss against it. Where the loss falls fastest is a safe learning rate, the
+# top of the shaded range is often faster, and where the curve turns upward training diverges. The
+# test takes seconds here, and it says which of the three rates above was worth trying before you
+# spend epochs on them.
 
 # %%
 lr_found = exp.lr_find(exp.config(model="simple"), section="simple-plots")

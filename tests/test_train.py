@@ -593,20 +593,21 @@ def test_tta_is_recorded_in_the_config_and_a_run_without_the_new_fields_is_still
         train.TrainConfig(tta="mirror")
 
 
-def test_the_lr_range_test_suggests_an_lr_near_the_best_and_far_ahead_of_ten_times_less(recipe_data, tmp_path):
+def test_the_lr_range_test_suggests_an_lr_that_trains_far_faster_than_a_decade_lower(recipe_data, tmp_path):
     config = train.TrainConfig(**{**RECIPE, "epochs": 2})
     found = train.lr_range_test(config, data=recipe_data, steps=150)
     lr, (low, high) = found["suggested_lr"], found["range"]
     assert low <= lr <= high and len(found["lr"]) == len(found["loss"]) == len(found["smoothed"])
     assert all(b > a for a, b in zip(found["lr"], found["lr"][1:]))
 
-    def final_loss(lr):
+    def losses(lr):
         run = train.fit(config.replace(lr=lr), name=f"lr{lr:g}", runs_dir=tmp_path, progress=False, data=recipe_data)
-        return run.history[-1]["train_loss"]
+        return [h["train_loss"] for h in run.history]
 
-    # Near the best of the three and far ahead of ten times less (an lr a decade below barely moves in 2 epochs).
-    at, below, above = final_loss(lr), final_loss(lr / 10), final_loss(lr * 10)
-    assert at <= 1.1 * min(below, above) and at < below - 0.1, (below, at, above)
+    # Training at the suggestion falls steadily and far below training a decade lower, which barely moves in 2
+    # epochs. (The steepest fall is a safe choice, not the fastest lr: the top of the range often trains faster.)
+    at, below = losses(lr), losses(lr / 10)
+    assert at[-1] < at[0] and at[-1] < below[-1] - 0.1, (below, at)
 
 
 def test_suggest_lr_finds_the_steepest_fall_of_a_known_curve():
