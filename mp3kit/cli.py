@@ -111,13 +111,10 @@ def _cmd_lr_find(args) -> int:
     if args.plot:
         plots.plot_lr_find(found, path=args.plot, title=f"Learning-rate range test, {config.model_label()} with "
                                                         f"{config.optimizer}")
+    print(train.suggestion_line(found, f"{config.model_label()} with {config.optimizer}")
+          + (f"; plot: {args.plot}" if args.plot and found["suggested_lr"] is not None else ""))
     if found["suggested_lr"] is None:
-        print(f"The loss did not fall over lrs {found['lr'][0]:.2g} to {found['lr'][-1]:.2g}: check the model and data.")
         return 1
-    low, high = found["range"]
-    print(f"{config.model_label()} with {config.optimizer}: the loss falls fastest at lr {found['suggested_lr']:.2g}, and "
-          f"at least half as fast from {low:.2g} to {high:.2g} ({len(found['lr'])} steps)"
-          + (f"; plot: {args.plot}" if args.plot else ""))
     return 0
 
 

@@ -443,13 +443,8 @@ class Experiment:
         plots.plot_lr_find(found, path=self.figure(key, f"Learning-rate range test ({config.optimizer})", section),
                            title=f"Learning-rate range test, {config.model_label()} with {config.optimizer}",
                            synthetic=self.synthetic)
-        if found["suggested_lr"] is None:
-            print(f"{key}: the loss did not fall over lrs {found['lr'][0]:.1g} to {found['lr'][-1]:.1g}; "
-                  "check the model and the data, or raise steps.")
-        else:
-            low, high = found["range"]
-            print(f"{key}: with {config.optimizer}, the loss falls fastest at lr {found['suggested_lr']:.2g} and at least "
-                  f"half as fast from {low:.2g} to {high:.2g}: try lrs in that range.")
+        line = train.suggestion_line(found, f"{key} ({config.optimizer})")
+        print(line if found["suggested_lr"] is None else f"{line}: try lrs in that range.")
         self.record(key, {k: found[k] for k in ("suggested_lr", "range")})
         return found
 

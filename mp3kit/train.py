@@ -38,8 +38,6 @@ CHECKPOINT_VERSION = 1  # later keys (history) are optional, so version 1 files 
 RESUME_CHOICES = (False, True, "auto")
 TRAIN_SPLITS = ("train", "trainval")
 TTA_MODES = ("none", "flip")
-# TrainConfig fields added after runs were first recorded, with the value that older runs had in effect.
-LATER_FIELDS = {"train_split": "train", "tta": "none"}
 
 
 @dataclass
@@ -589,14 +587,13 @@ def load_model(run_or_path, device: str = "cpu"):
 
 
 def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
-    # A run recorded under the names older versions used (model "seed", augment "seed") is the same run.
-    current = {"model": models.canonical_name, "augment": pipeline.canonical_augment}
-    recorded = {k: current[k](v) if k in current else v for k, v in run.config.items() if k != "data"}
-    recorded = {**LATER_FIELDS, **recorded}  # runs saved before a field existed did what its default does
-    return (
-        recorded == config.to_dict()
-        and run.config.get("data", {}).get("identities") == _identities(data)
-    )
+    # Read back as a TrainConfig, a run recorded by an older version means what it meant then: the old names
+    # (model "seed", augment "seed") become today's, and fields added since take the defaults that were in effect.
+    try:
+        recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).to_dict()
+    except (UserError, TypeError):
+        return False  # a config this version cannot read is no match
+    return recorded == config.to_dict() and run.config.get("data", {}).get("identities") == _identities(data)
 
 
 def _identities(data: Data) -> dict:
@@ -781,29 +778,42 @@ def lr_range_test(config: TrainConfig, data_root=None, *, data: Data | None = No
     loader, _ = _loaders(config, training, device, cache_dir, progress)
     pos_weight = _pos_weight(config, training.targets, device)
     growth = (end_lr / start_lr) ** (1 / (steps - 1))
-    lrs, losses, running, average, epoch = [], [], [], 0.0, 0
-    while len(lrs) < steps:
-        loader.set_epoch(epoch)
-        for x, y in loader:
-            lr = start_lr * growth ** len(lrs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight).item()
-            if not math.isfinite(loss):
-                break
-            average = 0.9 * average + 0.1 * loss  # an exponential moving average, bias-corrected below
-            lrs.append(lr), losses.append(loss), running.append(average / (1 - 0.9 ** len(lrs)))
-            if len(lrs) >= steps or running[-1] > 4 * min(running):
-                break
-        else:
-            epoch += 1
-            continue
-        break
+    lrs, losses, running, average = [], [], [], 0.0
+    for x, y in _endless(loader):
+        lr = start_lr * growth ** len(lrs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight).item()
+        if not math.isfinite(loss):
+            break
+        average = 0.9 * average + 0.1 * loss  # an exponential moving average, bias-corrected below
+        lrs.append(lr), losses.append(loss), running.append(average / (1 - 0.9 ** len(lrs)))
+        if len(lrs) >= steps or running[-1] > 4 * min(running):
+            break
     # The running average decides when to stop; the curve returned is a centred moving average, which, unlike the
     # running one, does not lag behind the rising lr.
     k = max(1, len(losses) // 40)
     centred = [float(np.mean(losses[max(0, i - k): i + k + 1])) for i in range(len(losses))]
     return {"lr": lrs, "loss": losses, "smoothed": centred, **suggest_lr(lrs, centred)}
+
+
+def _endless(loader):
+    """Yield loader's batches epoch after epoch, reshuffled each time."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def suggestion_line(found: dict, what: str) -> str:
+    """Return the sentence that says what an lr range test (lr_range_test) suggests for what."""
+    if found["suggested_lr"] is None:
+        return (f"{what}: the loss did not fall over lrs {found['lr'][0]:.2g} to {found['lr'][-1]:.2g}; check the model "
+                "and the data, or raise the steps.")
+    low, high = found["range"]
+    return (f"{what}: the loss falls fastest at lr {found['suggested_lr']:.2g}, and at least half as fast from {low:.2g} "
+            f"to {high:.2g} ({len(found['lr'])} steps)")
 
 
 def suggest_lr(lrs, smoothed) -> dict:
