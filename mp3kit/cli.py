@@ -79,7 +79,7 @@ def config_from_args(args):
 
     fields = ("epochs", "lr", "optimizer", "batch_size", "image_size", "augment", "seed", "momentum", "weight_decay",
               "schedule", "warmup_epochs", "eval_every", "device", "amp", "pipeline", "max_images", "pretrained_weights",
-              "difficult", "train_split", "tta")
+              "difficult", "train_split", "tta", "width")
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     if args.model is not None:
         changes["model"] = _parse_model(args.model)
@@ -185,6 +185,8 @@ def _add_config_flags(t) -> None:
     t.add_argument("--warmup-epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--image-size", type=int)
+    t.add_argument("--width", type=float, help="multiply the channels and hidden units of AlexNet and spec networks "
+                                               "(e.g. 0.25, as the quick profile does); default 1")
     t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
     t.add_argument("--eval-every", type=int)
     t.add_argument("--seed", type=int)

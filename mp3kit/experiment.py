@@ -81,22 +81,24 @@ class Profile:
 PROFILES = {
     "smoke": Profile(
         "smoke",
-        "seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs",
-        train={"image_size": 64, "max_images": 40, "batch_size": 40, "epochs": 2, "eval_every": 1},
+        "seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs, networks from scratch at 1/8 width",
+        train={"image_size": 64, "max_images": 40, "batch_size": 40, "epochs": 2, "eval_every": 1, "width": 0.125},
         long_epochs=3,
         final_epochs=3,
     ),
-    # Sized for a 2-core CPU (README, "Profiles"): an AlexNet-sized step costs about the same whatever the batch
-    # (the 9216 x 4096 layer sets the pace), so notebooks 2 and 3 take few, larger batches; the simple classifier is
-    # cheap per step but needs several hundred SGD steps to leave chance, so notebook 1 takes many small ones.
+    # Sized for a 2-core CPU (README, "Profiles"): the course's 20 epochs (40 for longer training) at batch 10, so a
+    # run takes 1,000 steps, enough for the slow starters (SGD without BatchNorm) to begin to leave chance. The
+    # networks trained from scratch are built at 1/8 width (TrainConfig.width) and the simple classifier sees 32 px,
+    # which makes a step cost milliseconds; AlexNet's layers need at least 63 px, so notebooks 2 and 3 use 64.
     "quick": Profile(
         "quick",
-        "minutes on a laptop CPU: the embedded synthetic dataset at 64 px; notebook 1 batch 10 for 15 epochs, "
-        "notebooks 2 and 3 batch 25 for 3",
-        train={"image_size": 64, "epochs": 3, "batch_size": 25, "eval_every": 5},
-        long_epochs=6,
-        final_epochs=8,
-        notebooks={"01": {"train": {"epochs": 15, "batch_size": 10}, "long_epochs": 30}},
+        "minutes on a laptop CPU: the embedded synthetic dataset, batch 10, the course's 20 epochs (40 for longer "
+        "training and the final model); notebook 1 at 32 px; notebooks 2 and 3 at 64 px, with AlexNet and your own "
+        "networks built at 1/8 of their width (`TrainConfig.width`)",
+        train={"image_size": 64, "epochs": 20, "batch_size": 10, "eval_every": 5, "width": 0.125},
+        long_epochs=40,
+        final_epochs=40,
+        notebooks={"01": {"train": {"image_size": 32}}},
     ),
     "full": Profile(
         "full",
@@ -199,6 +201,8 @@ class Experiment:
         sizes = " / ".join(f"{len(getattr(self.data, s))} {s}" for s in SPLIT_NAMES)
         config = self.config()
         setup = f"profile {self.profile.name}: {config.image_size} px, batch {config.batch_size}, {config.epochs} epochs"
+        if config.width != 1:
+            setup += f", AlexNet and spec networks at width {config.width:g}"
         if not self.synthetic:
             return f"Using PASCAL VOC 2007 from {self.data_root} ({sizes} images); {setup}."
         asked = self.requested_root

@@ -381,6 +381,23 @@ def build(spec, num_classes: int = 20) -> nn.Module:
     return SpecNet(spec, num_classes)
 
 
+def scaled(spec, width: float) -> dict:
+    """Return a copy of spec with every block's channels and every hidden layer's units multiplied by width.
+
+    Counts are rounded and kept at least 1; the layers, kernels, strides and pooling stay as they are. The quick
+    profile trains its networks at width 0.25 so that a CPU fits a whole ablation in minutes.
+    """
+    new = parse_spec(spec)
+    if width == 1:
+        return new
+    for block in new["blocks"]:
+        for kind in _KINDS:
+            if kind in block:
+                block[kind] = max(1, round(block[kind] * width))
+    new["head"] = [max(1, round(units * width)) for units in new.get("head", [])]
+    return parse_spec(new)
+
+
 def with_changes(spec, **changes) -> dict:
     """Return a copy of spec with top-level keys replaced, e.g. with_changes(s, dropout=0.2, pool="global")."""
     new = parse_spec(spec)
@@ -504,8 +521,13 @@ def _check_image_size(model: nn.Module, image_size: int, label: str) -> None:
 
 
 def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=None, freeze_features=False,
-                    allow_download=None) -> nn.Module:
-    """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string or a .json path."""
+                    allow_download=None, width: float = 1.0) -> nn.Module:
+    """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string or a .json path.
+
+    width scales the networks trained from scratch (AlexNet and every spec; see scaled): AlexNet at a width other
+    than 1 is BaseNet, its layers written as a spec, scaled. The simple classifier (the course's network) and the
+    pretrained AlexNet (whose ImageNet weights fix its sizes) are built as they are whatever the width.
+    """
     spec = spec_or_name(name_or_spec)
     name = spec.strip().lower() if isinstance(spec, str) else None
     pretrained = name in ("alexnet-pretrained", "alexnet-pretrained-frozen")
@@ -513,15 +535,17 @@ def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=N
         raise UserError(f"weights_path={weights_path} is only used by alexnet-pretrained; drop it or choose that model.")
     if name == "simple":
         model = SimpleClassifier(num_classes, image_size)
-    elif name == "alexnet":
+    elif name == "alexnet" and width == 1:
         model = alexnet(num_classes=num_classes)
+    elif name == "alexnet":
+        model = build(scaled(with_changes(BASENET, name="alexnet"), width), num_classes)
     elif pretrained:
         model = alexnet(True, weights_path, num_classes=num_classes, allow_download=allow_download)
         freeze_features = freeze_features or name == "alexnet-pretrained-frozen"
     elif name in _NAMED_SPECS:
-        model = build(_NAMED_SPECS[name], num_classes)
+        model = build(scaled(_NAMED_SPECS[name], width), num_classes)
     elif name is None:
-        model = build(spec, num_classes)
+        model = build(scaled(spec, width), num_classes)
     else:
         raise UserError(f"Unknown model {name_or_spec!r}: use one of {', '.join(MODEL_NAMES)}, or a JSON spec.")
     if freeze_features:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import colorsys
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -391,6 +394,32 @@ def _write_image(voc: Path, seed: int, index: int) -> list[dict]:
     return objects
 
 
+def _render_all(voc: Path, seed: int, n_images: int, progress: bool):
+    """Yield the objects of every image in order, rendering them on every CPU core (each image depends on its index only)."""
+    workers = min(os.cpu_count() or 1, 8) if n_images >= 200 else 1
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_images, desc="synthetic VOC", unit="img")
+    try:
+        if workers == 1:
+            results = (_write_image(voc, seed, i) for i in range(n_images))
+            for objects in results:
+                yield objects
+                bar and bar.update()
+            return
+        # spawn, not fork: the caller may be a Jupyter kernel with torch's threads running.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for objects in pool.map(_write_image, repeat(voc), repeat(seed), range(n_images), chunksize=20):
+                yield objects
+                bar and bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _split_ids(n_images: int, seed: int) -> dict[str, list[str]]:
     """Return the ids of each split: test about half, trainval the rest, split evenly into train and val."""
     order = np.random.default_rng([seed, 1]).permutation(n_images)
@@ -445,12 +474,7 @@ def make_synthetic_voc(root, n_images: int = DEFAULT_IMAGES, seed: int = 0, prog
         voc = build / "VOC2007"
         for sub in ("JPEGImages", "Annotations"):
             (voc / sub).mkdir(parents=True)
-        indices = range(n_images)
-        if progress:
-            from tqdm.auto import tqdm
-
-            indices = tqdm(indices, desc="synthetic VOC", unit="img")
-        objects = {f"{i + 1:06d}": _write_image(voc, seed, i) for i in indices}
+        objects = dict(zip((f"{i + 1:06d}" for i in range(n_images)), _render_all(voc, seed, n_images, progress)))
         _write_image_sets(voc, _split_ids(n_images, seed), objects)
         atomic_write_json(voc / MARKER, {"version": SYNTH_VERSION, "seed": seed, "n_images": n_images, "note": NOTE})
         if devkit.exists():

@@ -73,6 +73,9 @@ class TrainConfig:
     # train/val first: a trainval run has no held-out val curve).
     train_split: str = "train"
     tta: str = "none"  # none | flip: evaluation scores averaged over each image and its mirror
+    # Multiplies the channels and hidden units of networks trained from scratch (AlexNet, specs; models.scaled);
+    # the simple classifier and the pretrained AlexNet keep their sizes.
+    width: float = 1.0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -97,7 +100,7 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise UserError(f"TrainConfig.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}.")
         positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size,
-                    "eval_every": self.eval_every}
+                    "eval_every": self.eval_every, "width": self.width}
         for key, value in positive.items():
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise UserError(f"TrainConfig.{key}={value!r} must be a positive number.")
@@ -570,6 +573,7 @@ def build_model(config: TrainConfig):
         image_size=config.image_size,
         weights_path=config.pretrained_weights,
         freeze_features=config.freeze_features,
+        width=config.width,
     )
 
 

@@ -55,8 +55,8 @@ DATA_ROOT, RUNS_DIR = colab.setup(PROFILE, DATA_ROOT, RUNS_DIR, runs_on_drive=RU
 #
 # | profile | what it runs |
 # |---|---|
-# | `smoke` | seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs |
-# | `quick` | minutes on a laptop CPU: the embedded synthetic dataset at 64 px; notebook 1 batch 10 for 15 epochs, notebooks 2 and 3 batch 25 for 3 |
+# | `smoke` | seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs, networks from scratch at 1/8 width |
+# | `quick` | minutes on a laptop CPU: the embedded synthetic dataset, batch 10, the course's 20 epochs (40 for longer training and the final model); notebook 1 at 32 px; notebooks 2 and 3 at 64 px, with AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`) |
 # | `full` | the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps) |
 #
 # The *synthetic* dataset is mp3kit's stand-in for VOC: generated shapes, one look per class, in the
@@ -162,7 +162,7 @@ exp.result("simple-default", "Simple classifier with the course defaults", secti
 # The table printed with every run has a *chance* line: the mAP of a network that gives every
 # image the same scores. A run near it has learned nothing yet. With SGD at 0.01 this network sits
 # near chance for its first few hundred steps while its small initial weights grow, and then its mAP
-# starts to climb (on the synthetic data of the `quick` profile, after about 10 of its 15 epochs).
+# starts to climb (on the synthetic data of the `quick` profile, in the second half of its 20 epochs).
 
 # %%
 plots.plot_history(default, path=exp.figure("simple-default-curves", "Simple classifier, course defaults: loss and mAP per epoch",

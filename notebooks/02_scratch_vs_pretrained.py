@@ -47,8 +47,8 @@ DATA_ROOT, RUNS_DIR = colab.setup(PROFILE, DATA_ROOT, RUNS_DIR, runs_on_drive=RU
 #
 # | profile | what it runs |
 # |---|---|
-# | `smoke` | seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs |
-# | `quick` | minutes on a laptop CPU: the embedded synthetic dataset at 64 px; notebook 1 batch 10 for 15 epochs, notebooks 2 and 3 batch 25 for 3 |
+# | `smoke` | seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs, networks from scratch at 1/8 width |
+# | `quick` | minutes on a laptop CPU: the embedded synthetic dataset, batch 10, the course's 20 epochs (40 for longer training and the final model); notebook 1 at 32 px; notebooks 2 and 3 at 64 px, with AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`) |
 # | `full` | the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps) |
 #
 # The *synthetic* dataset is mp3kit's stand-in for VOC: generated shapes, one look per class, in the
@@ -70,7 +70,9 @@ exp = Experiment("02_scratch_vs_pretrained", PROFILE, DATA_ROOT, RUNS_DIR, FIGUR
 # Five convolution layers (the first 11×11 with stride 4), three max-pools, an adaptive average
 # pool to 6×6, and three fully connected layers with dropout. Count where the parameters are: the
 # convolutions hold a few million, the fully connected layers over 50 million. That is a lot to
-# learn from 2,501 training images, which is the heart of this notebook.
+# learn from 2,501 training images, which is the heart of this notebook. (The `smoke` and `quick`
+# profiles build it at 1/8 width, so their table shows the same layers with far fewer parameters;
+# `full` shows the real AlexNet.)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -87,9 +89,12 @@ exp.architecture("alexnet")
 # Training a network this size from scratch is slow to get going: watch whether the mAP moves at all
 # in the first epochs, and how each recipe's loss behaves. The course's own figures on real VOC:
 # 0.106 test mAP with the course SGD, 0.150 with the longer SGD run and 0.272 with Adam, against about
-# 0.07 for chance. In the `quick` profile a CPU affords each run only about 60 steps of this
-# 57-million-parameter network, so expect all three to stay near chance there; the BatchNorm
-# networks of notebook 3 climb within the same budget, which is one thing BatchNorm buys.
+# 0.07 for chance. The `quick` profile keeps AlexNet's layers but builds it at 1/8 of its width (8 to
+# 48 channels, 512 hidden units instead of 4,096; the layer table above shows it), so that a CPU can
+# give each recipe the course's 1,000 steps. A narrow network learns less than the real one, and the
+# synthetic shapes are easier than photographs, so only the order of the three recipes carries over,
+# not their numbers; the BatchNorm networks of notebook 3 climb much faster in the same budget, which
+# is one thing BatchNorm buys.
 
 # %%
 scratch_sgd = exp.run("alexnet-scratch-sgd", exp.config(model="alexnet"), label="AlexNet from scratch, SGD lr 0.01")

@@ -54,14 +54,16 @@ def test_full_profile_without_real_voc_is_a_user_error(tmp_path, voc_root, where
 def test_quick_profile_sizes_each_notebook_and_says_so(tmp_path, voc_root, capsys):
     quick = experiment.get_profile("quick")
     intro, scratch = quick.for_notebook("01_introduction"), quick.for_notebook("02_scratch_vs_pretrained")
-    # Many small SGD steps for the simple classifier; few, larger ones for the AlexNet-sized networks.
-    assert (intro.train["batch_size"], intro.epochs, intro.long_epochs) == (10, 15, 30)
-    assert (scratch.train["batch_size"], scratch.epochs, scratch.long_epochs) == (25, 3, 6)
-    assert intro.train["image_size"] == scratch.train["image_size"] == 64
+    # The course's 20 and 40 epochs at batch 10 everywhere; the simple classifier at 32 px, AlexNet's layers at 64 px
+    # (the smallest size they take) and 1/8 width.
+    assert (intro.train["batch_size"], intro.epochs, intro.long_epochs) == (10, 20, 40)
+    assert (scratch.train["batch_size"], scratch.epochs, scratch.long_epochs) == (10, 20, 40)
+    assert (intro.train["image_size"], scratch.train["image_size"]) == (32, 64)
+    assert scratch.train["width"] == 0.125
     assert quick.for_notebook("03_develop_classifier") == replace(quick, notebooks={})
-    exp = Experiment("01_introduction", "quick", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
-    assert exp.config().batch_size == 10 and exp.long_epochs == 30
-    assert "profile quick: 64 px, batch 10, 15 epochs" in capsys.readouterr().out
+    exp = Experiment("02_scratch_vs_pretrained", "quick", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    assert exp.config().batch_size == 10 and exp.long_epochs == 40
+    assert "profile quick: 64 px, batch 10, 20 epochs, AlexNet and spec networks at width 0.125" in capsys.readouterr().out
 
 
 def test_unknown_profile_is_a_user_error(tmp_path):

@@ -367,3 +367,51 @@ def test_spec_or_name_parses_specs_and_keeps_names(tmp_path):
         models.spec_or_name(str(path))
     with pytest.raises(UserError, match="neither JSON nor an existing .json file"):
         models.spec_or_name(str(tmp_path / "missing.json"))
+
+
+def _layers(model):
+    """Return (type, kernel, stride, in, out) of every conv, linear and pool layer of a model, in order."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            out.append(("conv", m.kernel_size, m.stride, m.in_channels, m.out_channels))
+        elif isinstance(m, nn.Linear):
+            out.append(("linear", None, None, m.in_features, m.out_features))
+        elif isinstance(m, nn.MaxPool2d):
+            out.append(("pool", m.kernel_size, m.stride, None, None))
+    return out
+
+
+def test_width_scales_channels_and_hidden_units_and_keeps_the_layers():
+    with torch.device("meta"):
+        full, narrow = model_from_name("alexnet-bn"), model_from_name("alexnet-bn", width=0.125)
+    wide, thin = _layers(full), _layers(narrow)
+    # The same layers with the same kernels and strides; only the widths change (the output stays 20).
+    assert [(t, k, s) for t, k, s, _, _ in wide] == [(t, k, s) for t, k, s, _, _ in thin]
+    convs = [c_out for t, _, _, _, c_out in thin if t == "conv"]
+    assert convs == [8, 24, 48, 32, 32]
+    assert [c_out for t, _, _, _, c_out in thin if t == "linear"] == [512, 512, 20]
+    assert thin[0][3] == 3  # RGB in
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 40
+    assert models.scaled(ALEXNET_BN, 1) == models.parse_spec(ALEXNET_BN)
+    assert models.scaled({"blocks": [{"conv": 3}], "head": [5]}, 0.1) == {"blocks": [{"conv": 1}], "head": [1]}
+
+
+def test_alexnet_at_a_width_is_basenet_scaled_and_the_fixed_networks_keep_their_sizes():
+    with torch.device("meta"):
+        narrow = model_from_name("alexnet", width=0.25)
+        basenet = model_from_name("basenet", width=0.25)
+        simple, simple_narrow = model_from_name("simple", image_size=64), model_from_name("simple", image_size=64, width=0.25)
+    assert _layers(narrow) == _layers(basenet) and _layers(narrow)[0][4] == 16
+    assert narrow.spec["name"] == "alexnet"  # its layer table and config still say which network it is
+    # The course's simple classifier is not scaled: width is for the networks trained from scratch.
+    assert _layers(simple) == _layers(simple_narrow)
+
+
+def test_width_is_recorded_in_the_config_and_must_be_positive():
+    from mp3kit.train import TrainConfig
+
+    assert TrainConfig().width == 1.0
+    assert TrainConfig.from_dict({k: v for k, v in TrainConfig().to_dict().items() if k != "width"}).width == 1.0
+    with pytest.raises(UserError, match="width"):
+        TrainConfig(width=0)

@@ -268,3 +268,12 @@ def test_data_layer_reads_the_tree(devkit):
     assert split.synthetic and list(split.ids) == ids
     assert (np.asarray(split.targets) == (flags == 1)).all()
     assert (np.asarray(split.difficult) == (flags == 0)).all()
+
+
+def test_images_rendered_on_every_core_are_the_ones_rendered_in_order(tmp_path, monkeypatch):
+    n = 200  # the smallest tree built in parallel
+    monkeypatch.setattr(synth.os, "cpu_count", lambda: 2)
+    parallel = synth.make_synthetic_voc(tmp_path / "parallel", n_images=n, seed=5)
+    monkeypatch.setattr(synth.os, "cpu_count", lambda: 1)
+    serial = synth.make_synthetic_voc(tmp_path / "serial", n_images=n, seed=5)
+    assert tree_digest(parallel) == tree_digest(serial)
