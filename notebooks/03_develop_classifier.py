@@ -215,7 +215,9 @@ plots.show_top_images(final, exp.data.test, TOP_CLASS, k=8,
 # The seed report's conclusions from its ablation and final model, checked on your runs by the
 # same fixed rule as in notebooks 1 and 2 (`mp3kit.findings.RULE`). A row skipped because its
 # network needs larger images makes its finding "not run". If you change the ablation's rows,
-# change the run keys below to match.
+# change the run keys below to match. One step of an ablation is one run with one seed: before you
+# trust a difference of a few hundredths, run that row again with another `seed` and see whether
+# the difference keeps its sign.
 
 # %%
 exp.finding(9, "ablation: Adam beats SGD, augmentation helps, each BatchNorm step helps, the extra convolutions do not", [

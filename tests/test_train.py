@@ -633,3 +633,14 @@ def test_cli_trains_on_trainval_with_flip_tta_and_runs_the_lr_range_test(voc_roo
     assert (tmp_path / "lr.png").stat().st_size > 1000
     bad = _cli("train", "--tta", "mirror")
     assert bad.returncode == 2 and "invalid choice: 'mirror'" in bad.stderr
+
+
+def test_cli_trains_a_narrow_network_and_the_run_loads_back_at_its_width(voc_root, tmp_path):
+    out = _cli("train", "--data-root", str(voc_root), "--name", "narrow", "--runs-dir", str(tmp_path), "--epochs", "1",
+               "--model", "alexnet-bn", "--width", "0.125", "--image-size", "64", "--max-images", "20", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "narrow" / "config.json").read_text())["width"] == 0.125
+    model = train.load_model(tmp_path / "narrow")  # rebuilt from the recorded width, so the weights fit
+    assert model.features[0].out_channels == 8
+    bad = _cli("train", "--data-root", str(voc_root), "--runs-dir", str(tmp_path), "--width", "-1")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "TrainConfig.width=-1.0" in bad.stderr
