@@ -186,7 +186,7 @@ def _add_config_flags(t) -> None:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--image-size", type=int)
     t.add_argument("--width", type=float, help="multiply the channels and hidden units of AlexNet and spec networks "
-                                               "(e.g. 0.25, as the quick profile does); default 1")
+                                               "(e.g. 0.125, as the quick profile does); default 1")
     t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
     t.add_argument("--eval-every", type=int)
     t.add_argument("--seed", type=int)

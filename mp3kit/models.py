@@ -384,8 +384,8 @@ def build(spec, num_classes: int = 20) -> nn.Module:
 def scaled(spec, width: float) -> dict:
     """Return a copy of spec with every block's channels and every hidden layer's units multiplied by width.
 
-    Counts are rounded and kept at least 1; the layers, kernels, strides and pooling stay as they are. The quick
-    profile trains its networks at width 0.25 so that a CPU fits a whole ablation in minutes.
+    Counts are rounded and kept at least 1; the layers, kernels, strides and pooling stay as they are. The smoke and
+    quick profiles train their networks at width 0.125 so that a CPU fits a whole ablation in minutes.
     """
     new = parse_spec(spec)
     if width == 1:

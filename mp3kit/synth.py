@@ -402,20 +402,25 @@ def _render_all(voc: Path, seed: int, n_images: int, progress: bool):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_images, desc="synthetic VOC", unit="img")
+    pool = None
+    if workers > 1:
+        try:
+            # spawn, not fork: the caller may be a Jupyter kernel with torch's threads running.
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        except (OSError, ImportError, NotImplementedError):
+            pool = None  # no process pools here (e.g. no shared-memory semaphores): render in this process
     try:
-        if workers == 1:
+        if pool is None:
             results = (_write_image(voc, seed, i) for i in range(n_images))
-            for objects in results:
-                yield objects
-                bar and bar.update()
-            return
-        # spawn, not fork: the caller may be a Jupyter kernel with torch's threads running.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for objects in pool.map(_write_image, repeat(voc), repeat(seed), range(n_images), chunksize=20):
-                yield objects
-                bar and bar.update()
+        else:
+            results = pool.map(_write_image, repeat(voc), repeat(seed), range(n_images), chunksize=20)
+        for objects in results:
+            yield objects
+            if bar is not None:
+                bar.update()
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
 

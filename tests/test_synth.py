@@ -277,3 +277,13 @@ def test_images_rendered_on_every_core_are_the_ones_rendered_in_order(tmp_path, 
     monkeypatch.setattr(synth.os, "cpu_count", lambda: 1)
     serial = synth.make_synthetic_voc(tmp_path / "serial", n_images=n, seed=5)
     assert tree_digest(parallel) == tree_digest(serial)
+
+
+def test_without_process_pools_the_tree_is_rendered_in_this_process(tmp_path, monkeypatch):
+    def no_pools(*args, **kwargs):
+        raise OSError(38, "Function not implemented")  # what a sandbox without sem_open raises
+
+    monkeypatch.setattr(synth.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(synth, "ProcessPoolExecutor", no_pools)
+    built = synth.make_synthetic_voc(tmp_path / "a", n_images=200, seed=5)
+    assert len(list((built / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 200
