@@ -320,13 +320,15 @@ class Experiment:
         The report shows the table (serial, label, test mAP) in section (default "ablation").
         """
         config = self.config(epochs=epochs or self.epochs)
-        table, recorded = [], []
+        table, recorded, widths = [], [], set()
         for serial, row in enumerate(rows, start=1):
             if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], str)):
                 raise UserError(f"Ablation row {serial} is {row!r}: write it as (\"label\", change).")
             label, change = row
             config = config.replace(**self._changes(change, serial))
             key = f"ablation-{serial}"
+            if models.scales_with_width(config.model):
+                widths.add(config.width)
             try:
                 with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
                     params = sum(p.numel() for p in train.build_model(config).parameters())
@@ -342,9 +344,11 @@ class Experiment:
             recorded.append({"serial": serial, "label": label, "key": key})
             table.append({"serial": serial, "architecture": label, "params": params, "test mAP": run.test_map,
                           "best val mAP": run.best_val_map(), "note": "" if run.complete else run.status})
-        self._declare("ablation", "ablation", section, rows=recorded, note=ABLATION_NOTE)
+        scaled = width_note(widths)
+        self._declare("ablation", "ablation", section, rows=recorded, note=" ".join(filter(None, [ABLATION_NOTE, scaled])))
         note = ("test mAP: the finished run on the test split (picking an epoch by test mAP would tune on the test set); "
                 f"best val mAP: the best evaluation epoch on val. Chance: test mAP {self.chance_map:.4f}.")
+        note = " ".join(filter(None, [note, scaled]))
         return Table(table, ["serial", "architecture", "params", "test mAP", "best val mAP", "note"], note)
 
     @staticmethod
@@ -527,6 +531,18 @@ def _claim(claim, number) -> findings.Claim:
 
 ABLATION_NOTE = ("\"Best mAP on test set\" is the test mAP of that row's run, measured once after its last epoch; no "
                  "row is picked by its test score.")
+
+
+def width_note(widths) -> str:
+    """Return the sentence saying that an ablation's networks are built narrower than its labels say ("" at width 1)."""
+    scaled = sorted(w for w in widths if w != 1)
+    if not scaled:
+        return ""
+    w = scaled[0] if len(scaled) == 1 else None
+    built = f"at width {w:g}" if w else "at widths " + ", ".join(f"{x:g}" for x in scaled)
+    example = f" (a convolution written with 384 channels has {max(1, round(384 * w))})" if w else ""
+    return (f"The networks trained from scratch are built {built}: the labels give the full-width channel counts"
+            f"{example}; the params column and the layer tables count the layers as built.")
 
 
 def data_notice(synthetic: bool, data_root, chance: float | None) -> str:

@@ -520,6 +520,13 @@ def _check_image_size(model: nn.Module, image_size: int, label: str) -> None:
         model.train(was_training)
 
 
+def scales_with_width(name_or_spec) -> bool:
+    """Return True when TrainConfig.width resizes this network: AlexNet and every spec, not simple nor pretrained."""
+    spec = spec_or_name(name_or_spec)
+    return not (isinstance(spec, str) and spec.strip().lower() in ("simple", "alexnet-pretrained",
+                                                                    "alexnet-pretrained-frozen"))
+
+
 def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=None, freeze_features=False,
                     allow_download=None, width: float = 1.0) -> nn.Module:
     """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string or a .json path.

@@ -139,6 +139,22 @@ def test_ablation_applies_each_change_on_top_of_the_row_before(exp, capsys):
     assert "ablation-3" not in exp.runs and "skipped" in table.to_markdown()
 
 
+def test_ablation_says_its_networks_are_narrower_than_their_labels(exp):
+    # The smoke profile builds specs at width 0.125, so a row labelled with the seed's 384 channels has 48.
+    table = exp.ablation([("tiny", TINY_NET)], epochs=1)
+    (item,) = _manifest(exp)["report"]
+    for note in (table.note, item["note"]):
+        assert "built at width 0.125" in note and "384 channels has 48" in note
+    assert exp.runs["ablation-1"].config["width"] == 0.125
+
+
+def test_ablation_of_unscaled_networks_has_no_width_sentence(exp):
+    # The simple classifier keeps its size whatever the width, so the labels are its real sizes.
+    table = exp.ablation([("simple", "simple")], epochs=1)
+    (item,) = _manifest(exp)["report"]
+    assert "width" not in table.note and "width" not in item["note"]
+
+
 def test_ablation_rejects_a_change_that_is_not_a_config_field(exp):
     with pytest.raises(UserError, match="'learning_rate'"):
         exp.ablation([("base", TINY_NET), ("typo", {"learning_rate": 0.1})])
