@@ -11,15 +11,16 @@ from __future__ import annotations
 import colorsys
 import io
 import json
-import multiprocessing
 import os
+import queue
 import shutil
+import subprocess
+import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -394,35 +395,84 @@ def _write_image(voc: Path, seed: int, index: int) -> list[dict]:
     return objects
 
 
-def _render_all(voc: Path, seed: int, n_images: int, progress: bool):
-    """Yield the objects of every image in order, rendering them on every CPU core (each image depends on its index only)."""
+def _start_workers(voc: Path, seed: int, n_images: int, workers: int) -> list[subprocess.Popen]:
+    """Start worker processes that render every workers-th image into voc and report each image's objects."""
+    # Fresh interpreters running this module, not a multiprocessing pool: a pool's workers import the caller's main
+    # script again, which breaks a script without an `if __name__ == "__main__"` guard; fork is unsafe beside torch's
+    # threads in a Jupyter kernel. PYTHONPATH makes the workers import this very copy of mp3kit.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                       os.environ.get("PYTHONPATH")]))}
+    procs = []
+    try:
+        for first in range(workers):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "mp3kit.synth", str(voc), str(seed), str(n_images), str(first), str(workers)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, text=True))
+    except OSError:
+        for proc in procs:
+            proc.kill()
+        return []  # no processes here (a sandbox): the caller renders in this process
+    return procs
+
+
+def _collect(procs: list[subprocess.Popen], objects: list, bar) -> None:
+    """Fill objects[index] from the workers' report lines ("index<TAB>objects as JSON") until every worker has ended."""
+    lines: queue.Queue = queue.Queue()
+
+    def read(proc):
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)  # this worker has ended
+
+    for proc in procs:
+        threading.Thread(target=read, args=(proc,), daemon=True).start()
+    running = len(procs)
+    while running:
+        line = lines.get()
+        if line is None:
+            running -= 1
+            continue
+        index, _, found = line.rstrip("\n").partition("\t")
+        objects[int(index)] = [{**o, "bbox": tuple(o["bbox"])} for o in json.loads(found)]
+        if bar is not None:
+            bar.update()
+
+
+def _render_all(voc: Path, seed: int, n_images: int, progress: bool) -> list[list[dict]]:
+    """Return the objects of every image in order, rendering them on every CPU core (each image depends on its index only)."""
     workers = min(os.cpu_count() or 1, 8) if n_images >= 200 else 1
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_images, desc="synthetic VOC", unit="img")
-    pool = None
-    if workers > 1:
-        try:
-            # spawn, not fork: the caller may be a Jupyter kernel with torch's threads running.
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        except (OSError, ImportError, NotImplementedError):
-            pool = None  # no process pools here (e.g. no shared-memory semaphores): render in this process
+    objects: list = [None] * n_images
+    procs = _start_workers(voc, seed, n_images, workers) if workers > 1 else []
     try:
-        if pool is None:
-            results = (_write_image(voc, seed, i) for i in range(n_images))
-        else:
-            results = pool.map(_write_image, repeat(voc), repeat(seed), range(n_images), chunksize=20)
-        for objects in results:
-            yield objects
-            if bar is not None:
-                bar.update()
+        _collect(procs, objects, bar)
+        # What no worker rendered (one core, no processes, a worker that failed) is rendered here, the same way.
+        for index in range(n_images):
+            if objects[index] is None:
+                objects[index] = _write_image(voc, seed, index)
+                if bar is not None:
+                    bar.update()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
         if bar is not None:
             bar.close()
+    return objects
+
+
+def _worker(argv: list[str]) -> None:
+    """Render images first, first + step, ... of a tree into voc; print each one's index and objects (run by _render_all)."""
+    voc, seed, n_images, first, step = Path(argv[0]), *map(int, argv[1:])
+    for index in range(first, n_images, step):
+        objects = _write_image(voc, seed, index)
+        print(f"{index}\t{json.dumps(objects)}", flush=True)
 
 
 def _split_ids(n_images: int, seed: int) -> dict[str, list[str]]:
@@ -527,3 +577,7 @@ def ensure_synthetic(root=None, n_images: int = DEFAULT_IMAGES, seed: int = 0, p
         if _is_current(devkit, n_images, seed):
             return devkit
         raise
+
+
+if __name__ == "__main__":  # a rendering worker started by _render_all
+    _worker(sys.argv[1:])

@@ -2,7 +2,10 @@
 
 import hashlib
 import itertools
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -279,11 +282,31 @@ def test_images_rendered_on_every_core_are_the_ones_rendered_in_order(tmp_path, 
     assert tree_digest(parallel) == tree_digest(serial)
 
 
-def test_without_process_pools_the_tree_is_rendered_in_this_process(tmp_path, monkeypatch):
-    def no_pools(*args, **kwargs):
-        raise OSError(38, "Function not implemented")  # what a sandbox without sem_open raises
+def test_without_worker_processes_the_tree_is_rendered_in_this_process(tmp_path, monkeypatch):
+    def no_processes(*args, **kwargs):
+        raise OSError(38, "Function not implemented")  # what a sandbox that forbids new processes raises
 
     monkeypatch.setattr(synth.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(synth, "ProcessPoolExecutor", no_pools)
+    monkeypatch.setattr(synth.subprocess, "Popen", no_processes)
     built = synth.make_synthetic_voc(tmp_path / "a", n_images=200, seed=5)
     assert len(list((built / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 200
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the tree is rendered in worker processes only with 2+ cores")
+def test_a_script_without_a_main_guard_builds_the_tree_once(tmp_path):
+    # The README's Python example, saved as a script: rendering workers must not run the user's script again.
+    log, root = tmp_path / "ran.txt", tmp_path / "voc"
+    script = tmp_path / "my_script.py"
+    script.write_text(
+        "import sys\n"
+        "with open(sys.argv[1], 'a') as f:\n"
+        "    f.write('ran\\n')\n"
+        "from mp3kit import synth\n"
+        "synth.make_synthetic_voc(sys.argv[2], n_images=200, seed=5)\n"
+    )
+    done = subprocess.run([sys.executable, str(script), str(log), str(root)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert log.read_text() == "ran\n"
+    assert len(list((root / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 200
