@@ -189,27 +189,29 @@ def _warp(x: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend each image of x (B, 3, H, W) in [0, 1] with its grayscale by its own factor (B,)."""
-    weights = torch.tensor([0.2989, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    gray = (x * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W)
-    factor = factor.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
-    return (gray + factor * (x - gray)).clamp_(0.0, 1.0)
+    # gray + f * (x - gray) is linear in x: one (3, 3) colour matrix per image, applied in one batched product.
+    weights = torch.tensor([0.2989, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 1, 3)
+    factor = factor.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+    eye = torch.eye(3, device=x.device, dtype=x.dtype)
+    matrix = factor * eye + (1.0 - factor) * weights  # (B, 3, 3): row c = f * e_c + (1 - f) * weights
+    return torch.bmm(matrix, x.flatten(2)).view_as(x).clamp_(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of each image of x (B, 3, H, W) in [0, 1] by its own shift (B,), in turns."""
     r, g, b = x.unbind(dim=1)  # (B, H, W) each
-    value, _ = x.max(dim=1)
-    delta = value - x.min(dim=1).values
+    # Elementwise maximum and minimum: on the CPU a max or min over the 3-long channel dimension is ~20x slower.
+    value = torch.maximum(torch.maximum(r, g), b)
+    delta = value - torch.minimum(torch.minimum(r, g), b)  # chroma, value * saturation
     safe_delta = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(value == r, (g - b) / safe_delta,
-                      torch.where(value == g, 2.0 + (b - r) / safe_delta, 4.0 + (r - g) / safe_delta))
-    hue = (hue / 6.0 + shift.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)) % 1.0  # (B, H, W) in turns
-    chroma = delta.unsqueeze(1)  # value * saturation, (B, 1, H, W)
+    sector = torch.where(value == r, (g - b) / safe_delta,
+                         torch.where(value == g, 2.0 + (b - r) / safe_delta, 4.0 + (r - g) / safe_delta))
+    sector = sector + 6.0 * shift.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)  # hue in sixths of a turn, shifted
     # HSV to RGB without branches: channel n (5 red, 3 green, 1 blue) is v - c * clamp(min(k, 4 - k), 0, 1)
     # with k = (n + 6h) mod 6.
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = (n + 6.0 * hue.unsqueeze(1)) % 6.0  # (B, 3, H, W)
-    return value.unsqueeze(1) - chroma * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    k = torch.remainder(n + sector.unsqueeze(1), 6.0)  # (B, 3, H, W)
+    return value.unsqueeze(1) - delta.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
 def _jitter_flip_rotate(x: torch.Tensor, image_size: int, generator: torch.Generator) -> torch.Tensor:
