@@ -90,16 +90,17 @@ PROFILES = {
     # run takes 1,000 steps, enough for the slow starters (SGD without BatchNorm) to begin to leave chance; the simple
     # classifier gets 1,250 (batch 8), as its SGD run leaves chance late with some seeds. The networks trained from
     # scratch are built at 1/8 width (TrainConfig.width) and the simple classifier sees 32 px, which makes a step
-    # cost milliseconds; AlexNet's layers need at least 63 px, so notebooks 2 and 3 use 64.
+    # cost milliseconds; AlexNet's layers need at least 63 px, so notebook 2 uses 64, and notebook 3 uses 128 because
+    # its ablation's extra convolution rows (models.SEED_ABLATION's last two) need at least 127.
     "quick": Profile(
         "quick",
         "minutes on a laptop CPU: the embedded synthetic dataset, the course's 20 epochs (40 for longer training and "
-        "the final model); notebook 1 at 32 px, batch 8; notebooks 2 and 3 at 64 px, batch 10, with AlexNet and your "
-        "own networks built at 1/8 of their width (`TrainConfig.width`)",
+        "the final model); notebook 1 at 32 px, batch 8; notebook 2 at 64 px and notebook 3 at 128 px, batch 10, with "
+        "AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`)",
         train={"image_size": 64, "epochs": 20, "batch_size": 10, "eval_every": 5, "width": 0.125},
         long_epochs=40,
         final_epochs=40,
-        notebooks={"01": {"train": {"image_size": 32, "batch_size": 8}}},
+        notebooks={"01": {"train": {"image_size": 32, "batch_size": 8}}, "03": {"train": {"image_size": 128}}},
     ),
     "full": Profile(
         "full",

@@ -447,7 +447,7 @@ ALEXNET_BN = with_changes(with_block_changes(BASENET, range(5), bn=True), name="
 # differences (SGD vs Adam, data augmentation) are TrainConfig fields, not specs. The seed does not say
 # which convolution got the first BatchNorm, nor where its extra layers went; these follow the order of
 # the network. Taken literally, the last row's extra MaxPool(3, stride 2) would meet a 2x2 map at 227 px,
-# which PyTorch refuses, so it pads that pool by 1. Rows 5-6 need images of at least 127 px.
+# which PyTorch refuses, so it pads that pool by 1. The last two rows need images of at least 127 px.
 SEED_ABLATION = [
     ("BaseNet", BASENET),
     ("+ 1 BatchNorm", with_changes(with_block_changes(BASENET, [0], bn=True), name="basenet+bn1")),

@@ -56,7 +56,7 @@ DATA_ROOT, RUNS_DIR = colab.setup(PROFILE, DATA_ROOT, RUNS_DIR, runs_on_drive=RU
 # | profile | what it runs |
 # |---|---|
 # | `smoke` | seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs, networks from scratch at 1/8 width |
-# | `quick` | minutes on a laptop CPU: the embedded synthetic dataset, the course's 20 epochs (40 for longer training and the final model); notebook 1 at 32 px, batch 8; notebooks 2 and 3 at 64 px, batch 10, with AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`) |
+# | `quick` | minutes on a laptop CPU: the embedded synthetic dataset, the course's 20 epochs (40 for longer training and the final model); notebook 1 at 32 px, batch 8; notebook 2 at 64 px and notebook 3 at 128 px, batch 10, with AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`) |
 # | `full` | the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps) |
 #
 # The *synthetic* dataset is mp3kit's stand-in for VOC: generated shapes, one look per class, in the

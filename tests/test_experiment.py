@@ -3,11 +3,11 @@
 import json
 import re
 import threading
-from dataclasses import replace
 
 import pytest
+import torch
 
-from mp3kit import experiment, findings, metrics, synth, train
+from mp3kit import experiment, findings, metrics, models, synth, train
 from mp3kit.experiment import Experiment
 from mp3kit.util import UserError
 
@@ -55,12 +55,17 @@ def test_quick_profile_sizes_each_notebook_and_says_so(tmp_path, voc_root, capsy
     quick = experiment.get_profile("quick")
     intro, scratch = quick.for_notebook("01_introduction"), quick.for_notebook("02_scratch_vs_pretrained")
     # The course's 20 and 40 epochs everywhere, at batch 8 for the simple classifier (32 px) and 10 for AlexNet's
-    # layers (64 px, the smallest size they take, at 1/8 width).
+    # layers (64 px, the smallest size they take, at 1/8 width; notebook 3 at 128 px, where every ablation row fits).
     assert (intro.train["batch_size"], intro.epochs, intro.long_epochs) == (8, 20, 40)
     assert (scratch.train["batch_size"], scratch.epochs, scratch.long_epochs) == (10, 20, 40)
     assert (intro.train["image_size"], scratch.train["image_size"]) == (32, 64)
     assert scratch.train["width"] == 0.125
-    assert quick.for_notebook("03_develop_classifier") == replace(quick, notebooks={})
+    develop = quick.for_notebook("03_develop_classifier")
+    assert develop.train == {**scratch.train, "image_size": 128}
+    # Every network of the seed's ablation, the extra convolution rows included, takes notebook 3's images.
+    with torch.device("meta"):
+        for _, spec in models.SEED_ABLATION:
+            models.model_from_name(spec, image_size=develop.train["image_size"], width=develop.train["width"])
     exp = Experiment("02_scratch_vs_pretrained", "quick", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
     assert exp.config().batch_size == 10 and exp.long_epochs == 40
     assert "profile quick: 64 px, batch 10, 20 epochs, AlexNet and spec networks at width 0.125" in capsys.readouterr().out

@@ -6,7 +6,7 @@ Usage (from the repository root, after `make setup`; about 45 s per seed on 2 CP
     .venv/bin/python tools/bn_first_step.py --seeds 0 1 2
 
 Every run is notebook 3's ablation row 3 (BaseNet, Adam 1e-4, jitter-flip-rotate augmentation) with the quick
-profile's notebook-3 settings (64 px, batch 10, 20 epochs, width 1/8), on the embedded synthetic dataset, changed
+profile's notebook-3 settings (128 px, batch 10, 20 epochs, width 1/8), on the embedded synthetic dataset, changed
 in one place only:
 
   row 3              no BatchNorm (the row before the step)
