@@ -1,6 +1,6 @@
 """Why the quick profile's ablation does not show the seed report's first BatchNorm step: controls, side by side.
 
-Usage (from the repository root, after `make setup`; about 45 s per seed on 2 CPU cores):
+Usage (from the repository root, after `make setup`; about 70 s per seed on 2 CPU cores):
 
     .venv/bin/python tools/bn_first_step.py                 # seeds 0 and 1
     .venv/bin/python tools/bn_first_step.py --seeds 0 1 2
