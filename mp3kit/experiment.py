@@ -321,13 +321,14 @@ class Experiment:
         The report shows the table (serial, label, test mAP) in section (default "ablation").
         """
         config = self.config(epochs=epochs or self.epochs)
-        table, recorded, widths = [], [], set()
+        table, recorded, widths, sizes = [], [], set(), set()
         for serial, row in enumerate(rows, start=1):
             if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], str)):
                 raise UserError(f"Ablation row {serial} is {row!r}: write it as (\"label\", change).")
             label, change = row
             config = config.replace(**self._changes(change, serial))
             key = f"ablation-{serial}"
+            sizes.add(config.image_size)
             if models.scales_with_width(config.model):
                 widths.add(config.width)
             try:
@@ -345,11 +346,11 @@ class Experiment:
             recorded.append({"serial": serial, "label": label, "key": key})
             table.append({"serial": serial, "architecture": label, "params": params, "test mAP": run.test_map,
                           "best val mAP": run.best_val_map(), "note": "" if run.complete else run.status})
-        scaled = width_note(widths)
-        self._declare("ablation", "ablation", section, rows=recorded, note=" ".join(filter(None, [ABLATION_NOTE, scaled])))
+        built = " ".join(filter(None, [size_note(sizes), width_note(widths)]))
+        self._declare("ablation", "ablation", section, rows=recorded, note=" ".join(filter(None, [ABLATION_NOTE, built])))
         note = ("test mAP: the finished run on the test split (picking an epoch by test mAP would tune on the test set); "
                 f"best val mAP: the best evaluation epoch on val. Chance: test mAP {self.chance_map:.4f}.")
-        note = " ".join(filter(None, [note, scaled]))
+        note = " ".join(filter(None, [note, built]))
         return Table(table, ["serial", "architecture", "params", "test mAP", "best val mAP", "note"], note)
 
     @staticmethod
@@ -532,6 +533,15 @@ def _claim(claim, number) -> findings.Claim:
 
 ABLATION_NOTE = ("\"Best mAP on test set\" is the test mAP of that row's run, measured once after its last epoch; no "
                  "row is picked by its test score.")
+
+
+def size_note(sizes) -> str:
+    """Return the sentence saying which image size an ablation's rows train and test on ("" for no rows)."""
+    sizes = sorted(sizes)
+    if not sizes:
+        return ""
+    return (f"Every row trains and tests on {sizes[0]} px images." if len(sizes) == 1
+            else "The rows train and test on images of " + ", ".join(f"{s} px" for s in sizes) + ".")
 
 
 def width_note(widths) -> str:

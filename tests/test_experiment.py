@@ -150,6 +150,7 @@ def test_ablation_says_its_networks_are_narrower_than_their_labels(exp):
     (item,) = _manifest(exp)["report"]
     for note in (table.note, item["note"]):
         assert "built at width 0.125" in note and "384 channels has 48" in note
+        assert "Every row trains and tests on 64 px images." in note  # the smoke profile's size
     assert exp.runs["ablation-1"].config["width"] == 0.125
 
 
