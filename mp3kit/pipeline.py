@@ -200,7 +200,7 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of each image of x (B, 3, H, W) in [0, 1] by its own shift (B,), in turns."""
     r, g, b = x.unbind(dim=1)  # (B, H, W) each
-    # Elementwise maximum and minimum: on the CPU a max or min over the 3-long channel dimension is ~20x slower.
+    # Elementwise maximum and minimum: on the CPU a max or min over the 3-long channel dimension is far slower.
     value = torch.maximum(torch.maximum(r, g), b)
     delta = value - torch.minimum(torch.minimum(r, g), b)  # chroma, value * saturation
     safe_delta = torch.where(delta > 0, delta, torch.ones_like(delta))
