@@ -25,7 +25,7 @@ ADAM_LR = 1e-4  # Adam for AlexNet from scratch, as suggested by the course kit
 
 # %%
 import subprocess, sys  # Colab set-up (nothing happens elsewhere): install mp3kit, then colab.setup readies the VM
-KEEP = "pip list --format=freeze | grep -iE '^(torch|torchvision|ipywidgets)==' > /tmp/colab-keep.txt"  # Colab's own builds stay
+KEEP = "pip list --format=freeze | grep -iv '^mp3kit==' > /tmp/colab-keep.txt"  # every package Colab has stays as it is
 if "google.colab" in sys.modules and subprocess.run(f"{KEEP}; pip install -q -c /tmp/colab-keep.txt '{REPO_URL}'", shell=True).returncode:
     raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed (pip's reason is above): set REPO_URL in the first cell to git+ and your course's mp3kit repository URL, or to the path of an uploaded mp3kit wheel.")
 from mp3kit import colab

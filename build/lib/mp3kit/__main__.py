@@ -1,0 +1,3 @@
+from mp3kit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""The mp3kit command line: data, train, runs, submit, bench, report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mp3kit.util import UserError
+
+
+def _cmd_data_synth(args) -> int:
+    from mp3kit import synth
+
+    kw = {} if args.images is None else {"n_images": args.images}
+    devkit = synth.make_synthetic_voc(args.root, seed=args.seed, progress=not args.quiet, **kw)
+    print(f"Wrote a synthetic VOC 2007 tree (not real photographs) to {devkit}")
+    return 0
+
+
+def _cmd_data_fetch(args) -> int:
+    from mp3kit import fetch
+
+    devkit = fetch.fetch_voc(args.root, sources=args.source, default_sources=not args.no_default_sources,
+                             progress=not args.quiet, timeout=args.timeout)
+    print(f"PASCAL VOC 2007 is ready in {devkit / 'VOC2007'}, verified against the official labels")
+    return 0
+
+
+def _cmd_data_check(args) -> int:
+    from mp3kit import data, verify
+
+    report = data.check_tree(args.root)
+    print(data.format_check(report))
+    result = verify.verify_tree(args.root, progress=not args.quiet)
+    print("\n" + verify.format_verification(result))
+    return 0 if report["ok"] and (result.ok or result.synthetic) else 1
+
+
+class _Choices(Sequence):
+    """The values a flag allows, read from a module's constant when argparse first needs them (keeps --help quick).
+
+    Old names in the module's aliases dict (if given) are accepted too, but not listed. Give the flag a metavar:
+    argparse lists the choices of a flag without one as soon as the flag is added.
+    """
+
+    def __init__(self, module: str, name: str, aliases: str | None = None):
+        self.module, self.name, self.aliases = module, name, aliases
+
+    def _values(self) -> list:
+        return list(getattr(importlib.import_module(f"mp3kit.{self.module}"), self.name))
+
+    def __getitem__(self, i):
+        return self._values()[i]
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __contains__(self, value) -> bool:
+        old = getattr(importlib.import_module(f"mp3kit.{self.module}"), self.aliases) if self.aliases else {}
+        return value in self._values() or value in old
+
+
+_ONE_OF = dict(metavar="NAME", help="one of %(choices)s")
+
+
+def _parse_model(value: str):
+    """Return --model as a model name, or the spec its JSON text or .json file gives (checked by models.parse_spec)."""
+    from mp3kit import models
+
+    return models.spec_or_name(value)
+
+
+def config_from_args(args):
+    """Fill a TrainConfig from the train subcommand's flags (unset flags keep the course defaults)."""
+    from mp3kit.train import TrainConfig
+
+    fields = ("epochs", "lr", "optimizer", "batch_size", "image_size", "augment", "seed", "momentum", "weight_decay",
+              "schedule", "warmup_epochs", "eval_every", "device", "amp", "pipeline", "max_images", "pretrained_weights",
+              "difficult", "train_split", "tta", "width")
+    changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    if args.model is not None:
+        changes["model"] = _parse_model(args.model)
+    if args.freeze_features:
+        changes["freeze_features"] = True
+    return TrainConfig(**changes)
+
+
+def _cmd_train(args) -> int:
+    from mp3kit import train
+
+    config = config_from_args(args)
+    run = train.fit(config, args.data_root, name=args.name, runs_dir=args.runs_dir, resume=args.resume,
+                    progress=not args.quiet)
+    if run.status != "complete":
+        print(f"Run {run.name} {run.status}: {run.reason}", file=sys.stderr)
+        return 1
+    kind = " (synthetic data)" if run.synthetic else ""
+    print(f"{run.name}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f}{kind} -> {run.path}")
+    return 0
+
+
+def _cmd_lr_find(args) -> int:
+    from mp3kit import plots, train
+
+    config = config_from_args(args)
+    found = train.lr_range_test(config, args.data_root, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr,
+                                progress=not args.quiet)
+    if args.plot:
+        plots.plot_lr_find(found, path=args.plot, title=f"Learning-rate range test, {config.model_label()} with "
+                                                        f"{config.optimizer}")
+    print(train.suggestion_line(found, f"{config.model_label()} with {config.optimizer}")
+          + (f"; plot: {args.plot}" if args.plot and found["suggested_lr"] is not None else ""))
+    if found["suggested_lr"] is None:
+        return 1
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from mp3kit import runs
+    from mp3kit.table import Table
+
+    found = runs.list_runs(args.runs_dir)
+    if not found:
+        print(f"No runs in {args.runs_dir}.")
+        return 0
+    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"]] for s in (r.summary() for r in found)]
+    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val"],
+                align=["left", "left", "right", "right", "right"]).to_text())
+    return 0
+
+
+def _cmd_submit(args) -> int:
+    from mp3kit import kaggle
+
+    if args.check:
+        problems = kaggle.check_kaggle_csv(args.check)
+        if problems:
+            for p in problems:
+                print(p, file=sys.stderr)
+            return 2
+        print(f"{args.check} is a valid Kaggle submission; its score (1 - mAP) is {kaggle.kaggle_score(args.check):.5f}.")
+        return 0
+    if not args.run:
+        raise UserError("mp3kit submit needs --check FILE or --run RUN_DIR: give one of them.")
+    from mp3kit import runs
+
+    run = runs.load_run(args.run)
+    if not run.complete:
+        raise UserError(f"The run {run.path} is {run.status}, with no test evaluation yet: resume it first (mp3kit "
+                        f"train --resume).")
+    out = Path(args.out or run.path / "kaggle.csv")
+    kaggle.write_kaggle_csv(out, run.test_ap)
+    print(f"Wrote {out}: Kaggle score (1 - mAP) {1 - run.test_map:.5f}" + (" (synthetic data)" if run.synthetic else ""))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from mp3kit import bench
+
+    bench.main(images=args.images, device=args.device, quick=args.quick)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from mp3kit import report
+
+    return report.main(profile=args.profile, data_root=args.data_root, only=args.only, report_dir=args.report_dir,
+                       execute=not args.no_execute)
+
+
+def _add_config_flags(t) -> None:
+    """Add the flags that fill a TrainConfig (train and lr-find share them)."""
+    t.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
+    t.add_argument("--model", default=None, help="a model name (mp3kit.models.MODEL_NAMES, e.g. simple, alexnet, "
+                                                 "alexnet-pretrained, alexnet-bn) or a JSON spec / .json file")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=_Choices("train", "OPTIMIZERS"), **_ONE_OF)
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--schedule", choices=_Choices("train", "SCHEDULES"), **_ONE_OF)
+    t.add_argument("--warmup-epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--width", type=float, help="multiply the channels and hidden units of AlexNet and spec networks "
+                                               "(e.g. 0.125, as the quick profile does); default 1")
+    t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
+    t.add_argument("--eval-every", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    t.add_argument("--amp", choices=_Choices("train", "AMP_MODES"), **_ONE_OF)
+    t.add_argument("--pipeline", choices=_Choices("pipeline", "PIPELINES"), **_ONE_OF)
+    t.add_argument("--difficult", choices=_Choices("train", "DIFFICULT_MODES"), **_ONE_OF)
+    t.add_argument("--max-images", type=int, help="use at most N images per split (quick checks)")
+    t.add_argument("--pretrained-weights", help="AlexNet ImageNet weights file (alexnet-pretrained)")
+    t.add_argument("--freeze-features", action="store_true", help="pretrained AlexNet: train the head only")
+    t.add_argument("--train-split", choices=_Choices("train", "TRAIN_SPLITS"), metavar="NAME",
+                   help="%(choices)s: train (val held out), or train + val, the VOC protocol for a final test number "
+                        "(choose the epochs on train first)")
+    t.add_argument("--tta", choices=_Choices("train", "TTA_MODES"), metavar="NAME",
+                   help="%(choices)s: flip evaluates each image as the mean over it and its mirror")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argparse parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="mp3kit", description="Multi-label classification on PASCAL VOC 2007, for coursework.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="get, make or check a VOC 2007 tree")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    s = dsub.add_parser("synth", help="write the embedded synthetic dataset in the real VOC layout")
+    s.add_argument("--root", required=True, help="folder to write VOCdevkit/VOC2007 into")
+    s.add_argument("--images", type=int, default=None, help="number of images (default: the kit's size)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_data_synth)
+    f = dsub.add_parser("fetch", help="download VOC 2007 (about 900 MB) from the first source that gives exactly "
+                                      "the official data, and put it in place verified")
+    f.add_argument("--root", required=True, help="folder that will hold VOCdevkit/VOC2007")
+    f.add_argument("--source", action="append", default=[], metavar="URL_OR_FOLDER",
+                   help="a base URL or a folder holding VOCtrainval_06-Nov-2007 and VOCtest_06-Nov-2007 (.tar or "
+                        ".zip); tried before the built-in sources; repeatable")
+    f.add_argument("--no-default-sources", action="store_true", help="try only the --source ones")
+    f.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up on a source that sends nothing for this long (default 30)")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=_cmd_data_fetch)
+    c = dsub.add_parser("check", help="report the splits, images and labels under a VOC tree, and whether they "
+                                      "are exactly the official VOC 2007")
+    c.add_argument("--root", required=True)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_data_check)
+
+    t = sub.add_parser("train", help="train one run and record it under the runs folder")
+    t.add_argument("--name", default=None, help="run name (default: model plus a hash of the config)")
+    t.add_argument("--runs-dir", default="runs")
+    _add_config_flags(t)
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    lf = sub.add_parser("lr-find", help="learning-rate range test: the loss while the lr rises, and the lrs where it "
+                                        "falls fastest (trains a throwaway copy; records nothing)")
+    _add_config_flags(lf)
+    lf.add_argument("--steps", type=int, default=200, help="batches to train (default 200)")
+    lf.add_argument("--start-lr", type=float, default=1e-6)
+    lf.add_argument("--end-lr", type=float, default=1.0)
+    lf.add_argument("--plot", metavar="FILE.png", help="also save the loss-against-lr plot there")
+    lf.add_argument("--quiet", action="store_true")
+    lf.set_defaults(func=_cmd_lr_find)
+
+    r = sub.add_parser("runs", help="list the recorded runs and their test mAP")
+    r.add_argument("--runs-dir", default="runs")
+    r.set_defaults(func=_cmd_runs)
+
+    k = sub.add_parser("submit", help="write or check the Kaggle CSV (id,category = 1 - AP per class)")
+    k.add_argument("--check", metavar="FILE", help="validate a Kaggle CSV")
+    k.add_argument("--run", metavar="RUN_DIR", help="write the Kaggle CSV of a complete run")
+    k.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/kaggle.csv)")
+    k.set_defaults(func=_cmd_submit)
+
+    b = sub.add_parser("bench", help="measure the input pipeline and training throughput")
+    b.add_argument("--images", type=int, default=None)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--quick", action="store_true", help="fewer images, for a check in seconds")
+    b.set_defaults(func=_cmd_bench)
+
+    rep = sub.add_parser("report", help="run the notebooks with papermill and rebuild report/")
+    rep.add_argument("--profile", choices=_Choices("experiment", "PROFILES"), default="quick", metavar="NAME",
+                     help="one of %(choices)s (default %(default)s)")
+    rep.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
+    rep.add_argument("--only", default=None, help="run one notebook (e.g. 01_introduction)")
+    rep.add_argument("--report-dir", default="report")
+    rep.add_argument("--no-execute", action="store_true",
+                     help="run no notebook: rebuild report.md/html from the runs already on disk (seconds)")
+    rep.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the mp3kit command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"mp3kit: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"mp3kit: {exc.strerror or exc}{where}: check the path, free space and permissions.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mp3kit: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,583 @@
+"""Profiles and the Experiment helper behind the three notebooks.
+
+A notebook names a profile (how big its experiments are) and gives each of its runs a key;
+Experiment turns the profile plus a few changes into a TrainConfig, trains it with train.fit
+(reusing a run already complete on disk with the same config and data, resuming one that was
+interrupted), and keeps a manifest of runs, values and report content that `mp3kit report` reads:
+
+    <runs_dir>/<notebook>.manifest.json
+    {"notebook", "profile", "synthetic", "data_root",
+     "runs": {key: {"run": run name, "label": readable label}}, "values": {key: JSON value},
+     "report": [{"kind", "key", "section", ...}, ...]}
+
+A notebook declares what it gives the report where it makes it (Experiment.figure, table, result, note, ablation,
+kaggle_csv, check_pretrained); each item goes to the report template's marker named by its section (default: its
+own key), in the order declared. The kinds and what they hold:
+    figure    caption, file (under figures_dir)
+    table     caption, markdown (a table fixed when it was made, e.g. an architecture)
+    runs      caption, runs (run keys), columns ("settings" or "ap": AP per class), best (name the highest test mAP)
+    result    caption (what the run is): the headline of run key, its test mAP and average test loss
+    ablation  rows ({"serial", "label", "key", "skipped"?}), note
+    note      text (markdown)
+The report draws every number of runs, result and ablation items from the run records, when it is built.
+
+Environment variables (named in mp3kit.settings): settings.PROFILE gives the notebooks' default PROFILE (nbval
+runs them with smoke); settings.QUIET hides (1) or shows (0) progress bars. With it unset, bars show in an
+interactive front end (JupyterLab, Colab, VS Code, a terminal) and not under papermill or nbval, which run cells
+with stdin disallowed. `mp3kit report` sets it to 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from mp3kit import data as voc
+from mp3kit import findings, kaggle, metrics, models, plots, runs, settings, synth, train
+from mp3kit.metrics import NoPositivesWarning
+from mp3kit.runs import Run
+from mp3kit.table import Table
+from mp3kit.train import TrainConfig
+from mp3kit.util import UserError, atomic_write_json
+
+PROFILE_ENV = settings.PROFILE
+QUIET_ENV = settings.QUIET
+SPLIT_NAMES = ("train", "val", "test")
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big a notebook's experiments are: TrainConfig fields every run gets, and the longer run lengths."""
+
+    name: str
+    about: str
+    train: dict = field(default_factory=dict)  # TrainConfig fields set for every run
+    long_epochs: int = 40  # "longer training" (the seed report: 40 epochs against 20)
+    final_epochs: int = 55  # notebook 3's final model (the seed report: 55)
+    real_data: bool = False  # True: refuse the synthetic dataset
+    # Per notebook ("01", "02", "03"): TrainConfig fields and run lengths that replace the ones above there.
+    notebooks: dict = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        """Return the epochs of an ordinary run."""
+        return int(self.train.get("epochs", TrainConfig.epochs))
+
+    def for_notebook(self, notebook: str) -> Profile:
+        """Return this profile as notebook (e.g. "01_introduction") runs it, with that notebook's overrides applied."""
+        changes = dict(self.notebooks.get(str(notebook).split("_", 1)[0], {}))
+        train_changes = changes.pop("train", {})
+        return replace(self, train={**self.train, **train_changes}, notebooks={}, **changes)
+
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke",
+        "seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs, networks from scratch at 1/8 width",
+        train={"image_size": 64, "max_images": 40, "batch_size": 40, "epochs": 2, "eval_every": 1, "width": 0.125},
+        long_epochs=3,
+        final_epochs=3,
+    ),
+    # Sized for a 2-core CPU (README, "Profiles"): the course's 20 epochs (40 for longer training) at batch 10, so a
+    # run takes 1,000 steps, enough for the slow starters (SGD without BatchNorm) to begin to leave chance; the simple
+    # classifier gets 1,250 (batch 8), as its SGD run leaves chance late with some seeds. The networks trained from
+    # scratch are built at 1/8 width (TrainConfig.width) and the simple classifier sees 32 px, which makes a step
+    # cost milliseconds; AlexNet's layers need at least 63 px, so notebook 2 uses 64, and notebook 3 uses 128 because
+    # its ablation's extra convolution rows (models.SEED_ABLATION's last two) need at least 127.
+    "quick": Profile(
+        "quick",
+        "minutes on a laptop CPU: the embedded synthetic dataset, the course's 20 epochs (40 for longer training and "
+        "the final model); notebook 1 at 32 px, batch 8; notebook 2 at 64 px and notebook 3 at 128 px, batch 10, with "
+        "AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`)",
+        train={"image_size": 64, "epochs": 20, "batch_size": 10, "eval_every": 5, "width": 0.125},
+        long_epochs=40,
+        final_epochs=40,
+        notebooks={"01": {"train": {"image_size": 32, "batch_size": 8}}, "03": {"train": {"image_size": 128}}},
+    ),
+    "full": Profile(
+        "full",
+        "the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps)",
+        train={},
+        long_epochs=40,
+        final_epochs=55,
+        real_data=True,
+    ),
+}
+
+
+def get_profile(name) -> Profile:
+    """Return the Profile called name (smoke, quick or full)."""
+    if isinstance(name, Profile):
+        return name
+    key = str(name).strip().lower()
+    if key not in PROFILES:
+        raise UserError(f"PROFILE = {name!r} is not a profile: use one of {', '.join(PROFILES)}.")
+    return PROFILES[key]
+
+
+def default_profile() -> str:
+    """Return the profile the environment names (mp3kit.settings.profile), or quick."""
+    return settings.profile("quick")
+
+
+def show_progress() -> bool:
+    """Return True when progress bars help: an interactive notebook or terminal, unless settings.quiet() says otherwise."""
+    quiet = settings.quiet()
+    if quiet is not None:
+        return not quiet
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if not shell:
+        return sys.stderr.isatty()
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return True  # the IPython terminal
+    # papermill and nbval send every cell with stdin disallowed; a person's front end allows it.
+    return bool(getattr(kernel, "_allow_stdin", True))
+
+
+def _has_voc_tree(root) -> bool:
+    """Return True when root holds a VOC2007 folder (complete or not)."""
+    try:
+        voc.find_voc_dir(root)
+    except UserError:
+        return False
+    return True
+
+
+class Experiment:
+    """One notebook's runs, figures and values under a profile, recorded in a manifest for the report."""
+
+    def __init__(self, notebook: str, profile=None, data_root=None, runs_dir="runs", figures_dir="figures", *,
+                 retrain: bool = False, quiet: bool | None = None):
+        self.notebook = Path(str(notebook)).stem  # "01_introduction" (a path or .ipynb name works too)
+        self.profile = get_profile(profile or default_profile()).for_notebook(self.notebook)
+        self.runs_dir = Path(runs_dir)
+        self.figures_dir = Path(figures_dir)
+        self.retrain = retrain
+        self.progress = show_progress() if quiet is None else not quiet
+        self.prefix = f"{self.notebook.split('_', 1)[0]}-{self.profile.name}"  # run names: 01-quick-<key>
+        self.requested_root = data_root
+        self.data_root, self.synthetic = self._resolve_data(data_root)
+        self._data: dict = {}
+        self.data = self._data_for(self.profile.train.get("max_images"))
+        self.runs: dict[str, Run] = {}
+        self.manifest = {"notebook": self.notebook, "profile": self.profile.name, "synthetic": self.synthetic,
+                         "data_root": str(self.data_root), "runs": {}, "values": {}, "report": []}
+        self.chance_map = self.record("chance_map", metrics.chance_map(self.data.test.targets, self.data.test.difficult))
+        print(self.notice())
+
+    # ------------------------------------------------------------------ data
+
+    def _resolve_data(self, data_root) -> tuple[Path, bool]:
+        """Return the VOC root to use and whether it is synthetic, refusing synthetic data in the full profile."""
+        hint = "run `mp3kit data fetch --root data/voc` and set DATA_ROOT = \"data/voc\""
+        if data_root is not None and str(data_root).strip() and _has_voc_tree(data_root):
+            root = Path(data_root).expanduser()
+            synthetic = train.load_data(root, max_images=2).synthetic
+            if synthetic and self.profile.real_data:
+                raise UserError(f"PROFILE \"full\" trains on real VOC 2007 but DATA_ROOT = {str(data_root)!r} holds the "
+                                f"synthetic dataset: {hint}, or use PROFILE = \"quick\".")
+            return root, synthetic
+        if self.profile.real_data:
+            where = "DATA_ROOT is not set" if data_root is None else f"DATA_ROOT = {str(data_root)!r} holds no VOC 2007 tree"
+            raise UserError(f"PROFILE \"full\" trains on real VOC 2007 but {where}: {hint}, or use PROFILE = \"quick\" "
+                            "for the embedded synthetic dataset.")
+        return synth.ensure_synthetic(progress=self.progress), True
+
+    def _data_for(self, max_images) -> train.Data:
+        """Return the train, val and test splits capped at max_images, loading them once."""
+        if max_images not in self._data:
+            self._data[max_images] = train.load_data(self.data_root, max_images)
+        return self._data[max_images]
+
+    def notice(self) -> str:
+        """Return the one-line statement of which data and profile this notebook uses."""
+        sizes = " / ".join(f"{len(getattr(self.data, s))} {s}" for s in SPLIT_NAMES)
+        config = self.config()
+        setup = f"profile {self.profile.name}: {config.image_size} px, batch {config.batch_size}, {config.epochs} epochs"
+        if config.width != 1:
+            setup += f", AlexNet and spec networks at width {config.width:g}"
+        if not self.synthetic:
+            return f"Using PASCAL VOC 2007 from {self.data_root} ({sizes} images); {setup}."
+        asked = self.requested_root
+        why = f"No VOC tree in {asked}, so using" if asked is not None and str(asked).strip() else "Using"
+        return (f"{why} the embedded SYNTHETIC dataset: generated shapes, not real photographs, so its numbers say "
+                f"nothing about real VOC ({sizes} images); {setup}.")
+
+    def data_table(self) -> Table:
+        """Return the images and positive images per class of the train, val and test splits in use."""
+        rows = [{"class": name, **{s: int(getattr(self.data, s).targets[:, c].sum()) for s in SPLIT_NAMES}}
+                for c, name in enumerate(voc.VOC_CLASSES)]
+        rows.append({"class": "images", **{s: len(getattr(self.data, s)) for s in SPLIT_NAMES}})
+        return Table(rows, ["class", *SPLIT_NAMES], note="Positive images per class (difficult-only not counted).")
+
+    # ------------------------------------------------------------------ runs
+
+    def config(self, **changes) -> TrainConfig:
+        """Return the profile's TrainConfig with changes applied (course defaults for everything else)."""
+        return TrainConfig(**{**self.profile.train, **changes})
+
+    @property
+    def epochs(self) -> int:
+        """Return the epochs of an ordinary run in this profile (full: the course's 20)."""
+        return self.profile.epochs
+
+    @property
+    def long_epochs(self) -> int:
+        """Return the epochs of a "longer training" run in this profile (full: 40, as in the seed report)."""
+        return self.profile.long_epochs
+
+    @property
+    def final_epochs(self) -> int:
+        """Return the epochs of notebook 3's final model in this profile."""
+        return self.profile.final_epochs
+
+    def run_name(self, key: str) -> str:
+        """Return the run folder name of key, e.g. 01-quick-simple-default."""
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.', e.g. \"simple-adam\".")
+        return f"{self.prefix}-{key}"
+
+    def run(self, key: str, config=None, label: str | None = None) -> Run:
+        """Train config as run key (reusing a complete run with the same config), record it, print its numbers, return it."""
+        config = self._as_config(config)
+        name = self.run_name(key)
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                if config.max_images is not None:
+                    # A capped test split may lack a class; its AP is NaN and the report shows it as such.
+                    warnings.simplefilter("ignore", NoPositivesWarning)
+                # fit decides: reuse a complete run with this config and data, resume an unfinished one, or train.
+                run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=False if self.retrain else "auto",
+                                reuse=not self.retrain, progress=self.progress, data=self._data_for(config.max_images))
+        except train.NonFiniteLoss as exc:
+            run = runs.load_run(self.runs_dir / name)
+            print(f"{key}: FAILED, {exc}")
+        else:
+            print(self._run_line(key, run, None if run.origin == "reused" else time.perf_counter() - t0))
+        self.runs[key] = run
+        self.manifest["runs"][key] = {"run": name, "label": label or key}
+        self._save()
+        return run
+
+    def _as_config(self, config) -> TrainConfig:
+        """Return config as a TrainConfig: None is the profile's, a dict holds changes to it."""
+        if config is None:
+            return self.config()
+        if isinstance(config, dict):
+            return self.config(**config)
+        if not isinstance(config, TrainConfig):
+            raise UserError(f"Experiment.run got a {type(config).__name__}: pass exp.config(...) or a dict of "
+                            f"TrainConfig changes.")
+        return config
+
+    def _run_line(self, key: str, run: Run, seconds) -> str:
+        """Return the one line printed when a run finishes or is reused."""
+        if run.status != "complete":
+            return f"{key}: {run.status} after {len(run.history)} epochs ({run.reason}); run the cell again to resume it."
+        how = f"trained in {seconds:.0f} s" if seconds is not None else "reused from disk"
+        return (f"{key}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f} "
+                f"({len(run.history)} epochs, {how})")
+
+    def labelled(self, *runs_or_keys) -> list[Run]:
+        """Return runs (given by key or as Runs of this notebook) renamed to their labels, for readable plot legends."""
+        by_name = {run.name: key for key, run in self.runs.items()}
+        out = []
+        for item in runs_or_keys:
+            key = by_name.get(item.name) if isinstance(item, Run) else item
+            if key not in self.runs:
+                continue  # a run this notebook skipped (e.g. the pretrained one without weights)
+            out.append(replace(self.runs[key], name=self.manifest["runs"][key]["label"]))
+        return out
+
+    def runs_table(self, keys=None) -> Table:
+        """Return a table of runs (default: every run so far): label, epochs, test mAP, average test loss, best val mAP."""
+        keys = list(self.runs) if keys is None else [k for k in keys if k in self.runs]
+        rows = []
+        for key in keys:
+            run = self.runs[key]
+            rows.append({"run": self.manifest["runs"][key]["label"], "epochs": len(run.history),
+                         "test mAP": run.test_map, "avg test loss": run.test_loss, "best val mAP": run.best_val_map(),
+                         "status": run.status})
+        note = f"Chance (a network that learned nothing): test mAP {self.chance_map:.4f}."
+        if self.synthetic:
+            note += " Synthetic data: the numbers compare settings on generated shapes, not on VOC."
+        return Table(rows, ["run", "epochs", "test mAP", "avg test loss", "best val mAP", "status"], note)
+
+    def ablation(self, rows, epochs: int | None = None, section: str | None = None) -> Table:
+        """Run an ablation in order and return its table; each row is (label, change) applied on top of the row before.
+
+        A change is a model spec (a dict with "blocks"), a model name, or a dict of TrainConfig fields;
+        the first row's change applies to the profile's config. Runs are keyed ablation-1, ablation-2, ...
+        The report shows the table (serial, label, test mAP) in section (default "ablation").
+        """
+        config = self.config(epochs=epochs or self.epochs)
+        table, recorded, widths, sizes = [], [], set(), set()
+        for serial, row in enumerate(rows, start=1):
+            if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], str)):
+                raise UserError(f"Ablation row {serial} is {row!r}: write it as (\"label\", change).")
+            label, change = row
+            config = config.replace(**self._changes(change, serial))
+            key = f"ablation-{serial}"
+            sizes.add(config.image_size)
+            if models.scales_with_width(config.model):
+                widths.add(config.width)
+            try:
+                with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
+                    params = sum(p.numel() for p in train.build_model(config).parameters())
+            except UserError as exc:
+                # A network too deep for this profile's small images (the full profile's 227 px fit them all).
+                reason = str(exc).split(" (")[0]
+                print(f"{key} ({label}): skipped, {reason}.")
+                recorded.append({"serial": serial, "label": label, "key": key, "skipped": reason})
+                table.append({"serial": serial, "architecture": label, "params": None, "test mAP": None,
+                              "best val mAP": None, "note": "skipped: needs larger images"})
+                continue
+            run = self.run(key, config, label=label)
+            recorded.append({"serial": serial, "label": label, "key": key})
+            table.append({"serial": serial, "architecture": label, "params": params, "test mAP": run.test_map,
+                          "best val mAP": run.best_val_map(), "note": "" if run.complete else run.status})
+        built = " ".join(filter(None, [size_note(sizes), width_note(widths)]))
+        self._declare("ablation", "ablation", section, rows=recorded, note=" ".join(filter(None, [ABLATION_NOTE, built])))
+        note = ("test mAP: the finished run on the test split (picking an epoch by test mAP would tune on the test set); "
+                f"best val mAP: the best evaluation epoch on val. Chance: test mAP {self.chance_map:.4f}.")
+        note = " ".join(filter(None, [note, built]))
+        return Table(table, ["serial", "architecture", "params", "test mAP", "best val mAP", "note"], note)
+
+    @staticmethod
+    def _changes(change, serial: int) -> dict:
+        """Return the TrainConfig fields an ablation change sets."""
+        if isinstance(change, str) or (isinstance(change, dict) and "blocks" in change):
+            return {"model": change}
+        if isinstance(change, dict):
+            unknown = sorted(set(change) - set(TrainConfig.__dataclass_fields__))
+            if unknown:
+                raise UserError(f"Ablation row {serial} changes {unknown[0]!r}, which is not a TrainConfig field: "
+                                "give a model spec (with \"blocks\") or TrainConfig fields such as {\"optimizer\": \"adam\"}.")
+            return dict(change)
+        raise UserError(f"Ablation row {serial}: the change {change!r} is neither a model spec nor a dict of TrainConfig fields.")
+
+    def check_pretrained(self, sections=()) -> str | None:
+        """Return None when the ImageNet AlexNet weights load offline, else print why not and say so in sections.
+
+        The first section gets the reason; the others a line saying the pretrained results are missing.
+        """
+        try:
+            models.alexnet(pretrained=True)
+        except UserError as exc:
+            reason = str(exc)
+            self.record("pretrained_unavailable", reason)
+            for i, section in enumerate(sections):
+                self.note("pretrained-unavailable", pretrained_notice(reason, full=i == 0), section)
+            print(f"Skipping the ImageNet-pretrained AlexNet. {reason}")
+            return reason
+        return None
+
+    def architecture(self, model="simple") -> models.ArchTable:
+        """Return the layer table of a model name or spec at this profile's image size."""
+        size = self.config().image_size
+        with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
+            return models.architecture_table(train.build_model(self.config(model=model)), (3, size, size))
+
+    def kaggle_csv(self, run: Run, path=None, section: str | None = None) -> Path | None:
+        """Write run's Kaggle CSV (1 - AP per class, default in its run folder), record its path and score, return the path.
+
+        With section, the report says there where the CSV is and its score (or why there is none).
+        """
+        if run.test_ap is None or any(ap is None for ap in run.test_ap):
+            print(f"No Kaggle CSV: {run.name} has no AP for some class (a capped test split without a positive image; "
+                  "the quick and full profiles test on every image).")
+            if section:
+                self.note("kaggle", kaggle_notice(None, None, self.synthetic), section)
+            return None
+        path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", run.test_ap)
+        score = kaggle.kaggle_score(path)
+        self.record("kaggle_csv", str(path))
+        self.record("kaggle_score", score)
+        if section:
+            self.note("kaggle", kaggle_notice(path, score, self.synthetic), section)
+        kind = " on SYNTHETIC data, not a leaderboard number" if self.synthetic else ""
+        print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}{kind}.")
+        return path
+
+    # ------------------------------------------------------------------ what the notebook gives the report
+
+    def figure(self, key: str, caption: str = "", section: str | None = None) -> Path:
+        """Return the PNG path of figure key under figures_dir; the report shows it with caption in section."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        self._declare("figure", key, section, caption=caption or key, file=f"{key}.png")
+        return self.figures_dir / f"{key}.png"
+
+    def table(self, key: str, table, caption: str = "", section: str | None = None, *, per_class: bool = False,
+              best: bool = False):
+        """Give the report a table in section and return it for display: a Table (or markdown), or a list of run keys.
+
+        Run keys make a table of those runs drawn from their records when the report is built: their settings and
+        test results, or with per_class their test AP per class; best adds a line naming the highest test mAP
+        (or saying that every run is near chance).
+        """
+        if isinstance(table, (list, tuple)):
+            self._declare("runs", key, section, caption=caption, runs=list(table),
+                          columns="ap" if per_class else "settings", best=best)
+            return self.runs_table(table)
+        markdown = table if isinstance(table, str) else table.to_markdown()
+        self._declare("table", key, section, caption=caption, markdown=markdown)
+        return table
+
+    def result(self, key: str, caption: str, section: str | None = None) -> None:
+        """Give the report the headline of run key in section: caption, its label, test mAP and average test loss."""
+        self._declare("result", key, section, caption=caption)
+
+    def note(self, key: str, text: str, section: str | None = None) -> None:
+        """Give the report a markdown paragraph in section."""
+        self._declare("note", key, section, text=text)
+
+    def lr_find(self, config=None, steps: int | None = None, key: str = "lr-find", section: str | None = None) -> dict:
+        """Run an lr range test of config on this notebook's data, plot it, print the suggested lr and range, return it.
+
+        The loss is recorded over steps batches (default: 200, the smoke profile 30) while the lr rises from 1e-6
+        to 1; the suggestion is where the smoothed loss falls fastest (see train.lr_range_test). Nothing is trained
+        for keeps: use the suggestion in a run's config.
+        """
+        config = self._as_config(config)
+        steps = steps or (30 if self.profile.name == "smoke" else 200)
+        found = train.lr_range_test(config, data=self._data_for(config.max_images), steps=steps, progress=self.progress)
+        plots.plot_lr_find(found, path=self.figure(key, f"Learning-rate range test ({config.optimizer})", section),
+                           title=f"Learning-rate range test, {config.model_label()} with {config.optimizer}",
+                           synthetic=self.synthetic)
+        line = train.suggestion_line(found, f"{key} ({config.optimizer})")
+        print(line if found["suggested_lr"] is None else f"{line}: try lrs in that range.")
+        self.record(key, {k: found[k] for k in ("suggested_lr", "range")})
+        return found
+
+    def finding(self, number, text: str, claims, *, seed: str = "", published: str = "",
+                section: str = "findings") -> str:
+        """Check one of the seed report's findings on this notebook's runs, print the verdict, and give the report its row.
+
+        claims: (kind, run key, ...) tuples or findings.Claim objects, kind one of findings.KINDS, e.g.
+        ("beats", "simple-adam", "simple-default") or ("near_chance", "alexnet-scratch-sgd"). seed and published:
+        the seed report's and published figures, shown beside this report's on the full profile. The report
+        checks the finding again from results.json, by the rule in findings.RULE.
+        """
+        claims = tuple(c if isinstance(c, findings.Claim) else _claim(c, number) for c in claims)
+        finding = findings.Finding(str(number), text, claims, seed, published)
+        maps = {key: run.test_map for key, run in self.runs.items() if run.complete}
+        labels = {key: self.manifest["runs"][key]["label"] for key in self.runs}
+        verdict = findings.check(finding, maps, self.chance_map)
+        print(f"Finding {finding.number} ({text}): {verdict.upper()}; "
+              f"{findings.evidence(finding, maps, labels, self.chance_map)}.")
+        self._declare("finding", f"finding-{finding.number}", section, finding=finding.to_dict(), rule=findings.RULE)
+        return verdict
+
+    def data_summary(self) -> str:
+        """Return the sentence saying which data this notebook uses and its chance level, for the report."""
+        return data_notice(self.synthetic, self.data_root, self.chance_map)
+
+    def _declare(self, kind: str, key: str, section: str | None, **content) -> None:
+        """Add a report item to the manifest, replacing one of the same kind, key and section."""
+        self.run_name(key)  # the same rules for every key
+        section = section or key
+        self.run_name(section)
+        item = {"kind": kind, "key": key, "section": section, **content}
+        items = self.manifest["report"]
+        same = [i for i, old in enumerate(items) if (old["kind"], old["key"], old["section"]) == (kind, key, section)]
+        if same:
+            items[same[0]] = item
+        else:
+            items.append(item)
+        self._save()
+
+    def record(self, key: str, value):
+        """Record a JSON value (a number, string, list or dict) under key for the report, and return it."""
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"The value recorded as {key!r} is not JSON ({exc}): record numbers, strings, lists or "
+                            f"dicts.") from exc
+        self.manifest["values"][key] = value
+        self._save()
+        return value
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.runs_dir / f"{self.notebook}.manifest.json"
+
+    def _save(self) -> None:
+        atomic_write_json(self.manifest_path, self.manifest)
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.notebook!r}, profile={self.profile.name!r}, runs={list(self.runs)})"
+
+
+def _claim(claim, number) -> findings.Claim:
+    """Return the Claim a (kind, run key, ...) tuple stands for, or a UserError naming the finding."""
+    if not (isinstance(claim, (tuple, list)) and claim and isinstance(claim[0], str)):
+        raise UserError(f"Finding {number}: the claim {claim!r} is not a (kind, run key, ...) tuple, e.g. "
+                        "(\"beats\", \"simple-adam\", \"simple-default\").")
+    try:
+        return findings.Claim(claim[0], tuple(claim[1:]))
+    except ValueError as exc:
+        raise UserError(f"Finding {number}: {exc}.") from exc
+
+
+# The sentences below are written into the manifest by the Experiment methods that know their facts.
+
+ABLATION_NOTE = ("\"Best mAP on test set\" is the test mAP of that row's run, measured once after its last epoch; no "
+                 "row is picked by its test score.")
+
+
+def size_note(sizes) -> str:
+    """Return the sentence saying which image size an ablation's rows train and test on ("" for no rows)."""
+    sizes = sorted(sizes)
+    if not sizes:
+        return ""
+    return (f"Every row trains and tests on {sizes[0]} px images." if len(sizes) == 1
+            else "The rows train and test on images of " + ", ".join(f"{s} px" for s in sizes) + ".")
+
+
+def width_note(widths) -> str:
+    """Return the sentence saying that an ablation's networks are built narrower than its labels say ("" at width 1)."""
+    scaled = sorted(w for w in widths if w != 1)
+    if not scaled:
+        return ""
+    w = scaled[0] if len(scaled) == 1 else None
+    built = f"at width {w:g}" if w else "at widths " + ", ".join(f"{x:g}" for x in scaled)
+    example = f" (a convolution written with 384 channels has {max(1, round(384 * w))})" if w else ""
+    return (f"The networks trained from scratch are built {built}: the labels give the full-width channel counts"
+            f"{example}; the params column and the layer tables count the layers as built.")
+
+
+def data_notice(synthetic: bool, data_root, chance: float | None) -> str:
+    """Return the report's sentence on the data in use and the chance level (the mAP of a network that learned nothing)."""
+    source = ("the embedded synthetic dataset (drawn shapes in the PASCAL VOC layout, not photographs)" if synthetic
+              else f"PASCAL VOC from `{data_root}`")
+    level = (f" Chance level, the test mAP of a network that has learned nothing (the same score for every image): "
+             f"**{chance:.4f}**; a run near it has learned nothing.") if chance is not None else ""
+    return f"Data: {source}.{level}"
+
+
+def kaggle_notice(path, score: float | None, synthetic: bool) -> str:
+    """Return the report's line on the Kaggle CSV at path and its score, or on why there is none (path None)."""
+    if path is None:
+        return ("_No Kaggle CSV: the final run has no AP for some class (its capped test split holds no positive image "
+                "of it); the quick and full profiles test on every image._")
+    line = f"The Kaggle CSV of the final model is `{path}`; its score (1 − mAP) is **{score:.5f}**."
+    if synthetic:
+        line += " It was computed on the synthetic data: do not upload it; rebuild with `--profile full` on VOC."
+    return line
+
+
+def pretrained_notice(reason: str, full: bool = True) -> str:
+    """Return the report's notice that the ImageNet weights were missing: with the reason, or the short form."""
+    if full:
+        return f"**Pretrained weights unavailable:** {reason}"
+    return "**Pretrained weights unavailable** (the reason is under 3a): only the runs from scratch are shown."

@@ -1,0 +1,711 @@
+"""Rebuild report/ headlessly: run the notebooks with papermill, gather every run's numbers, write report.md and .html.
+
+The flow is one-way: notebooks -> run records + manifests (runs/<profile>/) -> results.json -> report.md -> report.html.
+Everything is built in a staging folder inside the report folder and swapped in only when every step succeeded,
+so a failing notebook leaves the previous report as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import mimetypes
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mp3kit import __version__, findings, settings
+from mp3kit import runs as run_records
+from mp3kit.table import Table
+from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
+
+NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
+# The generated part of a report folder, swapped in as a whole; report.md goes last so it never links to figures
+# that are not there yet.
+GENERATED = ("figures", "executed", "results.json", "report.html", "report.md")
+SYNTHETIC_BANNER = (
+    "These numbers come from the embedded SYNTHETIC dataset, not PASCAL VOC photographs; they check the pipeline "
+    "and are not comparable with the course's reference figures."
+)
+MARKER = re.compile(r"<!-- mp3kit:(begin|end) ([A-Za-z0-9_.-]+) -->")
+
+
+class NotebookError(Exception):
+    """A notebook failed or timed out under papermill; the message names the notebook and the cell."""
+
+
+def main(profile="quick", data_root=None, only=None, report_dir="report", execute=True) -> int:
+    """Rebuild the report for `mp3kit report`; return the exit status."""
+    try:
+        build(profile, data_root, only=only, report_dir=report_dir, execute=execute)
+    except NotebookError as exc:
+        print(f"mp3kit: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build(profile="quick", data_root=None, *, only=None, report_dir="report", notebooks_dir=None, runs_dir=None,
+          template=None, execute=True, timeout_s=None) -> Path:
+    """Run the notebooks (all, or only one), then rebuild report_dir from the run records; return report.md's path.
+
+    execute=False runs no notebook and rebuilds the report from the manifests and runs already on disk.
+    """
+    from mp3kit.experiment import PROFILES
+
+    if profile not in PROFILES:
+        raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
+    notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else find_repo() / "notebooks"
+    repo = notebooks_dir.parent
+    names = select_notebooks(notebooks_dir, only) if execute else []
+    runs_dir = Path(runs_dir).resolve() if runs_dir else repo / "runs" / profile
+    report_dir = Path(report_dir).resolve()
+    template = Path(template) if template else find_template(report_dir, repo)
+    if profile == "full" and data_root is None:
+        raise UserError("--profile full trains on the real PASCAL VOC 2007: add --data-root DIR (download it with "
+                        "`mp3kit data fetch --root DIR`).")
+    if data_root is not None and not Path(data_root).exists():
+        raise UserError(f"--data-root {data_root} does not exist: give the folder holding VOCdevkit, or leave it out "
+                        "to use the embedded synthetic dataset.")
+    markdown = _markdown_renderer()
+    # Check the student's report.md before spending minutes on notebooks that could not be merged into it.
+    _read_existing(report_dir / "report.md")
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(report_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=report_dir))
+    (staging / "pid").write_text(str(os.getpid()))
+    try:
+        for part in ("figures", "executed"):
+            old = report_dir / part
+            # A partial rebuild keeps the other notebooks' figures; a full one starts clean so none goes stale.
+            if (only is not None or not execute) and old.is_dir():
+                shutil.copytree(old, staging / part)
+            else:
+                (staging / part).mkdir()
+        parameters = {
+            "PROFILE": profile,
+            "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else None,
+            "RUNS_DIR": str(runs_dir),
+            "FIGURES_DIR": str(staging / "figures"),
+        }
+        timeout_s = timeout_s or NOTEBOOK_TIMEOUT_S[profile]
+        seconds = {}
+        where = "embedded synthetic dataset" if data_root is None else str(data_root)
+        print(f"Building the report (profile {profile}, data: {where}) into {report_dir}", flush=True)
+        for i, name in enumerate(names, 1):
+            print(f"[{i}/{len(names)}] {name} ...", end="", flush=True)
+            t0 = time.monotonic()
+            try:
+                run_notebook(notebooks_dir / f"{name}.ipynb", staging / "executed" / f"{name}.ipynb", parameters,
+                             runs_dir, timeout_s, report_dir)
+            except NotebookError:
+                print(f" failed after {time.monotonic() - t0:.0f} s", flush=True)
+                raise
+            seconds[name] = round(time.monotonic() - t0, 1)
+            print(f" done in {seconds[name]:.0f} s", flush=True)
+
+        results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir))
+        atomic_write_json(staging / "results.json", results)
+        existing = _read_existing(report_dir / "report.md")
+        template_text = template.read_text(encoding="utf-8")
+        keys = marker_keys(template_text) | marker_keys(existing or "")
+        text = merge_sections(template_text, existing, render_sections(results, keys))
+        atomic_write_text(staging / "report.md", text)
+        atomic_write_text(staging / "report.html", render_html(text, markdown, [staging, report_dir]))
+        _swap_in(staging, report_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _print_summary(results, report_dir)
+    return report_dir / "report.md"
+
+
+# ---------------------------------------------------------------- finding things
+
+
+def find_repo() -> Path:
+    """Return the mp3kit repository root: the checkout holding this package, else the working directory."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "notebooks").is_dir() and (root / "report").is_dir():
+            return root
+    raise UserError("Cannot find the notebooks/ and report/ folders: run mp3kit report from the root of the mp3kit "
+                    "repository.")
+
+
+def find_template(report_dir: Path, repo: Path) -> Path:
+    """Return the report template: report_dir/template.md if there, else the repository's report/template.md."""
+    checkout = Path(__file__).resolve().parents[1] / "report" / "template.md"
+    for path in (report_dir / "template.md", repo / "report" / "template.md", checkout):
+        if path.exists():
+            return path
+    raise UserError(f"Cannot find the report template {repo / 'report' / 'template.md'}: restore it from the repository.")
+
+
+def select_notebooks(notebooks_dir: Path, only=None) -> list[str]:
+    """Return the notebook names to run, in order: all in notebooks_dir, or the one named by only (.ipynb optional)."""
+    present = sorted(p.stem for p in Path(notebooks_dir).glob("*.ipynb"))
+    if only is None:
+        if not present:
+            raise UserError(f"{notebooks_dir} holds no notebook: restore the notebooks from the repository.")
+        return present
+    wanted = Path(str(only)).name.removesuffix(".ipynb")
+    matches = [n for n in present if n == wanted] or [n for n in present if n.startswith(wanted)]
+    if len(matches) != 1:
+        raise UserError(f"--only {only}: no single notebook of that name in {notebooks_dir}; use one of "
+                        f"{', '.join(present) or '(none found)'}.")
+    return matches
+
+
+# ---------------------------------------------------------------- running notebooks
+
+
+def run_notebook(path: Path, output: Path, parameters: dict, runs_dir: Path, timeout_s: float, report_dir: Path) -> None:
+    """Execute one notebook with papermill (cwd = its folder) into output; raise NotebookError naming the failing cell."""
+    import papermill
+    from jupyter_client.kernelspec import NoSuchKernel
+    from papermill.exceptions import PapermillExecutionError
+
+    deadline = time.monotonic() + timeout_s
+    current = {}
+
+    def time_left(cell) -> int:
+        # nbclient asks before every cell, so the whole notebook shares one budget.
+        current["cell"] = cell
+        return max(1, int(deadline - time.monotonic()))
+
+    failed_copy = Path(runs_dir) / f"{path.stem}.failed.ipynb"
+    kept = f"the report in {report_dir} was left as it was"
+    try:
+        with temporary_environ(**{settings.QUIET: "1"}):
+            # A quiet kernel log keeps one progress line per notebook: otherwise every kernel prints a
+            # TCP-transport warning at start and a caught KeyboardInterrupt at shutdown. A cell's
+            # errors still reach the executed notebook and the failure message.
+            papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
+                                       kernel_name="python3", progress_bar=False, log_output=False,
+                                       timeout_func=time_left, extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+    except PapermillExecutionError as exc:
+        where = _cell_position(path, exc.source, exc.cell_index)
+        evalue = (exc.evalue or "").strip().splitlines()
+        message = f"{exc.ename}: {evalue[0][:300]}" if evalue else exc.ename
+        raise NotebookError(f"{path.name} failed in {where}: {message}. {_keep_failed(output, failed_copy)}; "
+                            f"{kept}.") from None
+    except TimeoutError:
+        cell = current.get("cell")
+        where = _cell_position(path, cell.source, None) if cell is not None else "a cell"
+        raise NotebookError(f"{path.name} ran past its {timeout_s:.0f} s limit in {where}. "
+                            f"{_keep_failed(output, failed_copy)}; {kept}.") from None
+    except NoSuchKernel:
+        raise UserError("The Jupyter kernel python3 is not installed in this environment: run `make setup` or "
+                        "`python -m ipykernel install --sys-prefix --name python3`.") from None
+    except Exception as exc:  # the kernel died (e.g. out of memory) or could not start
+        cell = current.get("cell")
+        where = f" in {_cell_position(path, cell.source, None)}" if cell is not None else ""
+        raise NotebookError(f"{path.name} stopped{where}: {type(exc).__name__}: {str(exc).strip()[:300]}. "
+                            f"{_keep_failed(output, failed_copy)}; {kept}.") from None
+    failed_copy.unlink(missing_ok=True)
+
+
+def _cell_position(path: Path, source: str, fallback_index) -> str:
+    """Describe a cell as 'cell N (`its first code line`)', N counted from 1 in the notebook as saved."""
+    import nbformat
+
+    cells = nbformat.read(str(path), as_version=4).cells
+    # Matched by source: papermill's indices count the parameters cell it injected.
+    index = next((i for i, c in enumerate(cells) if c.source == source), fallback_index)
+    lines = [line.strip() for line in source.splitlines() if line.strip()]
+    first = next((line for line in lines if not line.startswith("#")), lines[0] if lines else "")
+    first = first if len(first) <= 80 else first[:77] + "..."
+    number = f"cell {index + 1}" if index is not None else "a cell"
+    return f"{number} (`{first}`)" if first else number
+
+
+def _keep_failed(output: Path, failed_copy: Path) -> str:
+    """Copy the failed executed notebook next to the runs (the staging folder is about to go); say where it is."""
+    if not output.exists():
+        return "No executed copy was written"
+    failed_copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(output, failed_copy)
+    return f"The executed copy with the full traceback is {failed_copy}"
+
+
+# ---------------------------------------------------------------- results.json
+
+
+def notebook_names(notebooks_dir: Path, runs_dir: Path) -> list[str]:
+    """Return the notebooks the report covers, sorted: those in notebooks_dir and those with a manifest in runs_dir."""
+    names = {p.stem for p in Path(notebooks_dir).glob("*.ipynb")}
+    names |= {p.name.removesuffix(".manifest.json") for p in Path(runs_dir).glob("*.manifest.json")}
+    return sorted(names)
+
+
+def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, names) -> dict:
+    """Gather the manifests and runs of the notebooks named into the results.json dict (figures checked in staging)."""
+    notebooks = {name: _notebook_results(Path(runs_dir), name, staging, seconds.get(name)) for name in names}
+    synthetic = any(nb.get("synthetic") for nb in notebooks.values()) or any(
+        run.get("synthetic") for nb in notebooks.values() for run in nb.get("runs", {}).values())
+    return {
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "profile": profile,
+        "synthetic": synthetic,
+        "mp3kit_version": __version__,
+        "runs_dir": str(runs_dir),
+        "notebooks": notebooks,
+    }
+
+
+def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict:
+    """Return one notebook's part of results.json, or {"missing": True} when it has no manifest yet."""
+    manifest_path = runs_dir / f"{name}.manifest.json"
+    if not manifest_path.exists():
+        return {"missing": True, "manifest": str(manifest_path)}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{manifest_path} is not valid JSON ({exc.msg}): delete it and run mp3kit report again.") from exc
+    runs = {key: _run_results(runs_dir / entry["run"], entry.get("label"))
+            for key, entry in manifest.get("runs", {}).items()}
+    items = []
+    for item in manifest.get("report", []):
+        if item.get("kind") == "figure":
+            item = {**item, "path": f"figures/{Path(item['file']).as_posix()}",
+                    "present": (staging / "figures" / item["file"]).exists()}
+        items.append(item)
+    executed = staging / "executed" / f"{name}.ipynb"
+    return {
+        "manifest": str(manifest_path),
+        "executed": f"executed/{name}.ipynb" if executed.exists() else None,
+        "seconds": seconds,
+        "synthetic": bool(manifest.get("synthetic")),
+        "data_root": manifest.get("data_root"),
+        "runs": runs,
+        "values": _clean(manifest.get("values", {})),
+        "report": _clean(items),
+    }
+
+
+def _run_results(path: Path, label) -> dict:
+    """Return one run's summary numbers and its config, or a 'missing' entry when its folder is gone."""
+    if not (path / "config.json").exists():
+        return {"name": path.name, "label": label or path.name, "status": "missing", "reason": f"{path} is missing"}
+    run = run_records.load_run(path)
+    metrics = run.metrics
+    ap = metrics.get("test_ap")
+    classes = metrics.get("classes") or [str(i) for i in range(len(ap or []))]
+    config = {k: v for k, v in run.config.items() if k != "data"}
+    return _clean({
+        "name": run.name,
+        "label": label or run.name,
+        "status": run.status,
+        "reason": run.reason or None,
+        "test_map": run.test_map,
+        "test_loss": run.test_loss,
+        "best_val_map": run.best_val_map(),
+        "epochs_done": len(run.history),
+        "seconds": metrics.get("seconds"),
+        "device": metrics.get("device"),
+        "synthetic": run.synthetic,
+        "test_ap": dict(zip(classes, ap)) if ap else None,
+        "config": _current_names({**config, "model": model_label(config.get("model"))}),
+    })
+
+
+def model_label(model) -> str:
+    """Return a short name for a config's model (models.label: the name itself, or a spec's "name")."""
+    from mp3kit import models
+
+    return models.label(model)
+
+
+def _current_names(config: dict) -> dict:
+    """Return a run's config with an augmentation preset name older versions wrote replaced by today's."""
+    from mp3kit import pipeline
+
+    return {**config, "augment": pipeline.canonical_augment(config["augment"])} if "augment" in config else config
+
+
+def _clean(value):
+    """Return value with NaN and infinities replaced by None, so results.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- report.md sections
+# The notebooks declare the items (see mp3kit.experiment); each goes to the marker its section names, in the order
+# declared. Every number written below goes through one of these formatters, straight from results.json.
+
+HEADER, APPENDIX = "header", "more-figures"  # the report's own sections; the notebooks fill every other marker
+NEAR_CHANCE = 1.25  # a best test mAP under 1.25x chance is reported as "near chance", not as a winner
+
+
+def _f4(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _lr(x) -> str:
+    return "–" if x is None else f"{x:g}"
+
+
+def _cell(text) -> str:
+    """Return text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_sections(results: dict, keys) -> dict[str, str]:
+    """Return the generated markdown of every marker key; items placed under no marker go to the appendix."""
+    placed = {key: [] for key in keys if key not in (HEADER, APPENDIX)}
+    appendix, found = [], {}
+    chance = _chance(results)
+    for name, nb in results["notebooks"].items():
+        for item in [] if nb.get("missing") else nb["report"]:
+            if item["kind"] == "finding":  # every notebook's findings make one table in their section
+                found.setdefault(item["section"], []).append((item, nb))
+                continue
+            text = _render_item(item, name, nb, results["profile"], chance)
+            if not text:
+                continue
+            if item["section"] in placed:
+                placed[item["section"]].append(text)
+            elif item["kind"] == "figure":
+                appendix.append(text.rsplit("\n\n", 1)[0] + f"\n\n_{name}: {item['caption']}._")
+            else:
+                appendix.append(f"_{name}: {item['key']}._\n\n{text}")
+    for section, items in found.items():
+        (placed[section] if section in placed else appendix).append(
+            _findings_table(items, chance, results["profile"] == "full"))
+    missing = [name for name, nb in results["notebooks"].items() if nb.get("missing")]
+    sections = {key: "\n\n".join(texts) or _nothing_here(missing, results["profile"]) for key, texts in placed.items()}
+    if HEADER in keys:
+        sections[HEADER] = _header(results)
+    if APPENDIX in keys:
+        sections[APPENDIX] = "\n\n".join(appendix) or "_None._"
+    return sections
+
+
+def _nothing_here(missing: list, profile: str) -> str:
+    """Return the text of a section no notebook filled: which notebooks are not built yet, if any."""
+    if not missing:
+        return "_Nothing was recorded for this section._"
+    only = f" --only {missing[0]}" if len(missing) == 1 else ""
+    has = "has" if len(missing) == 1 else "have"
+    return (f"_Not built yet: {', '.join(missing)} {has} no results for the {profile} profile; run "
+            f"`mp3kit report --profile {profile}{only}`._")
+
+
+def _chance(results: dict) -> float | None:
+    """Return the chance-level test mAP a notebook recorded (they share the test split), or None."""
+    for nb in results["notebooks"].values():
+        value = (nb.get("values") or {}).get("chance_map")
+        if value is not None:
+            return value
+    return None
+
+
+def _header(results: dict) -> str:
+    lines = []
+    if results["synthetic"]:
+        lines.append(f"> **Synthetic data.** {SYNTHETIC_BANNER}\n")
+    lines.append(f"Generated by `mp3kit report --profile {results['profile']}` (mp3kit {results['mp3kit_version']}) "
+                 f"on {results['generated']}. Every number in the generated parts comes from `results.json`.")
+    notebooks = results["notebooks"]
+    built = [f"{n} ({nb['seconds']:.0f} s)" if nb.get("seconds") is not None else n
+             for n, nb in notebooks.items() if not nb.get("missing")]
+    if built:
+        lines.append(f"\nNotebooks in this report: {', '.join(built)}.")
+    missing = [n for n, nb in notebooks.items() if nb.get("missing")]
+    if missing:
+        lines.append(f"\nNot built yet: {', '.join(missing)}.")
+    return "\n".join(lines)
+
+
+def _render_item(item: dict, name: str, nb: dict, profile: str, chance) -> str:
+    """Return the markdown of one declared item."""
+    kind, runs = item["kind"], nb["runs"]
+    if kind == "figure":
+        caption = item.get("caption") or item["key"]
+        if item.get("present"):
+            return f"![{caption}]({item['path']})\n\n_{caption}._"
+        return (f"_Figure {item['key']} is missing from figures/: rebuild with "
+                f"`mp3kit report --profile {profile} --only {name}`._")
+    if kind == "note":
+        return item["text"].strip()
+    if kind == "table":
+        return _captioned(item.get("caption"), item["markdown"].rstrip())
+    if kind == "result":
+        return _headline(runs.get(item["key"]), item.get("caption") or item["key"])
+    if kind == "runs":
+        chosen = [runs[k] for k in item["runs"] if k in runs]
+        table = _ap_table(chosen) if item.get("columns") == "ap" else _settings_table(chosen)
+        parts = [_captioned(item.get("caption"), table) if table else "",
+                 _best_line(chosen, chance) if item.get("best") else ""]
+        return "\n\n".join(p for p in parts if p)
+    if kind == "ablation":
+        return _ablation(item, runs)
+    raise UserError(f"{nb['manifest']} holds a report item of unknown kind {kind!r}: rebuild that notebook with this "
+                    "version of mp3kit (mp3kit report --only NAME).")
+
+
+def _findings_table(items: list, chance, references: bool) -> str:
+    """Return the table of the seed report's findings, each checked on its notebook's runs, and the rule used."""
+    if chance is None:
+        return "_The findings need the chance level, which no notebook recorded: rebuild the report._"
+    rows = []
+    for item, nb in items:
+        runs = nb["runs"]
+        maps = {k: r.get("test_map") for k, r in runs.items() if r.get("status") == "complete"}
+        labels = {k: r.get("label", k) for k, r in runs.items()}
+        rows += findings.rows([findings.Finding.from_dict(item["finding"])], maps, labels, chance, references=references)
+    rule = items[0][0].get("rule") or findings.RULE  # the rule the notebook checked its findings by
+    return _markdown(Table(rows, note=rule))
+
+
+def _captioned(caption, body: str) -> str:
+    return f"{caption}:\n\n{body}" if caption else body
+
+
+def _headline(run: dict | None, what: str) -> str:
+    if run is None or run.get("test_map") is None:
+        status = run.get("status") if run else "not recorded"
+        return f"{what}: no test result yet (the run is {status})."
+    return (f"{what} (**{run['label']}**): test mAP **{_f4(run['test_map'])}**, average test loss "
+            f"**{_f4(run['test_loss'])}**, after {run.get('epochs_done')} epochs.")
+
+
+def _settings_table(rows: list[dict]) -> str:
+    """Return a table of runs: what was set (model, optimizer, lr, epochs ...) and the test results."""
+    if not rows:
+        return ""
+    body, notes = [], []
+    for r in rows:
+        c = r.get("config", {})
+        epochs, done = c.get("epochs"), r.get("epochs_done")
+        shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
+        body.append([r["label"], c.get("model", "–"), c.get("optimizer", "–"), _lr(c.get("lr")), shown_epochs,
+                     str(c.get("batch_size", "–")), c.get("augment", "–"), str(c.get("image_size", "–")),
+                     _f4(r.get("test_map")), _f4(r.get("test_loss"))])
+        if r.get("status") != "complete":
+            notes.append(f"_{r['label']}: the run is {r.get('status')}"
+                         + (f" ({r['reason']})" if r.get("reason") else "") + "._")
+    columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Test mAP",
+               "Avg test loss"]
+    align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 3
+    return _markdown(Table(body, columns, align=align)) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _ap_table(rows: list[dict]) -> str:
+    """Return a table of test AP per class, one column per run, with each run's mAP at the bottom."""
+    rows = [r for r in rows if r.get("test_ap")]
+    if not rows:
+        return ""
+    body = [[cls, *(_f4(r["test_ap"].get(cls)) for r in rows)] for cls in rows[0]["test_ap"]]
+    body.append(["**mAP**", *(f"**{_f4(r.get('test_map'))}**" for r in rows)])
+    return _markdown(Table(body, ["Class", *(str(r["label"]) for r in rows)], align=["left"] + ["right"] * len(rows)))
+
+
+def _markdown(table: Table) -> str:
+    """Return a table's markdown without its closing line break, as the report's other parts are joined."""
+    return table.to_markdown().rstrip("\n")
+
+
+def _best_line(rows: list[dict], chance) -> str:
+    done = [r for r in rows if r.get("test_map") is not None]
+    if len(done) < 2:
+        return ""
+    best = max(done, key=lambda r: r["test_map"])
+    if chance is not None and best["test_map"] < NEAR_CHANCE * chance:
+        # Differences of a few thousandths near chance are noise: naming a winner would mislead.
+        return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
+                f"the highest at {_f4(best['test_map'])}: none has learned much yet.")
+    return f"Highest test mAP here: **{best['label']}**, {_f4(best['test_map'])}."
+
+
+def _ablation(item: dict, runs: dict) -> str:
+    """Return the ablation table (serial, architecture, test mAP) with a line for every skipped or unfinished row."""
+    rows = item.get("rows") or []
+    if not rows:
+        return ""
+    body, notes = [], []
+    for row in rows:
+        run = runs.get(row.get("key"), {})
+        label = row.get("label") or run.get("label", "–")
+        body.append([str(row.get("serial")), label, _f4(run.get("test_map"))])
+        if row.get("skipped"):
+            notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
+        elif run and run.get("status") != "complete":
+            notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
+                         + (f" ({run['reason']})" if run.get("reason") else "") + ".")
+    table = _markdown(Table(body, ["Serial #", "Model architecture", "Best mAP on test set"], align=["right", "left", "right"]))
+    return "\n\n".join(p for p in [table, " ".join(notes), item.get("note", "")] if p)
+
+
+# ---------------------------------------------------------------- markers
+
+
+def split_sections(text: str, source="report.md") -> list:
+    """Split text at its markers: a list of plain strings and (key, content) pairs; refuse unbalanced markers."""
+    pieces, pos, open_key, open_at, seen = [], 0, None, 0, set()
+    for m in MARKER.finditer(text):
+        kind, key = m.groups()
+        line = text.count("\n", 0, m.start()) + 1
+        if kind == "begin":
+            if open_key is not None:
+                raise UserError(f"{source} line {line}: marker begin {key} inside section {open_key}; restore the "
+                                f"`<!-- mp3kit:end {open_key} -->` line (or delete {source} to start again from the template).")
+            if key in seen:
+                raise UserError(f"{source} line {line}: section {key} appears twice; delete one copy of its markers.")
+            pieces.append(text[pos:m.start()])
+            open_key, open_at, pos = key, m.end(), m.end()
+            seen.add(key)
+        else:
+            if open_key != key:
+                raise UserError(f"{source} line {line}: marker end {key} has no matching begin; restore the "
+                                f"`<!-- mp3kit:begin {key} -->` line (or delete {source} to start again from the template).")
+            pieces.append((key, text[open_at:m.start()]))
+            open_key, pos = None, m.end()
+    if open_key is not None:
+        raise UserError(f"{source}: section {open_key} has no `<!-- mp3kit:end {open_key} -->` line; restore it "
+                        f"(or delete {source} to start again from the template).")
+    pieces.append(text[pos:])
+    return pieces
+
+
+def merge_sections(template: str, existing: str | None, generated: dict[str, str]) -> str:
+    """Fill the markers of existing (or, on the first build, of template) with generated; keep all other text as is."""
+    pieces = split_sections(existing if existing is not None else template)
+    present = {p[0] for p in pieces if isinstance(p, tuple)}
+    # A newer template may bring sections the student's report.md lacks: add them at the end rather than drop them.
+    added = [p for p in split_sections(template, "template.md") if isinstance(p, tuple) and p[0] not in present]
+    if added:
+        pieces.append("\n\n## Sections added by a newer template\n\n")
+        for piece in added:
+            pieces += [piece, "\n\n"]
+    out = []
+    for piece in pieces:
+        if isinstance(piece, tuple):
+            key, old = piece
+            body = generated.get(key)
+            # A section this version no longer generates keeps its old text.
+            inner = f"\n{body}\n" if body is not None else old
+            out.append(f"<!-- mp3kit:begin {key} -->{inner}<!-- mp3kit:end {key} -->")
+        else:
+            out.append(piece)
+    return "".join(out)
+
+
+def marker_keys(text: str) -> set[str]:
+    """Return the keys of the marker sections in text."""
+    return {p[0] for p in split_sections(text) if isinstance(p, tuple)}
+
+
+def generated_text(report_md: str) -> dict[str, str]:
+    """Return the content of every marker section of a report, without its surrounding blank lines."""
+    return {p[0]: p[1].strip() for p in split_sections(report_md) if isinstance(p, tuple)}
+
+
+def _read_existing(path: Path) -> str | None:
+    """Return the student's report.md (checked for balanced markers), or None before the first build."""
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    split_sections(text, str(path))
+    return text
+
+
+# ---------------------------------------------------------------- report.html
+
+CSS = """
+body { font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       max-width: 62rem; margin: 2rem auto; padding: 0 1.25rem; }
+h1, h2, h3, h4 { line-height: 1.25; margin-top: 2rem; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: .9rem; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; }
+th { background: #f6f8fa; }
+tr:nth-child(even) td { background: #fbfcfd; }
+img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+blockquote { margin: 1rem 0; padding: .6rem 1rem; background: #fff8c5; border-left: 4px solid #d4a72c; }
+code { background: #f6f8fa; padding: .1rem .3rem; border-radius: 4px; font-size: .9em; }
+pre { background: #f6f8fa; padding: .75rem; overflow-x: auto; }
+pre code { padding: 0; }
+em { color: #57606a; }
+"""
+
+
+def _markdown_renderer():
+    """Return a markdown-to-HTML function (mistune, which Jupyter's nbconvert brings); fail early when it is absent."""
+    try:
+        import mistune
+    except ImportError:
+        raise UserError("report.html needs the mistune package: run `pip install mistune` (or `make setup`).") from None
+    return mistune.create_markdown(escape=False, plugins=["table", "strikethrough"])
+
+
+def render_html(report_md: str, markdown, search_dirs) -> str:
+    """Return report_md as one self-contained HTML page: local images are embedded as data URIs."""
+    body = markdown(MARKER.sub("", report_md))
+
+    def embed(m):
+        tag = m.group(0)
+        src = re.search(r'\bsrc="([^"]*)"', tag).group(1)
+        if re.match(r"^(data:|https?:)", src):
+            return tag
+        for folder in search_dirs:
+            path = Path(folder) / src
+            if path.is_file():
+                mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                data = base64.b64encode(path.read_bytes()).decode("ascii")
+                return tag.replace(f'src="{src}"', f'src="data:{mime};base64,{data}"')
+        return f"<em>(image {src} not found)</em>"
+
+    body = re.sub(r'<img\b[^>]*\bsrc="[^"]*"[^>]*>', embed, body)
+    title = next((line[2:].strip() for line in report_md.splitlines() if line.startswith("# ")), "mp3kit report")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _remove_stale_staging(report_dir: Path) -> None:
+    """Delete staging folders left by a build that was killed (their process is gone)."""
+    for folder in report_dir.glob(".staging-*"):
+        try:
+            pid = int((folder / "pid").read_text())
+            os.kill(pid, 0)
+            continue  # another build is still running in this report folder
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _swap_in(staging: Path, report_dir: Path) -> None:
+    """Move the staged report into report_dir: files by atomic rename, folders by rename-aside then rename-in."""
+    old = staging / ".old"
+    old.mkdir()
+    for item in GENERATED:
+        src, dst = staging / item, report_dir / item
+        if not src.exists():
+            continue
+        if dst.is_dir():
+            os.replace(dst, old / item)
+        os.replace(src, dst)
+
+
+def _print_summary(results: dict, report_dir: Path) -> None:
+    """Print where the report is and the headline numbers."""
+    kind = " (SYNTHETIC data)" if results["synthetic"] else ""
+    print(f"Wrote {report_dir / 'report.md'} and {report_dir / 'report.html'}{kind}.")
+    missing = [n for n, nb in results["notebooks"].items() if nb.get("missing")]
+    if missing:
+        print(f"Not built yet: {', '.join(missing)} (run mp3kit report without --only).")

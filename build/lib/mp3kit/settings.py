@@ -1,0 +1,72 @@
+"""The environment variables mp3kit reads, each named once here with the accessor every module reads it through.
+
+    MP3KIT_ALEXNET_WEIGHTS  the ImageNet AlexNet weights file (else torch's hub cache).
+    MP3KIT_ALLOW_DOWNLOAD   1: the ImageNet AlexNet weights may be downloaded when missing.
+    MP3KIT_CACHE            the cache folder (decoded images, the synthetic dataset); default ~/.cache/mp3kit.
+    MP3KIT_PROFILE          the notebooks' default PROFILE (the notebook tests run them with smoke); default quick.
+    MP3KIT_QUIET            1 hides progress bars, 0 shows them; unset: the front end decides.
+    MP3KIT_RUNS_DIR         the notebooks' default RUNS_DIR; default runs.
+    MP3KIT_FIGURES_DIR      the notebooks' default FIGURES_DIR; default figures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ALEXNET_WEIGHTS = "MP3KIT_ALEXNET_WEIGHTS"
+ALLOW_DOWNLOAD = "MP3KIT_ALLOW_DOWNLOAD"
+CACHE = "MP3KIT_CACHE"
+PROFILE = "MP3KIT_PROFILE"
+QUIET = "MP3KIT_QUIET"
+RUNS_DIR = "MP3KIT_RUNS_DIR"
+FIGURES_DIR = "MP3KIT_FIGURES_DIR"
+ALL = (ALEXNET_WEIGHTS, ALLOW_DOWNLOAD, CACHE, PROFILE, QUIET, RUNS_DIR, FIGURES_DIR)
+
+_NO = ("0", "false", "no", "off")
+
+
+def _get(name: str) -> str | None:
+    """Return the variable's value without surrounding spaces, or None when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def alexnet_weights() -> Path | None:
+    """Return the AlexNet weights file $MP3KIT_ALEXNET_WEIGHTS names (user folder expanded), or None."""
+    value = _get(ALEXNET_WEIGHTS)
+    return Path(value).expanduser() if value else None
+
+
+def allow_download() -> bool:
+    """Return True when $MP3KIT_ALLOW_DOWNLOAD is 1: the ImageNet AlexNet weights may be downloaded."""
+    return _get(ALLOW_DOWNLOAD) == "1"
+
+
+def cache_dir() -> Path:
+    """Return mp3kit's cache folder: $MP3KIT_CACHE, else ~/.cache/mp3kit."""
+    value = _get(CACHE)
+    return Path(value) if value else Path.home() / ".cache" / "mp3kit"
+
+
+def profile(default: str = "quick") -> str:
+    """Return the profile $MP3KIT_PROFILE names, else default."""
+    return _get(PROFILE) or default
+
+
+def quiet() -> bool | None:
+    """Return True when $MP3KIT_QUIET hides progress bars (1), False when it shows them (0), None when unset."""
+    value = (_get(QUIET) or "").lower()
+    if not value:
+        return None
+    return value not in _NO
+
+
+def runs_dir(default: str = "runs") -> str:
+    """Return the runs folder $MP3KIT_RUNS_DIR names, else default."""
+    return _get(RUNS_DIR) or default
+
+
+def figures_dir(default: str = "figures") -> str:
+    """Return the figures folder $MP3KIT_FIGURES_DIR names, else default."""
+    return _get(FIGURES_DIR) or default
