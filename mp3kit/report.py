@@ -305,6 +305,7 @@ def _run_results(path: Path, label) -> dict:
         "reason": run.reason or None,
         "test_map": run.test_map,
         "test_loss": run.test_loss,
+        "val_map": run.val_map,
         "best_val_map": run.best_val_map(),
         "epochs_done": len(run.history),
         "seconds": metrics.get("seconds"),
@@ -492,13 +493,13 @@ def _settings_table(rows: list[dict]) -> str:
         shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
         body.append([r["label"], c.get("model", "–"), c.get("optimizer", "–"), _lr(c.get("lr")), shown_epochs,
                      str(c.get("batch_size", "–")), c.get("augment", "–"), str(c.get("image_size", "–")),
-                     _f4(r.get("test_map")), _f4(r.get("test_loss"))])
+                     _f4(r.get("val_map")), _f4(r.get("test_map")), _f4(r.get("test_loss"))])
         if r.get("status") != "complete":
             notes.append(f"_{r['label']}: the run is {r.get('status')}"
                          + (f" ({r['reason']})" if r.get("reason") else "") + "._")
-    columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Test mAP",
-               "Avg test loss"]
-    align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 3
+    columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Val mAP",
+               "Test mAP", "Avg test loss"]
+    align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 4
     return _markdown(Table(body, columns, align=align)) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -518,33 +519,42 @@ def _markdown(table: Table) -> str:
 
 
 def _best_line(rows: list[dict], chance) -> str:
-    done = [r for r in rows if r.get("test_map") is not None]
-    if len(done) < 2:
+    """Return the line naming the run with the highest val mAP (test mAP only reports), or saying none stands out."""
+    if len([r for r in rows if r.get("test_map") is not None]) < 2:
         return ""
-    best = max(done, key=lambda r: r["test_map"])
-    if chance is not None and best["test_map"] < NEAR_CHANCE * chance:
+    key = run_records.best_by_val(dict(enumerate(rows)))
+    if key is None:
+        return "No run here has a val mAP to choose by (runs trained on trainval hold none out), so none is named best."
+    best = rows[key]
+    if chance is not None and best["test_map"] is not None and best["test_map"] < NEAR_CHANCE * chance:
         # Differences of a few thousandths near chance are noise: naming a winner would mislead.
         return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
-                f"the highest at {_f4(best['test_map'])}: none has learned much yet.")
-    return f"Highest test mAP here: **{best['label']}**, {_f4(best['test_map'])}."
+                f"the best by val mAP at test mAP {_f4(best['test_map'])}: none has learned much yet.")
+    return (f"Best by val mAP (chosen on val; test mAP only reports): **{best['label']}**, val mAP "
+            f"{_f4(best['val_map'])}, test mAP {_f4(best['test_map'])}.")
 
 
 def _ablation(item: dict, runs: dict) -> str:
-    """Return the ablation table (serial, architecture, test mAP) with a line for every skipped or unfinished row."""
+    """Return the ablation table (serial, architecture, val and test mAP) with the row chosen by val mAP marked and a
+    line for every skipped or unfinished row."""
     rows = item.get("rows") or []
     if not rows:
         return ""
+    done = {row["key"]: runs[row["key"]] for row in rows if row.get("key") in runs and not row.get("skipped")}
+    best = run_records.best_by_val(done)
     body, notes = [], []
     for row in rows:
         run = runs.get(row.get("key"), {})
         label = row.get("label") or run.get("label", "–")
-        body.append([str(row.get("serial")), label, _f4(run.get("test_map"))])
+        mark = " (best by val mAP)" if row.get("key") == best else ""
+        body.append([str(row.get("serial")), label + mark, _f4(run.get("val_map")), _f4(run.get("test_map"))])
         if row.get("skipped"):
             notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
         elif run and run.get("status") != "complete":
             notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
                          + (f" ({run['reason']})" if run.get("reason") else "") + ".")
-    table = _markdown(Table(body, ["Serial #", "Model architecture", "Best mAP on test set"], align=["right", "left", "right"]))
+    table = _markdown(Table(body, ["Serial #", "Model architecture", "Val mAP", "Best mAP on test set"],
+                            align=["right", "left", "right", "right"]))
     return "\n\n".join(p for p in [table, " ".join(notes), item.get("note", "")] if p)
 
 

@@ -62,6 +62,12 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.path / "checkpoint.pt"
 
+    @property
+    def val_map(self):
+        """Return the val mAP after the last evaluated epoch (the weights a finished run is tested with), or None."""
+        values = [h["val_map"] for h in self.history if h.get("val_map") is not None]
+        return values[-1] if values else None
+
     def best_val_map(self):
         """Return the best validation mAP seen at an evaluation epoch, or None."""
         values = [h["val_map"] for h in self.history if h.get("val_map") is not None]
@@ -75,6 +81,7 @@ class Run:
             "epochs_done": len(self.history),
             "test_map": self.test_map,
             "test_loss": self.test_loss,
+            "val_map": self.val_map,
             "best_val_map": self.best_val_map(),
             "synthetic": self.synthetic,
         }
@@ -82,6 +89,22 @@ class Run:
     def __repr__(self) -> str:
         tm = f"{self.test_map:.4f}" if self.test_map is not None else "-"
         return f"Run({self.name!r}, status={self.status}, epochs={len(self.history)}, test_map={tm})"
+
+
+def best_by_val(candidates: dict):
+    """Return the key of the complete run with the highest val mAP after its last epoch, or None.
+
+    candidates maps keys to Runs or to results.json run dicts. Val chooses, test only reports: a run without val
+    numbers (trained on trainval) is no candidate, and test mAP is never looked at.
+    """
+    def val(run):
+        if isinstance(run, Run):
+            return run.val_map if run.complete else None
+        return run.get("val_map") if run.get("status") == "complete" else None
+
+    scored = {key: val(run) for key, run in candidates.items()}
+    scored = {key: v for key, v in scored.items() if v is not None}
+    return max(scored, key=scored.get) if scored else None
 
 
 def _read_json(path: Path, default):

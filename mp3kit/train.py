@@ -9,6 +9,7 @@ disconnect or a full disk.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from mp3kit import data as voc
 from mp3kit import metrics, models, pipeline, runs
 from mp3kit.runs import Run
+from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError, WriteFailed, atomic_write, pick_device, write_failure
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -44,7 +46,9 @@ TTA_MODES = ("none", "flip")
 class TrainConfig:
     """Everything a run needs; the defaults are the course kit's."""
 
-    model: object = "simple"  # a name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...) or a models.build spec
+    # A name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...), a models.build spec, or your own network: an
+    # nn.Module class or a zero-argument callable returning one (mp3kit.usermodel; kept as a UserModel).
+    model: object = "simple"
     pretrained_weights: str | None = None  # AlexNet ImageNet weights file (else settings.alexnet_weights() or the hub cache)
     freeze_features: bool = False  # pretrained AlexNet: train the head only
     optimizer: str = "sgd"
@@ -110,9 +114,17 @@ class TrainConfig:
             raise UserError(f"TrainConfig.max_images={self.max_images} must be at least 2 (or None for every image).")
 
     def to_dict(self) -> dict:
-        """Return the config as a JSON-ready dict."""
-        d = asdict(self)
+        """Return the config as a JSON-ready dict (a student's network as its record: code, repr, digest)."""
+        d = asdict(dataclasses.replace(self, model=None))
+        d["model"] = self.model.to_dict() if isinstance(self.model, UserModel) else copy.deepcopy(self.model)
         d["betas"] = list(self.betas)
+        return d
+
+    def identity(self) -> dict:
+        """Return what makes two runs the same: every field, a student's network by its digest (code and layers)."""
+        d = self.to_dict()
+        if isinstance(self.model, UserModel):
+            d["model"] = self.model.identity()
         return d
 
     @classmethod
@@ -131,7 +143,7 @@ class TrainConfig:
 
     def default_name(self) -> str:
         """Return a run name derived from the model and a hash of the whole config."""
-        digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.model_label()}-{digest}"
 
 
@@ -577,10 +589,19 @@ def build_model(config: TrainConfig):
     )
 
 
-def load_model(run_or_path, device: str = "cpu"):
-    """Rebuild a run's network from its config and load its checkpoint's weights."""
+def load_model(run_or_path, device: str = "cpu", model=None):
+    """Rebuild a run's network from its config and load its checkpoint's weights.
+
+    A run of your own network needs its class (or callable) again as model; it must be the code the run recorded.
+    """
     run = run_or_path if isinstance(run_or_path, Run) else runs.load_run(run_or_path)
     config = TrainConfig.from_dict(run.config)
+    if model is not None:
+        given = models.canonical_name(model)
+        if given != config.model:
+            raise UserError(f"The model given ({models.label(given)}) is not the network the run {run.path} was trained "
+                            f"with ({config.model_label()}): pass the class or callable as it was when the run trained.")
+        config = config.replace(model=given)
     ckpt = load_checkpoint(run.checkpoint_path)
     if config.model in ("alexnet-pretrained", "alexnet-pretrained-frozen"):
         # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file.
@@ -594,10 +615,10 @@ def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
     # Read back as a TrainConfig, a run recorded by an older version means what it meant then: the old names
     # (model "seed", augment "seed") become today's, and fields added since take the defaults that were in effect.
     try:
-        recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).to_dict()
+        recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).identity()
     except (UserError, TypeError):
         return False  # a config this version cannot read is no match
-    return recorded == config.to_dict() and run.config.get("data", {}).get("identities") == _identities(data)
+    return recorded == config.identity() and run.config.get("data", {}).get("identities") == _identities(data)
 
 
 def _identities(data: Data) -> dict:

@@ -20,12 +20,15 @@ NUMBER = re.compile(r"(?<![\w.-])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
 
 
 def write_run(runs_dir, name, *, test_map, test_loss, model="simple", optimizer="sgd", lr=0.01, epochs=3,
-              synthetic=True, status="complete", seed=0):
-    """Record a fake complete run with mp3kit.runs' writers and return its name."""
+              synthetic=True, status="complete", seed=0, val_map=None):
+    """Record a fake complete run with mp3kit.runs' writers and return its name (val mAP rising to val_map, by
+    default to test_map)."""
+    final_val = test_map if val_map is None else val_map
     config = {"model": model, "optimizer": optimizer, "lr": lr, "momentum": 0.9, "epochs": epochs, "batch_size": 50,
               "augment": "none", "image_size": 64, "eval_every": 1, "seed": seed,
               "data": {"root": "/x", "synthetic": synthetic}}
-    history = [{"epoch": e, "train_loss": 0.5 - 0.01 * e, "val_loss": 0.4, "train_map": 0.1 * e, "val_map": 0.05 * e,
+    history = [{"epoch": e, "train_loss": 0.5 - 0.01 * e, "val_loss": 0.4, "train_map": 0.1 * e,
+                "val_map": None if final_val is None else final_val * e / epochs,
                 "seconds": 1.5, "images_per_s": 40.0, "lr": lr} for e in range(1, epochs + 1)]
     ap = [round(0.05 + 0.037 * ((i * 7 + seed) % 20), 6) for i in range(20)]
     ap[4] = math.nan  # a class with no positives
@@ -202,8 +205,8 @@ def test_first_build_fills_every_section_from_the_template(kit):
     assert results["notebooks"]["03_develop_classifier"]["runs"]["final"]["config"]["model"] == "basenet+bn"
     assert f"{intro['runs']['simple-default']['test_map']:.4f}" in sections["simple-results"]
     assert "0.61235" in sections["kaggle"]
-    assert "| 2 | BaseNet (Adam) \\| + BatchNorm |" in sections["ablation"]
-    assert "| 3 | + 2 Conv | – |" in sections["ablation"]
+    assert "| 2 | BaseNet (Adam) \\| + BatchNorm (best by val mAP) |" in sections["ablation"]
+    assert "| 3 | + 2 Conv | – | – |" in sections["ablation"]
     assert "Row 3 was skipped: Model 'basenet+conv' cannot take 48 px images." in sections["ablation"]
     assert "figures/an-extra-figure.png" in sections["more-figures"]
     assert not list(kit["report_dir"].glob(".staging-*"))
@@ -266,12 +269,28 @@ def test_chance_level_is_stated_and_no_winner_is_named_among_runs_near_it(tmp_pa
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     text = build(make_kit(tmp_path / "a")).read_text()
     assert "Chance level" in text and "**0.0726**" in text
-    assert "Highest test mAP here: **Adam lr 1e-4**, 0.1492." in text  # 0.1492 > 1.25 x 0.0726
-    # The same runs against a chance level they do not clear by a quarter: no "highest", a plain warning.
+    # 0.1492 > 1.25 x 0.0726
+    assert "Best by val mAP (chosen on val; test mAP only reports): **Adam lr 1e-4**, val mAP 0.1492, test mAP 0.1492." in text
+    # The same runs against a chance level they do not clear by a quarter: no winner, a plain warning.
     text = build(make_kit(tmp_path / "b", chance=0.12)).read_text()
     simple = text.split("<!-- mp3kit:begin simple-results -->")[1].split("<!-- mp3kit:end")[0]
-    assert "Highest test mAP" not in simple
-    assert "Every run here is near chance (0.1200" in simple and "the highest at 0.1492" in simple
+    assert "Best by val mAP (" not in simple
+    assert "Every run here is near chance (0.1200" in simple and "at test mAP 0.1492" in simple
+
+
+def test_val_chooses_the_best_run_and_ablation_row_and_test_only_reports(tmp_path):
+    # Two runs whose val and test mAP disagree: the report names (and marks) the one with the higher val mAP.
+    kit = make_kit(tmp_path)
+    runs_dir = kit["runs_dir"]
+    manifest = json.loads((runs_dir / "03_develop_classifier.manifest.json").read_text())
+    for key, (val, test) in {"ablation-1": (0.40, 0.20), "ablation-2": (0.30, 0.35)}.items():
+        write_run(runs_dir, manifest["runs"][key]["run"], test_map=test, test_loss=0.3, val_map=val)
+    manifest["report"].append(runs_table("ablation-runs", ["ablation-1", "ablation-2"], "ablation", best=True))
+    (runs_dir / "03_develop_classifier.manifest.json").write_text(json.dumps(manifest))
+    sections = report.generated_text(build(kit).read_text())
+    assert "| 1 | BaseNet (SGD) (best by val mAP) | 0.4000 | 0.2000 |" in sections["ablation"]
+    assert "(best by val mAP)" not in sections["ablation"].split("| 2 |")[1].split("\n")[0]
+    assert "**BaseNet (SGD)**, val mAP 0.4000, test mAP 0.2000" in sections["ablation"]
 
 
 def test_synthetic_data_carries_the_banner(kit):
