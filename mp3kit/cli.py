@@ -89,11 +89,15 @@ def config_from_args(args):
 
 
 def _cmd_train(args) -> int:
-    from mp3kit import train
+    from mp3kit import runs, train
 
+    if args.name is not None:
+        runs.check_name(args.name)  # before the data loads: a bad --name is refused at once
     config = config_from_args(args)
     run = train.fit(config, args.data_root, name=args.name, runs_dir=args.runs_dir, resume=args.resume,
                     progress=not args.quiet)
+    if run.moved_aside and args.quiet:  # with progress on, fit has said so
+        print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
     if run.status != "complete":
         print(f"Run {run.name} {run.status}: {run.reason}", file=sys.stderr)
         return 1
@@ -126,9 +130,12 @@ def _cmd_runs(args) -> int:
     if not found:
         print(f"No runs in {args.runs_dir}.")
         return 0
-    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"]] for s in (r.summary() for r in found)]
-    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val"],
-                align=["left", "left", "right", "right", "right"]).to_text())
+    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"], r.earlier_version_of or ""]
+            for r, s in ((r, r.summary()) for r in found)]
+    note = ("name@time: an earlier version of that name, moved aside (time in UTC) when the name was trained afresh; "
+            "kept, and it loads like any run." if any(r.earlier_version_of for r in found) else "")
+    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val", "earlier version of"], note,
+                align=["left", "left", "right", "right", "right", "left"]).to_text())
     return 0
 
 

@@ -242,8 +242,9 @@ class Experiment:
 
     def run_name(self, key: str) -> str:
         """Return the run folder name of key, e.g. 01-quick-simple-default."""
-        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
-            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.', e.g. \"simple-adam\".")
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
+            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.' (not '..'), "
+                            "e.g. \"simple-adam\".")
         return f"{self.prefix}-{key}"
 
     def run(self, key: str, config=None, label: str | None = None) -> Run:
@@ -263,6 +264,8 @@ class Experiment:
             run = runs.load_run(self.runs_dir / name)
             print(f"{key}: FAILED, {exc}")
         else:
+            if run.moved_aside and not self.progress:  # with progress on, fit has said so
+                print(f"{key}: the earlier run {name} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
             print(self._run_line(key, run, None if run.origin == "reused" else time.perf_counter() - t0))
         self.runs[key] = run
         self.manifest["runs"][key] = {"run": name, "label": label or key}
