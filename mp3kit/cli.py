@@ -159,8 +159,10 @@ def _cmd_submit(args) -> int:
         raise UserError(f"The run {run.path} is {run.status}, with no test evaluation yet: resume it first (mp3kit "
                         f"train --resume).")
     out = Path(args.out or run.path / "kaggle.csv")
-    kaggle.write_kaggle_csv(out, run.test_ap)
-    print(f"Wrote {out}: Kaggle score (1 - mAP) {1 - run.test_map:.5f}" + (" (synthetic data)" if run.synthetic else ""))
+    count_difficult = not args.voc_convention
+    kaggle.write_kaggle_csv(out, kaggle.kaggle_aps(run, count_difficult))
+    print(f"Wrote {out}: Kaggle score (1 - mAP) {kaggle.kaggle_score(out):.5f}, {kaggle.convention(count_difficult)}"
+          + (" (synthetic data)" if run.synthetic else ""))
     return 0
 
 
@@ -268,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--check", metavar="FILE", help="validate a Kaggle CSV")
     k.add_argument("--run", metavar="RUN_DIR", help="write the Kaggle CSV of a complete run")
     k.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/kaggle.csv)")
+    k.add_argument("--voc-convention", action="store_true",
+                   help="leave difficult-only labels out of each class's AP (the VOC convention of mp3kit's test mAP); "
+                        "default: count them as positives, the course's convention, as its kit and leaderboard do")
     k.set_defaults(func=_cmd_submit)
 
     b = sub.add_parser("bench", help="measure the input pipeline and training throughput")
