@@ -89,11 +89,15 @@ def config_from_args(args):
 
 
 def _cmd_train(args) -> int:
-    from mp3kit import train
+    from mp3kit import runs, train
 
+    if args.name is not None:
+        runs.check_name(args.name)  # before the data loads: a bad --name is refused at once
     config = config_from_args(args)
     run = train.fit(config, args.data_root, name=args.name, runs_dir=args.runs_dir, resume=args.resume,
                     progress=not args.quiet)
+    if run.moved_aside and args.quiet:  # with progress on, fit has said so
+        print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
     if run.status != "complete":
         print(f"Run {run.name} {run.status}: {run.reason}", file=sys.stderr)
         return 1
@@ -126,9 +130,12 @@ def _cmd_runs(args) -> int:
     if not found:
         print(f"No runs in {args.runs_dir}.")
         return 0
-    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"]] for s in (r.summary() for r in found)]
-    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val"],
-                align=["left", "left", "right", "right", "right"]).to_text())
+    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"], r.earlier_version_of or ""]
+            for r, s in ((r, r.summary()) for r in found)]
+    note = ("name@time: an earlier version of that name, moved aside (time in UTC) when the name was trained afresh; "
+            "kept, and it loads like any run." if any(r.earlier_version_of for r in found) else "")
+    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val", "earlier version of"], note,
+                align=["left", "left", "right", "right", "right", "left"]).to_text())
     return 0
 
 
@@ -152,8 +159,10 @@ def _cmd_submit(args) -> int:
         raise UserError(f"The run {run.path} is {run.status}, with no test evaluation yet: resume it first (mp3kit "
                         f"train --resume).")
     out = Path(args.out or run.path / "kaggle.csv")
-    kaggle.write_kaggle_csv(out, run.test_ap)
-    print(f"Wrote {out}: Kaggle score (1 - mAP) {1 - run.test_map:.5f}" + (" (synthetic data)" if run.synthetic else ""))
+    count_difficult = not args.voc_convention
+    kaggle.write_kaggle_csv(out, kaggle.kaggle_aps(run, count_difficult))
+    print(f"Wrote {out}: Kaggle score (1 - mAP) {kaggle.kaggle_score(out):.5f}, {kaggle.convention(count_difficult)}"
+          + (" (synthetic data)" if run.synthetic else ""))
     return 0
 
 
@@ -261,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--check", metavar="FILE", help="validate a Kaggle CSV")
     k.add_argument("--run", metavar="RUN_DIR", help="write the Kaggle CSV of a complete run")
     k.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/kaggle.csv)")
+    k.add_argument("--voc-convention", action="store_true",
+                   help="leave difficult-only labels out of each class's AP (the VOC convention of mp3kit's test mAP); "
+                        "default: count them as positives, the course's convention, as its kit and leaderboard do")
     k.set_defaults(func=_cmd_submit)
 
     b = sub.add_parser("bench", help="measure the input pipeline and training throughput")

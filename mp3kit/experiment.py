@@ -37,6 +37,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mp3kit import data as voc
@@ -258,8 +259,9 @@ class Experiment:
 
     def run_name(self, key: str) -> str:
         """Return the run folder name of key, e.g. 01-quick-simple-default."""
-        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
-            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.', e.g. \"simple-adam\".")
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
+            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.' (not '..'), "
+                            "e.g. \"simple-adam\".")
         return f"{self.prefix}-{key}"
 
     def run(self, key: str, config=None, label: str | None = None) -> Run:
@@ -279,6 +281,8 @@ class Experiment:
             run = runs.load_run(self.runs_dir / name)
             print(f"{key}: FAILED, {exc}")
         else:
+            if run.moved_aside and not self.progress:  # with progress on, fit has said so
+                print(f"{key}: the earlier run {name} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
             print(self._run_line(key, run, None if run.origin == "reused" else time.perf_counter() - t0))
         self.runs[key] = run
         label = label or key
@@ -443,25 +447,30 @@ class Experiment:
             arch.code = config.model.code
         return arch
 
-    def kaggle_csv(self, run: Run, path=None, section: str | None = None) -> Path | None:
+    def kaggle_csv(self, run: Run, path=None, section: str | None = None, *, count_difficult: bool = True) -> Path | None:
         """Write run's Kaggle CSV (1 - AP per class, default in its run folder), record its path and score, return the path.
 
-        With section, the report says there where the CSV is and its score (or why there is none).
+        The APs come from the run's recorded test scores under the convention count_difficult picks: True (the
+        default) counts difficult-only labels as positives, as the course's kit and so its leaderboard do; False
+        leaves them out, as VOC and this kit's test mAP do (kaggle.kaggle_aps). With section, the report says there
+        where the CSV is, its score and its convention (or why there is none).
         """
-        if run.test_ap is None or any(ap is None for ap in run.test_ap):
+        aps = kaggle.kaggle_aps(run, count_difficult) if run.complete else None
+        if aps is None or np.isnan(aps).any():
             print(f"No Kaggle CSV: {run.name} has no AP for some class (a capped test split without a positive image; "
                   "the quick and full profiles test on every image).")
             if section:
                 self.note("kaggle", kaggle_notice(None, None, self.synthetic), section)
             return None
-        path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", run.test_ap)
+        path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", aps)
         score = kaggle.kaggle_score(path)
         self.record("kaggle_csv", str(path))
         self.record("kaggle_score", score)
+        self.record("kaggle_convention", "course" if count_difficult else "voc")
         if section:
-            self.note("kaggle", kaggle_notice(path, score, self.synthetic), section)
+            self.note("kaggle", kaggle_notice(path, score, self.synthetic, count_difficult), section)
         kind = " on SYNTHETIC data, not a leaderboard number" if self.synthetic else ""
-        print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}{kind}.")
+        print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}, {kaggle.convention(count_difficult)}{kind}.")
         return path
 
     # ------------------------------------------------------------------ what the notebook gives the report
@@ -691,12 +700,23 @@ def data_notice(synthetic: bool, data_root, chance: float | None) -> str:
     return f"Data: {source}.{level}"
 
 
-def kaggle_notice(path, score: float | None, synthetic: bool) -> str:
-    """Return the report's line on the Kaggle CSV at path and its score, or on why there is none (path None)."""
+def kaggle_notice(path, score: float | None, synthetic: bool, count_difficult: bool = True) -> str:
+    """Return the report's line on the Kaggle CSV at path, its score and its AP convention, or on why there is none."""
     if path is None:
         return ("_No Kaggle CSV: the final run has no AP for some class (its capped test split holds no positive image "
                 "of it); the quick and full profiles test on every image._")
-    line = f"The Kaggle CSV of the final model is `{path}`; its score (1 − mAP) is **{score:.5f}**."
+    if count_difficult:
+        how = ("the course's convention: an image whose class is present only as difficult objects counts as a "
+               "positive of it, as in the course's kit, so the score compares with classmates' leaderboard scores")
+        mind = ", so 1 − this score need not equal the final model's test mAP"
+    else:
+        how = ("the VOC convention: an image whose class is present only as difficult objects is left out of its AP; "
+               "the course's kit counted it as a positive, so the score does not compare with classmates' leaderboard "
+               "scores")
+        mind = ""
+    line = (f"The Kaggle CSV of the final model is `{path}`; its score (1 − mAP) is **{score:.5f}**, with AP by {how}. "
+            f"Every test mAP and AP elsewhere in this report follows the VOC convention (difficult-only labels left "
+            f"out){mind}.")
     if synthetic:
         line += " It was computed on the synthetic data: do not upload it; rebuild with `--profile full` on VOC."
     return line

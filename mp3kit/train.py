@@ -625,23 +625,35 @@ def _identities(data: Data) -> dict:
     return {s: getattr(data, s).identity() for s in ("train", "val", "test")}
 
 
+def _reusable(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> Run | None:
+    """Return the complete run in run's folder when fit may reuse it (same config and data, reuse or resume asked)."""
+    if resume not in RESUME_CHOICES:
+        raise UserError(f"fit(resume={resume!r}) is not one of False, True or 'auto'.")
+    if not (reuse or resume) or not (run.path / "config.json").exists():
+        return None
+    old = runs.load_run(run.path)
+    if not (old.complete and _same_config(old, config, data)):
+        return None
+    old.origin = "reused"
+    return old
+
+
 def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> tuple[Run | None, dict | None]:
     """Decide how fit starts: (the complete run to reuse, None), (None, the checkpoint to resume) or (None, None).
 
-    On resume, run takes the history of the checkpoint's epochs.
+    On resume, run takes the history of the checkpoint's epochs. (None, None) starts afresh: the run in the folder,
+    if any, moves aside.
     """
-    if resume not in RESUME_CHOICES:
-        raise UserError(f"fit(resume={resume!r}) is not one of False, True or 'auto'.")
+    reused = _reusable(run, config, data, resume, reuse)
+    if reused is not None:
+        return reused, None
     if not (run.path / "config.json").exists():
         return None, None
     old = runs.load_run(run.path)
-    same = _same_config(old, config, data)
-    if old.complete:
-        if same and (reuse or resume):
-            old.origin = "reused"
-            return old, None
+    if old.complete or not resume:
         return None, None
-    if not resume or (resume == "auto" and not same):
+    same = _same_config(old, config, data)
+    if resume == "auto" and not same:
         return None, None
     if not same:
         raise UserError(
@@ -667,15 +679,13 @@ def _loaders(config: TrainConfig, training: voc.VOCSplit, device, cache_dir, pro
     return train_loader, functools.partial(pipeline.make_loader, train=False, **eval_kw)
 
 
-def _open_folder(run: Run, fresh: bool) -> None:
-    """Write the run's config.json (and clear an old run's files first when starting afresh)."""
-    if fresh:
-        for f in runs.RUN_FILES:
-            try:
-                (run.path / f).unlink(missing_ok=True)
-            except OSError as exc:
-                raise write_failure(exc, run.path / f, 0) from exc
-    runs.write_config(run)
+def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
+    """Move the run already in run's folder aside (never delete it), saying where on run and, with progress, aloud."""
+    aside = lock.move_aside()
+    if aside is not None:
+        run.moved_aside = str(aside)
+        if progress:
+            print(f"{run.name}: the earlier run in {run.path} moved to {aside} (kept, listed by mp3kit runs).", flush=True)
 
 
 def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
@@ -708,22 +718,46 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     Decides alone whether a run is reused, resumed or trained afresh, and says which in the Run's origin:
     reuse=True returns a complete run with the same config and data without training again; resume=True
     continues an unfinished run from its last checkpoint (a UserError if its settings differ), resume="auto"
-    does so when the settings match and starts afresh otherwise.
+    does so when the settings match and starts afresh otherwise. Starting afresh never deletes a run: the one
+    in the folder moves aside to name@<UTC time> (the Run's moved_aside says where). While it trains, the run's
+    folder is locked (runs.RunLock): a second fit of the same run stops with a sentence naming the first.
     """
     if not isinstance(config, TrainConfig):
         raise UserError("fit() needs a TrainConfig: build one with mp3kit.train.TrainConfig(...).")
     config.validate()
+    name = runs.check_name(config.default_name() if name is None else name)
     data = data or load_data(data_root, config.max_images)
-    name = name or config.default_name()
     run = Run(name=name, path=Path(runs_dir) / name, config={**config.to_dict(), "data": {
         "root": data.root, "synthetic": data.synthetic, "identities": _identities(data)}})
-    reused, ckpt = _start_point(run, config, data, resume, reuse)
+    reused = _reusable(run, config, data, resume, reuse)  # reading a finished run needs no lock
     if reused is not None:
         return reused
     # Build the model before touching the run folder: a missing weights file must not leave a half run behind.
     device = pick_device(config.device)
     _set_seed(config.seed)
     model = place_model(build_model(config), device)
+    # Locked before anything in the folder is moved or written: a second fit of this run (another process, or the
+    # training panel's thread) stops here with a sentence instead of mixing its files with this one's.
+    try:
+        lock = runs.RunLock(run.path).acquire()
+    except WriteFailed as exc:
+        first = "make that folder writable" if exc.read_only else "free some space there"
+        raise exc.advise(f"{first} or choose another RUNS_DIR (--runs-dir), then train the run again") from exc
+    with lock:
+        return _train(run, config, data, model, device, lock, resume=resume, reuse=reuse, progress=progress,
+                      callback=callback, stop=stop, cache_dir=cache_dir)
+
+
+def _train(run: Run, config: TrainConfig, data: Data, model, device, lock: runs.RunLock, *, resume, reuse: bool,
+           progress: bool, callback, stop, cache_dir) -> Run:
+    """Reuse, resume or start run afresh under its lock, then train, test and record it."""
+    name = run.name
+    # Decided under the lock: another process may have finished the run since fit first looked.
+    reused, ckpt = _start_point(run, config, data, resume, reuse)
+    if reused is not None:
+        return reused
+    if ckpt is None:
+        _move_aside(run, lock, progress)
     amp = amp_dtype(config, device)
     optimizer, scaler = make_optimizer(config, model.parameters()), grad_scaler(amp)
     start, best = restore(ckpt, model, optimizer, scaler, run.checkpoint_path) if ckpt else (0, None)
@@ -741,7 +775,7 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     try:
         try:
             with writer:
-                _open_folder(run, fresh=ckpt is None)
+                runs.write_config(run)
                 runs.write_progress(run)
                 for epoch in _progress(range(start, config.epochs), progress, desc=name, initial=start,
                                        total=config.epochs):

@@ -318,7 +318,7 @@ class TrainPanel:
     def _next_name(self, config: TrainConfig) -> str:
         taken = [int(m.group(1)) for p in (self.runs_dir.iterdir() if self.runs_dir.is_dir() else [])
                  if (m := re.match(r"panel-(\d+)-", p.name))]
-        label = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.model_label()).strip("-") or "model"
+        label = re.sub(r"[^A-Za-z0-9_.-]+|\.{2,}", "-", config.model_label()).strip("-") or "model"
         return f"panel-{max(taken, default=0) + 1}-{label}"
 
 

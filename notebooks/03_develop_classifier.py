@@ -240,7 +240,10 @@ exp.own_work(final, section="final-architecture")
 # The course's Kaggle competition takes one row per class: `id` 0 to 19 in the VOC class order and
 # `category` = 1 − AP of that class; its leaderboard score is their mean, 1 − mAP (lower is
 # better). The CSV is written next to the final run; `mp3kit submit --check FILE` validates any
-# CSV before you upload it.
+# CSV before you upload it. Its AP follows the course's convention, as classmates' leaderboard
+# scores do: an image whose class is present only as difficult objects counts as a positive. The
+# test mAP everywhere else leaves such images out (the VOC convention), so the two differ a little;
+# `exp.kaggle_csv(final, count_difficult=False)` writes the VOC convention's CSV instead.
 
 # %%
 kaggle_csv = exp.kaggle_csv(final, section="kaggle")

@@ -252,14 +252,35 @@ def test_the_notebook_starter_network_is_recognised_as_not_yet_the_students_work
     assert "Part 1B is not done yet" in notes[-1]
 
 
-def test_kaggle_csv_is_written_next_to_the_run_and_its_score_recorded(exp):
+def test_kaggle_csv_is_written_next_to_the_run_and_its_score_recorded_with_its_convention(exp, capsys):
     run = exp.run("final", exp.config(**{**TINY, "max_images": None, "image_size": 32}))
+    capsys.readouterr()
     path = exp.kaggle_csv(run, section="kaggle")
     values = _manifest(exp)["values"]
     (note,) = [i for i in _manifest(exp)["report"] if i["section"] == "kaggle"]
     assert f"{values['kaggle_score']:.5f}" in note["text"] and "do not upload" in note["text"]
     assert path == run.path / "kaggle.csv" and values["kaggle_csv"] == str(path)
-    assert values["kaggle_score"] == pytest.approx(1 - run.test_map)
+    # By default the course's convention (difficult-only labels are positives), as classmates' leaderboard scores;
+    # the run's test mAP follows VOC's, and the report and the notebook say which is which.
+    course = metrics.mean_average_precision(*_test_split(run), count_difficult=True)
+    assert values["kaggle_score"] == pytest.approx(1 - course) and values["kaggle_convention"] == "course"
+    assert abs(values["kaggle_score"] - (1 - run.test_map)) > 1e-4
+    assert "with AP by the course's convention" in note["text"]
+    assert "Every test mAP and AP elsewhere in this report follows the VOC convention" in note["text"]
+    assert "course convention (difficult-only labels count as positives" in capsys.readouterr().out
+
+    exp.kaggle_csv(run, run.path / "voc.csv", section="kaggle", count_difficult=False)
+    values = _manifest(exp)["values"]
+    (note,) = [i for i in _manifest(exp)["report"] if i["section"] == "kaggle"]
+    assert values["kaggle_score"] == pytest.approx(1 - run.test_map) and values["kaggle_convention"] == "voc"
+    assert "with AP by the VOC convention" in note["text"] and "does not compare with classmates'" in note["text"]
+
+
+def _test_split(run):
+    from mp3kit import runs
+
+    recorded = runs.load_test_scores(run)
+    return recorded["targets"], recorded["scores"], recorded["difficult"]
 
 
 def test_report_items_keep_the_order_declared_and_a_declaration_made_again_replaces_its_item(exp):
