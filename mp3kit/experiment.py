@@ -312,6 +312,22 @@ class Experiment:
         return (f"{key}: {val}test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f} "
                 f"({len(run.history)} epochs, {how})")
 
+    def map_conventions(self, run: Run) -> Table:
+        """Return run's test mAP under the three conventions: mp3kit's (all points, difficult-only left out, as VOC
+        since 2010), VOC 2007's devkit (11-point interpolated) and the course kit's (difficult-only counted as
+        positive), which the Kaggle CSV follows."""
+        scores = runs.load_test_scores(run)
+        conventions = [("mp3kit, as VOC since 2010: every point, difficult-only left out", {}),
+                       ("VOC 2007 devkit: 11-point interpolated, difficult-only left out", {"voc07": True}),
+                       ("the course kit and the Kaggle CSV: every point, difficult-only as positive", {"count_difficult": True})]
+        rows = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoPositivesWarning)  # a capped (smoke) test split may lack a class
+            for name, options in conventions:
+                rows.append({"AP convention": name, "test mAP": metrics.mean_average_precision(
+                    scores["targets"], scores["scores"], scores["difficult"], **options)})
+        return Table(rows, ["AP convention", "test mAP"], note="Every other test mAP here uses the first convention.")
+
     def labelled(self, *runs_or_keys) -> list[Run]:
         """Return runs (given by key or as Runs of this notebook) renamed to their labels, for readable plot legends."""
         by_name = {run.name: key for key, run in self.runs.items()}

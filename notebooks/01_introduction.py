@@ -113,9 +113,13 @@ plots.plot_label_stats(exp.data.train,
 # **average precision (AP)** ranks the test images by the classifier's score for that class and
 # averages the precision at the rank of every image that does contain it: a perfect ranking gets
 # 1.0, a random one gets about the fraction of images that contain the class. **mAP** is the mean
-# AP over the 20 classes, so a rare class counts as much as *person*. As in the official VOC
-# evaluation, an image where a class appears only as difficult objects is left out of that class's
-# AP.
+# AP over the 20 classes, so a rare class counts as much as *person*. mp3kit's AP is the area under
+# the precision-recall curve taken at every positive image, as VOC's evaluation has done since 2010;
+# VOC 2007's own devkit averaged an *11-point interpolated* precision (the best precision at recall
+# 0, 0.1, ..., 1), which reads a little higher. As in VOC's evaluation, an image where a class
+# appears only as difficult objects is left out of that class's AP; the course's kit counted it as a
+# positive, and the Kaggle CSV follows the kit (notebook 3). `exp.map_conventions(run)` shows a run's
+# test mAP under all three.
 #
 # **Classes come together.** Chairs appear with dining tables, people with horses, bicycles and
 # motorbikes. A network can learn such context, and it can also lean on it: expect it to "see" a
@@ -134,8 +138,8 @@ plots.plot_label_stats(exp.data.train,
 exp.architecture("simple")
 
 # %% [markdown]
-# Training uses the course's defaults: SGD with learning rate 0.01 and momentum 0.9, batches of 50,
-# 20 epochs, and the loss is the binary cross-entropy of each class's sigmoid averaged over the 20
+# Training uses the course's defaults: SGD with learning rate 0.01 and momentum 0.9, batches of 50
+# (the `full` profile; `quick` takes batches of 8 at 32 px, see the profile table above), 20 epochs, and the loss is the binary cross-entropy of each class's sigmoid averaged over the 20
 # classes (PyTorch's `MultiLabelSoftMarginLoss` computes the same number). The model trains on
 # *train*; train and val mAP are measured at the first epoch, every 5th and the last (the kit's
 # `test_frequency`), and the test split is scored once, at the end. `exp.config(...)` returns
@@ -145,6 +149,7 @@ exp.architecture("simple")
 # %%
 default = exp.run("simple-default", exp.config(model="simple"), label="simple, SGD lr 0.01 (course defaults)")
 exp.result("simple-default", "Simple classifier with the course defaults", section="simple-results")
+exp.map_conventions(default)
 
 # %% [markdown]
 # **Report 1a.** The line above gives the test mAP and the average test loss (the mean binary
@@ -184,6 +189,17 @@ plots.plot_per_class_ap(default, path=exp.figure("simple-per-class-ap", "Simple 
 # get anywhere; too large, and the loss jumps around or the run diverges (mp3kit stops a run whose
 # loss becomes NaN and says so).
 
+# %% [markdown]
+# **Before spending epochs: a learning-rate range test.** `exp.lr_find(config)` trains a throwaway
+# copy of the network for a couple of hundred batches while the learning rate rises from 1e-6
+# to 1, and plots the loss against it. Where the loss falls fastest is a safe learning rate, the
+# top of the shaded range is often faster, and where the curve turns upward training diverges. The
+# test takes seconds here: read off which of the three rates (0.01, 0.001, 0.0001) it expects to
+# train, then check its prediction with the runs below.
+
+# %%
+lr_found = exp.lr_find(exp.config(model="simple"), section="simple-plots")
+
 # %%
 lr_runs = [default]
 for lr in LOWER_LEARNING_RATES:
@@ -193,17 +209,6 @@ for lr in LOWER_LEARNING_RATES:
 plots.plot_history(exp.labelled(*lr_runs),
                    path=exp.figure("lr-study-curves", "Simple classifier, learning-rate study: loss and mAP per epoch",
                                    "simple-plots"))
-
-# %% [markdown]
-# **Instead of guessing: a learning-rate range test.** `exp.lr_find(config)` trains a throwaway
-# copy of the network for a couple of hundred batches while the learning rate rises from 1e-6
-# to 1, and plots the loss against it. Where the loss falls fastest is a safe learning rate, the
-# top of the shaded range is often faster, and where the curve turns upward training diverges. The
-# test takes seconds here, and it says which of the three rates above was worth trying before you
-# spend epochs on them.
-
-# %%
-lr_found = exp.lr_find(exp.config(model="simple"), section="simple-plots")
 
 # %% [markdown]
 # **Longer training.** The seed report doubled the epochs (40 instead of 20) with SGD 0.01. Look at

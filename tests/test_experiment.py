@@ -381,3 +381,16 @@ def test_lr_find_plots_the_range_test_prints_its_suggestion_and_records_it(exp, 
     m = _manifest(exp)
     assert m["values"]["lr-find"] == {"suggested_lr": found["suggested_lr"], "range": found["range"]}
     assert {"kind": "figure", "key": "lr-find", "section": "simple-plots"}.items() <= m["report"][-1].items()
+
+
+def test_map_conventions_gives_the_test_map_under_mp3kits_voc07s_and_the_course_kits_rules(tmp_path, voc_root):
+    exp = Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    run = exp.run("simple-default", exp.config(**{**TINY, "max_images": None, "image_size": 32}))
+    table = exp.map_conventions(run)
+    ours, voc07, course = (row["test mAP"] for row in table.rows)
+    assert ours == pytest.approx(run.test_map)  # the number every other table shows
+    s = train.runs.load_test_scores(run)  # the whole test split (this run is not capped)
+    assert voc07 == pytest.approx(metrics.mean_average_precision(s["targets"], s["scores"], s["difficult"], voc07=True))
+    assert course == pytest.approx(metrics.mean_average_precision(s["targets"], s["scores"], s["difficult"],
+                                                                  count_difficult=True))
+    assert len({round(ours, 6), round(voc07, 6), round(course, 6)}) == 3  # the synthetic test split has difficult labels
