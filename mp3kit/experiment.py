@@ -527,8 +527,12 @@ class Experiment:
             print("mp3kit report is executing this notebook and builds the report after it: nothing to do here.")
             return None
         report_dir = Path(report_dir) if report_dir is not None else layout.report_folder(self.runs_dir, self.profile.name)
-        report.build(self.profile.name, runs_dir=self.runs_dir, report_dir=report_dir, execute=False)
-        archive = report.zip_report(report_dir)
+        try:
+            report.build(self.profile.name, runs_dir=self.runs_dir, report_dir=report_dir, execute=False)
+            archive = report.zip_report(report_dir)
+        except OSError as exc:  # Drive full or gone: the build and the zip replace what was there only when complete
+            raise UserError(f"Could not write the report in {report_dir} ({exc.strerror or exc}): free some space "
+                            f"(on Drive too) and run this cell again; what was there is as it was.") from exc
         if download and "google.colab" in sys.modules:
             from google.colab import files
 

@@ -9,6 +9,7 @@ parameters, the smoke profile, no MP3KIT_RUNS_DIR). Stand-in: google.colab.files
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from PIL import Image
 
 from mp3kit import layout, report, settings
 from mp3kit.experiment import Experiment
+from mp3kit.util import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "02_scratch_vs_pretrained"
@@ -213,3 +215,23 @@ def test_build_report_in_colab_offers_one_zip_and_leaves_the_report_to_mp3kit_re
     monkeypatch.setenv(settings.REPORT_RUNNING, "1")
     assert exp.build_report() is None
     assert archive.stat().st_mtime_ns == stamp and len(offered) == 1
+
+
+def test_a_full_drive_while_zipping_is_one_sentence_and_keeps_the_last_zip(student, tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs" / "smoke"
+    shutil.copytree(student / "runs" / "smoke", runs_dir)
+    monkeypatch.chdir(tmp_path)
+    exp = Experiment("04_my_notebook", "smoke", None, str(runs_dir), quiet=True)
+    archive = exp.build_report(download=False)
+    before = archive.read_bytes()
+
+    def drive_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", drive_full)  # the disk fills up while the zip is written
+    with pytest.raises(UserError) as info:
+        exp.build_report(download=False)
+    message = str(info.value)
+    assert message.startswith(f"Could not write the report in {tmp_path / 'report'} (No space left on device)")
+    assert "\n" not in message
+    assert archive.read_bytes() == before and [p.name for p in archive.parent.glob("*.zip*")] == ["report.zip"]
