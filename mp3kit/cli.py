@@ -177,7 +177,7 @@ def _cmd_report(args) -> int:
     from mp3kit import report
 
     return report.main(profile=args.profile, data_root=args.data_root, only=args.only, report_dir=args.report_dir,
-                       execute=not args.no_execute)
+                       execute=not args.no_execute, runs_dir=args.runs_dir, notebooks_dir=args.notebooks_dir)
 
 
 def _add_config_flags(t) -> None:
@@ -281,14 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer images, for a check in seconds")
     b.set_defaults(func=_cmd_bench)
 
-    rep = sub.add_parser("report", help="run the notebooks with papermill and rebuild report/")
+    rep = sub.add_parser("report", help="run your notebooks with papermill and rebuild report/ from their runs")
     rep.add_argument("--profile", choices=_Choices("experiment", "PROFILES"), default="quick", metavar="NAME",
                      help="one of %(choices)s (default %(default)s)")
     rep.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
     rep.add_argument("--only", default=None, help="run one notebook (e.g. 01_introduction)")
-    rep.add_argument("--report-dir", default="report")
+    rep.add_argument("--notebooks-dir", default=None, metavar="DIR",
+                     help="the notebooks to run (default: ./notebooks, else the current folder, whichever holds them)")
+    rep.add_argument("--runs-dir", default=None, metavar="DIR",
+                     help="this profile's runs folder (default: the one the notebooks use, runs/PROFILE in the folder "
+                          "holding them, or holding notebooks/ as a checkout does)")
+    rep.add_argument("--report-dir", default=None, metavar="DIR",
+                     help="where the report goes (default: report/ beside runs/)")
     rep.add_argument("--no-execute", action="store_true",
-                     help="run no notebook: rebuild report.md/html from the runs already on disk (seconds)")
+                     help="run no notebook: rebuild report.md/html from the runs and figures already in the runs "
+                          "folder (seconds; needs no notebook and no checkout)")
     rep.set_defaults(func=_cmd_report)
     return p
 

@@ -6,9 +6,13 @@ Experiment turns the profile plus a few changes into a TrainConfig, trains it wi
 interrupted), and keeps a manifest of runs, values and report content that `mp3kit report` reads:
 
     <runs_dir>/<notebook>.manifest.json
-    {"notebook", "profile", "synthetic", "data_root",
+    {"notebook", "profile", "synthetic", "data_root", "figures_dir" (absolute),
      "runs": {key: {"run": run name, "label": readable label}}, "values": {key: JSON value},
      "report": [{"kind", "key", "section", ...}, ...]}
+
+The runs folder and the figures folder default to the profile's (mp3kit.layout: <project>/runs/<profile> and its
+figures/), the folders `mp3kit report` reads, so a report built from the runs folder alone (Experiment.build_report,
+`mp3kit report --no-execute`) finds every run and figure the notebook made.
 
 A notebook declares what it gives the report where it makes it (Experiment.figure, table, result, note, ablation,
 kaggle_csv, check_pretrained); each item goes to the report template's marker named by its section (default: its
@@ -41,7 +45,7 @@ import numpy as np
 import torch
 
 from mp3kit import data as voc
-from mp3kit import findings, kaggle, metrics, models, plots, runs, settings, synth, train
+from mp3kit import findings, kaggle, layout, metrics, models, plots, runs, settings, synth, train
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.table import Table
@@ -157,12 +161,12 @@ def _has_voc_tree(root) -> bool:
 class Experiment:
     """One notebook's runs, figures and values under a profile, recorded in a manifest for the report."""
 
-    def __init__(self, notebook: str, profile=None, data_root=None, runs_dir="runs", figures_dir="figures", *,
+    def __init__(self, notebook: str, profile=None, data_root=None, runs_dir=None, figures_dir=None, *,
                  retrain: bool = False, quiet: bool | None = None, worked_example: bool = False):
         self.notebook = Path(str(notebook)).stem  # "01_introduction" (a path or .ipynb name works too)
         self.profile = get_profile(profile or default_profile()).for_notebook(self.notebook)
-        self.runs_dir = Path(runs_dir)
-        self.figures_dir = Path(figures_dir)
+        self.runs_dir = layout.runs_folder(self.profile.name, runs_dir)
+        self.figures_dir = layout.figures_folder(self.profile.name, self.runs_dir, figures_dir)
         self.retrain = retrain
         self.progress = show_progress() if quiet is None else not quiet
         # worked_example: the notebook runs the seed report's answers as a demonstration, not the student's own work;
@@ -176,9 +180,10 @@ class Experiment:
         self._data: dict = {}
         self.data = self._data_for(self.profile.train.get("max_images"))
         self.runs: dict[str, Run] = {}
+        # The absolute figures folder lets a report built elsewhere copy each declared figure from where it was saved.
         self.manifest = {"notebook": self.notebook, "profile": self.profile.name, "synthetic": self.synthetic,
-                         "data_root": str(self.data_root), "worked_example": self.worked_example, "runs": {},
-                         "values": {}, "report": []}
+                         "data_root": str(self.data_root), "figures_dir": str(self.figures_dir.absolute()),
+                         "worked_example": self.worked_example, "runs": {}, "values": {}, "report": []}
         self.chance_map = self.record("chance_map", metrics.chance_map(self.data.test.targets, self.data.test.difficult))
         print(self.notice())
 
@@ -588,6 +593,36 @@ class Experiment:
         self.manifest["values"][key] = value
         self._save()
         return value
+
+    def build_report(self, report_dir=None, *, download: bool = True) -> Path | None:
+        """Build report.md, report.html and figures/ from the runs in runs_dir (nothing is trained), zip them; return the zip.
+
+        The report goes to report_dir, default the report folder beside the runs (mp3kit.layout.report_folder);
+        it covers every notebook with a manifest in runs_dir, and a report.md already there keeps its prose. In Colab
+        the zip is offered as a download (download=False: not); elsewhere its path is printed. While `mp3kit report`
+        executes the notebook, this does nothing: that build follows.
+        """
+        from mp3kit import report
+
+        if settings.report_running():
+            print("mp3kit report is executing this notebook and builds the report after it: nothing to do here.")
+            return None
+        report_dir = Path(report_dir) if report_dir is not None else layout.report_folder(self.runs_dir, self.profile.name)
+        try:
+            report.build(self.profile.name, runs_dir=self.runs_dir, report_dir=report_dir, execute=False)
+            archive = report.zip_report(report_dir)
+        except OSError as exc:  # Drive full or gone: the build and the zip replace what was there only when complete
+            raise UserError(f"Could not write the report in {report_dir} ({exc.strerror or exc}): free some space "
+                            f"(on Drive too) and run this cell again; what was there is as it was.") from exc
+        if download and "google.colab" in sys.modules:
+            from google.colab import files
+
+            files.download(str(archive))
+            print(f"Your browser is downloading {archive.name} (report.md, report.html, figures/); a copy stays in "
+                  f"{report_dir}.")
+        else:
+            print(f"All of it in one file: {archive}")
+        return archive
 
     @property
     def manifest_path(self) -> Path:

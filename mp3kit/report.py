@@ -1,6 +1,8 @@
 """Rebuild report/ headlessly: run the notebooks with papermill, gather every run's numbers, write report.md and .html.
 
-The flow is one-way: notebooks -> run records + manifests (runs/<profile>/) -> results.json -> report.md -> report.html.
+The flow is one-way: notebooks -> run records + manifests + figures (runs/<profile>/) -> results.json -> report.md ->
+report.html. The folders are mp3kit.layout's, the notebooks' own; a report can also be built from a runs folder alone
+(execute=False), with no notebook and no checkout: the template ships in the package (resources/report_template.md).
 Everything is built in a staging folder inside the report folder and swapped in only when every step succeeded,
 so a failing notebook leaves the previous report as it was.
 """
@@ -19,9 +21,10 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
-from mp3kit import __version__, findings, settings
+from mp3kit import __version__, findings, layout, settings
 from mp3kit import runs as run_records
 from mp3kit.table import Table
 from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
@@ -30,6 +33,8 @@ NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
 # The generated part of a report folder, swapped in as a whole; report.md goes last so it never links to figures
 # that are not there yet.
 GENERATED = ("figures", "executed", "results.json", "report.html", "report.md")
+ZIPPED = ("report.md", "report.html", "results.json", "figures")  # what report.zip holds, under report/
+TEMPLATE = Path(__file__).resolve().parent / "resources" / "report_template.md"
 SYNTHETIC_BANNER = (
     "These numbers come from the embedded SYNTHETIC dataset, not PASCAL VOC photographs; they check the pipeline "
     "and are not comparable with the course's reference figures."
@@ -41,33 +46,43 @@ class NotebookError(Exception):
     """A notebook failed or timed out under papermill; the message names the notebook and the cell."""
 
 
-def main(profile="quick", data_root=None, only=None, report_dir="report", execute=True) -> int:
+def main(profile="quick", data_root=None, only=None, report_dir=None, execute=True, runs_dir=None,
+         notebooks_dir=None) -> int:
     """Rebuild the report for `mp3kit report`; return the exit status."""
     try:
-        build(profile, data_root, only=only, report_dir=report_dir, execute=execute)
+        build(profile, data_root, only=only, report_dir=report_dir, execute=execute, runs_dir=runs_dir,
+              notebooks_dir=notebooks_dir)
     except NotebookError as exc:
         print(f"mp3kit: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def build(profile="quick", data_root=None, *, only=None, report_dir="report", notebooks_dir=None, runs_dir=None,
+def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebooks_dir=None, runs_dir=None,
           template=None, execute=True, timeout_s=None) -> Path:
     """Run the notebooks (all, or only one), then rebuild report_dir from the run records; return report.md's path.
 
-    execute=False runs no notebook and rebuilds the report from the manifests and runs already on disk.
+    notebooks_dir defaults to find_notebooks(), runs_dir to the profile's runs folder of that project and report_dir
+    to the report folder beside the runs (mp3kit.layout), the folders the notebooks use themselves.
+    execute=False runs no notebook and rebuilds the report from the manifests, runs and figures in runs_dir.
     """
     from mp3kit.experiment import PROFILES
 
     if profile not in PROFILES:
         raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
-    notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else find_repo() / "notebooks"
-    repo = notebooks_dir.parent
+    notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else find_notebooks()
+    if execute and notebooks_dir is None:
+        raise UserError(f"No notebooks in {Path.cwd()} or its notebooks/ folder: run mp3kit report from the folder "
+                        "holding your notebooks (or their notebooks/ folder), give --notebooks-dir DIR, or build from "
+                        "the runs already on disk with --no-execute.")
     names = select_notebooks(notebooks_dir, only) if execute else []
-    runs_dir = Path(runs_dir).resolve() if runs_dir else repo / "runs" / profile
-    report_dir = Path(report_dir).resolve()
-    template = Path(template) if template else find_template(report_dir, repo)
-    if profile == "full" and data_root is None:
+    runs_dir = Path(runs_dir).resolve() if runs_dir else layout.runs_folder(profile, notebooks_dir=notebooks_dir)
+    report_dir = Path(report_dir).resolve() if report_dir else layout.report_folder(runs_dir, profile)
+    template = Path(template) if template else find_template(report_dir)
+    if not execute and not runs_dir.is_dir():
+        raise UserError(f"{runs_dir} does not exist, so there are no runs to build the report from: give the runs "
+                        "folder of your notebooks with --runs-dir DIR, or leave out --no-execute to run them.")
+    if execute and profile == "full" and data_root is None:
         raise UserError("--profile full trains on the real PASCAL VOC 2007: add --data-root DIR (download it with "
                         "`mp3kit data fetch --root DIR`).")
     if data_root is not None and not Path(data_root).exists():
@@ -89,16 +104,20 @@ def build(profile="quick", data_root=None, *, only=None, report_dir="report", no
                 shutil.copytree(old, staging / part)
             else:
                 (staging / part).mkdir()
+        figures_dir = layout.figures_folder(profile, runs_dir).absolute()  # where the notebooks save figures themselves
+        if names:
+            figures_dir.mkdir(parents=True, exist_ok=True)
         parameters = {
             "PROFILE": profile,
             "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else None,
             "RUNS_DIR": str(runs_dir),
-            "FIGURES_DIR": str(staging / "figures"),
+            "FIGURES_DIR": str(figures_dir),
         }
         timeout_s = timeout_s or NOTEBOOK_TIMEOUT_S[profile]
         seconds = {}
         where = "embedded synthetic dataset" if data_root is None else str(data_root)
-        print(f"Building the report (profile {profile}, data: {where}) into {report_dir}", flush=True)
+        source = f"data: {where}" if execute else f"from the runs in {runs_dir}"
+        print(f"Building the report (profile {profile}, {source}) into {report_dir}", flush=True)
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] {name} ...", end="", flush=True)
             t0 = time.monotonic()
@@ -129,22 +148,21 @@ def build(profile="quick", data_root=None, *, only=None, report_dir="report", no
 # ---------------------------------------------------------------- finding things
 
 
-def find_repo() -> Path:
-    """Return the mp3kit repository root: the checkout holding this package, else the working directory."""
-    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (root / "notebooks").is_dir() and (root / "report").is_dir():
-            return root
-    raise UserError("Cannot find the notebooks/ and report/ folders: run mp3kit report from the root of the mp3kit "
-                    "repository.")
+def find_notebooks(folder=None) -> Path | None:
+    """Return the student's notebooks folder: <folder>/notebooks, else folder, whichever holds notebooks (folder: cwd)."""
+    folder = Path(folder if folder is not None else Path.cwd()).resolve()
+    return next((f for f in (folder / layout.NOTEBOOKS, folder) if any(f.glob("*.ipynb"))), None)
 
 
-def find_template(report_dir: Path, repo: Path) -> Path:
-    """Return the report template: report_dir/template.md if there, else the repository's report/template.md."""
-    checkout = Path(__file__).resolve().parents[1] / "report" / "template.md"
-    for path in (report_dir / "template.md", repo / "report" / "template.md", checkout):
-        if path.exists():
-            return path
-    raise UserError(f"Cannot find the report template {repo / 'report' / 'template.md'}: restore it from the repository.")
+def find_template(report_dir: Path) -> Path:
+    """Return the report template: report_dir/template.md when the student keeps one there, else the one mp3kit ships."""
+    own = Path(report_dir) / "template.md"
+    if own.exists():
+        return own
+    if not TEMPLATE.exists():
+        raise UserError(f"The report template {TEMPLATE} is missing from this mp3kit installation: reinstall mp3kit, "
+                        f"or put a template.md in {report_dir}.")
+    return TEMPLATE
 
 
 def select_notebooks(notebooks_dir: Path, only=None) -> list[str]:
@@ -182,7 +200,8 @@ def run_notebook(path: Path, output: Path, parameters: dict, runs_dir: Path, tim
     failed_copy = Path(runs_dir) / f"{path.stem}.failed.ipynb"
     kept = f"the report in {report_dir} was left as it was"
     try:
-        with temporary_environ(**{settings.QUIET: "1"}):
+        # REPORT_RUNNING: the notebook's own report cell leaves the report to this build.
+        with temporary_environ(**{settings.QUIET: "1", settings.REPORT_RUNNING: "1"}):
             # A quiet kernel log keeps one progress line per notebook: otherwise every kernel prints a
             # TCP-transport warning at start and a caught KeyboardInterrupt at shutdown. A cell's
             # errors still reach the executed notebook and the failure message.
@@ -237,9 +256,9 @@ def _keep_failed(output: Path, failed_copy: Path) -> str:
 # ---------------------------------------------------------------- results.json
 
 
-def notebook_names(notebooks_dir: Path, runs_dir: Path) -> list[str]:
-    """Return the notebooks the report covers, sorted: those in notebooks_dir and those with a manifest in runs_dir."""
-    names = {p.stem for p in Path(notebooks_dir).glob("*.ipynb")}
+def notebook_names(notebooks_dir: Path | None, runs_dir: Path) -> list[str]:
+    """Return the notebooks the report covers, sorted: those in notebooks_dir (if any) and those with a manifest in runs_dir."""
+    names = {p.stem for p in Path(notebooks_dir).glob("*.ipynb")} if notebooks_dir is not None else set()
     names |= {p.name.removesuffix(".manifest.json") for p in Path(runs_dir).glob("*.manifest.json")}
     return sorted(names)
 
@@ -270,9 +289,12 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
         raise UserError(f"{manifest_path} is not valid JSON ({exc.msg}): delete it and run mp3kit report again.") from exc
     runs = {key: _run_results(runs_dir / entry["run"], entry.get("label"))
             for key, entry in manifest.get("runs", {}).items()}
+    # Where the notebook saved its figures, then the runs folder's own figures/ (a runs folder moved from Drive).
+    saved = [Path(manifest["figures_dir"])] if manifest.get("figures_dir") else []
     items = []
     for item in manifest.get("report", []):
         if item.get("kind") == "figure":
+            _copy_figure(item["file"], [*saved, runs_dir / "figures"], staging / "figures")
             item = {**item, "path": f"figures/{Path(item['file']).as_posix()}",
                     "present": (staging / "figures" / item["file"]).exists()}
         items.append(item)
@@ -287,6 +309,18 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
         "values": _clean(manifest.get("values", {})),
         "report": _clean(items),
     }
+
+
+def _copy_figure(file: str, folders, target: Path) -> None:
+    """Copy a declared figure into the staged report from the first folder holding it; keep the staged copy if none does."""
+    if Path(file).is_absolute() or ".." in Path(file).parts:
+        return  # a manifest names figures inside its figures folder only
+    for folder in folders:
+        source = Path(folder) / file
+        if source.is_file():
+            (target / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / file)
+            return
 
 
 def _run_results(path: Path, label) -> dict:
@@ -710,6 +744,24 @@ def _swap_in(staging: Path, report_dir: Path) -> None:
         if dst.is_dir():
             os.replace(dst, old / item)
         os.replace(src, dst)
+
+
+def zip_report(report_dir) -> Path:
+    """Write report_dir/report.zip holding report.md, report.html, results.json and figures/ under report/; return it."""
+    report_dir = Path(report_dir)
+    archive = report_dir / "report.zip"
+    partial = report_dir / ".report.zip.partial"
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in ZIPPED:
+                path = report_dir / name
+                files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] * path.exists()
+                for file in files:
+                    z.write(file, (Path("report") / file.relative_to(report_dir)).as_posix())
+        os.replace(partial, archive)
+    finally:
+        partial.unlink(missing_ok=True)
+    return archive
 
 
 def _print_summary(results: dict, report_dir: Path) -> None:

@@ -15,8 +15,8 @@ import os
 
 PROFILE = os.environ.get("MP3KIT_PROFILE", "quick")  # smoke (seconds, for tests) | quick (synthetic data, CPU minutes) | full (the course settings, real VOC)
 DATA_ROOT = None  # folder holding VOC 2007, e.g. "data/voc" (`mp3kit data fetch --root data/voc`); None: the embedded synthetic dataset
-RUNS_DIR = os.environ.get("MP3KIT_RUNS_DIR", "runs")  # every run is recorded here, and reused when a cell runs again
-FIGURES_DIR = os.environ.get("MP3KIT_FIGURES_DIR", "figures")  # every figure is saved here as a PNG
+RUNS_DIR = None  # every run is recorded here, and reused when a cell runs again; None: runs/<PROFILE> in the folder holding your notebooks (at the top of a checkout), where `mp3kit report` looks too
+FIGURES_DIR = None  # every figure is saved here as a PNG; None: RUNS_DIR/figures
 RETRAIN = False  # True: train every run again even when a finished one with the same settings is on disk
 REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here (pip): git+ and a repository URL, or the path of an uploaded wheel
 RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
@@ -294,3 +294,16 @@ exp.finding(4, "Adam (lr 1e-4) beats SGD (lr 0.01)", [("beats", "simple-adam", "
 from mp3kit.widgets import TrainPanel
 
 TrainPanel(exp)
+
+# %% [markdown]
+# ## Your report
+#
+# This cell builds the report from every run recorded in `RUNS_DIR` so far, this notebook's and the
+# others', and trains nothing: `report.md`, `report.html` and the figures go to the `report` folder
+# beside the runs folder (the one `mp3kit report` writes), where your own text in `report.md` is kept.
+# In Colab it downloads them as one zip (with `RUNS_ON_DRIVE`, the report stays on your Drive too);
+# elsewhere it prints where the zip is. Under `mp3kit report` it does nothing: that command builds
+# the report itself.
+
+# %%
+exp.build_report()

@@ -115,6 +115,7 @@ def colab(monkeypatch, tmp_path) -> Colab:
     monkeypatch.setenv("FAKE_PIP_PACKAGES", COLAB_PACKAGES)
     monkeypatch.delenv("FAKE_PIP_FAIL", raising=False)
     monkeypatch.delenv("MP3KIT_RUNS_DIR", raising=False)  # the parameters cell's default, as in a student's Colab
+    monkeypatch.delenv("MP3KIT_FIGURES_DIR", raising=False)
 
     content = tmp_path / "content"
     monkeypatch.setattr(mp3kit.colab, "DRIVE", content / "drive")
@@ -163,7 +164,8 @@ def test_the_cell_installs_mp3kit_keeping_colabs_builds_and_turns_on_widgets(col
     assert colab.kept().splitlines() == COLAB_LIST
     assert {"ipykernel==6.17.1", "jupyter_client==7.4.9", "torch==2.11.0+cu128"} <= set(COLAB_LIST)
     assert colab.widget_manager and colab.fetches == [] and colab.mounted == []  # quick: no VOC, no Drive
-    assert ns["DATA_ROOT"] is None and ns["RUNS_DIR"] == "runs"
+    # The profile's runs folder in the working directory (Colab's /content), where the report cell looks.
+    assert ns["DATA_ROOT"] is None and ns["RUNS_DIR"] == str(colab.tmp / "runs" / "quick")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -185,7 +187,7 @@ def test_a_failed_weights_download_is_one_line_and_the_cell_goes_on(colab, capsy
     ns = run("02_scratch_vs_pretrained", PROFILE="quick")
     err = capsys.readouterr().err.strip()
     assert "could not be downloaded" in err and "Network is unreachable" in err and "\n" not in err
-    assert ns["RUNS_DIR"] == "runs" and colab.widget_manager
+    assert ns["RUNS_DIR"] == str(colab.tmp / "runs" / "quick") and colab.widget_manager
 
 
 def test_the_full_profile_fetches_voc_to_the_vm_disk_with_the_given_sources_first(colab):
@@ -198,7 +200,7 @@ def test_a_drive_folder_as_source_mounts_drive_but_voc_still_goes_to_the_vm_disk
     folder = str(mp3kit.colab.DRIVE / "MyDrive" / "voc")
     ns = run("03_develop_classifier", PROFILE="full", VOC_SOURCES=[folder])
     assert colab.mounted == [str(mp3kit.colab.DRIVE)]
-    assert colab.fetches == [(mp3kit.colab.DATA_ROOT, [folder])] and ns["RUNS_DIR"] == "runs"
+    assert colab.fetches == [(mp3kit.colab.DATA_ROOT, [folder])] and ns["RUNS_DIR"] == str(colab.tmp / "runs" / "full")
 
 
 def test_data_root_on_drive_is_refused_in_one_sentence(colab):
@@ -213,7 +215,10 @@ def test_data_root_on_drive_is_refused_in_one_sentence(colab):
 def test_runs_on_drive_mounts_drive_and_puts_runs_dir_there(colab):
     ns = run("01_introduction", PROFILE="quick", RUNS_ON_DRIVE=True)
     assert colab.mounted == [str(mp3kit.colab.DRIVE)]
-    assert ns["RUNS_DIR"] == str(mp3kit.colab.DRIVE / "MyDrive" / "mp3kit" / "runs") and Path(ns["RUNS_DIR"]).is_dir()
+    # One runs folder per profile on Drive too, so the report cell puts report/ beside runs/ there (MyDrive/mp3kit/report).
+    assert ns["RUNS_DIR"] == str(mp3kit.colab.DRIVE / "MyDrive" / "mp3kit" / "runs" / "quick") and Path(ns["RUNS_DIR"]).is_dir()
+    named = run("02_scratch_vs_pretrained", PROFILE="quick", RUNS_ON_DRIVE=True, RUNS_DIR="my-runs")
+    assert named["RUNS_DIR"] == str(mp3kit.colab.DRIVE / "MyDrive" / "mp3kit" / "my-runs")  # a folder named by hand
 
 
 def test_a_drive_that_will_not_mount_ends_the_cell_in_one_sentence(colab):
@@ -249,7 +254,7 @@ def test_outside_colab_the_cell_does_nothing(colab, monkeypatch, name):
     ns = run(name, PROFILE="full", RUNS_ON_DRIVE=True, DATA_ROOT="data/voc")
     assert colab.pip_calls() == [] and not colab.widget_manager
     assert colab.mounted == [] and colab.downloads == [] and colab.fetches == []
-    assert ns["DATA_ROOT"] == "data/voc" and ns["RUNS_DIR"] == "runs"
+    assert ns["DATA_ROOT"] == "data/voc" and ns["RUNS_DIR"] == str(colab.tmp / "runs" / "full")
 
 
 # ---------------------------------------------------------------- the cell's install, resolved for real

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from mp3kit import experiment, findings, report, runs, synth
+from mp3kit import experiment, findings, report, runs, settings, synth
 from mp3kit.util import UserError
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -195,7 +195,7 @@ def test_first_build_fills_every_section_from_the_template(kit):
     path = build(kit)
     text = path.read_text()
     sections = report.generated_text(text)
-    assert set(sections) == report.marker_keys((Path(report.__file__).parents[1] / "report" / "template.md").read_text())
+    assert set(sections) == report.marker_keys(report.TEMPLATE.read_text())
     assert not [k for k, body in sections.items() if "Nothing was recorded" in body]  # the kit fills every section
     assert "_Your analysis, at least 3 sentences" in text
     results = json.loads((kit["report_dir"] / "results.json").read_text())
@@ -340,7 +340,7 @@ def test_missing_manifest_says_not_built_yet(kit):
 def test_a_newer_template_adds_its_new_sections(kit, tmp_path):
     build(kit)
     template = tmp_path / "template.md"
-    template.write_text(report.find_template(kit["report_dir"], Path(report.__file__).parents[1]).read_text()
+    template.write_text(report.find_template(kit["report_dir"]).read_text()
                         + "\n<!-- mp3kit:begin future-section -->\n<!-- mp3kit:end future-section -->\n")
     text = build(kit, template=template).read_text()
     assert "## Sections added by a newer template" in text
@@ -422,13 +422,29 @@ def test_main_exits_non_zero_with_one_message(tmp_path, monkeypatch, capsys):
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "report").mkdir()
     _notebook(tmp_path / "notebooks", "03_develop_classifier", "1 / 0")
-    monkeypatch.setattr(report, "find_repo", lambda: tmp_path)
-    status = report.main(profile="smoke", only="03_develop_classifier", report_dir=str(tmp_path / "report"))
+    monkeypatch.chdir(tmp_path)  # a student's project: notebooks/ here, runs/<profile> and report/ to be made
+    monkeypatch.delenv(settings.RUNS_DIR), monkeypatch.delenv(settings.FIGURES_DIR)
+    status = report.main(profile="smoke", only="03_develop_classifier")
     err = capsys.readouterr().err
     assert status == 1
     assert err.startswith("mp3kit: 03_develop_classifier.ipynb failed in cell 3 (`1 / 0`): ZeroDivisionError")
+    assert f"The executed copy with the full traceback is {tmp_path / 'runs' / 'smoke'}" in err
     assert err.count("\n") == 1
     assert not list((tmp_path / "report").iterdir())  # nothing was written there
+
+
+def test_without_notebooks_or_runs_the_report_says_what_to_give(tmp_path, monkeypatch, capsys):
+    from mp3kit import cli
+
+    monkeypatch.chdir(tmp_path)  # a folder with no notebooks and no runs: not the kit's checkout either
+    monkeypatch.delenv(settings.RUNS_DIR), monkeypatch.delenv(settings.FIGURES_DIR)
+    assert cli.main(["report", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mp3kit: No notebooks in {tmp_path} or its notebooks/ folder") and "--notebooks-dir" in err
+    assert cli.main(["report", "--profile", "smoke", "--no-execute"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mp3kit: {tmp_path / 'runs' / 'smoke'} does not exist") and "--runs-dir" in err
+    assert err.count("\n") == 1 and not list(tmp_path.iterdir())
 
 
 NEW_EXPERIMENT = '''\
@@ -461,7 +477,7 @@ def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_i
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(nbdir / "04_new_experiment.ipynb"))
     template = tmp_path / "template.md"
-    template.write_text((Path(report.__file__).parents[1] / "report" / "template.md").read_text()
+    template.write_text(report.TEMPLATE.read_text()
                         + "\n## A new experiment\n\n<!-- mp3kit:begin new-figure -->\n<!-- mp3kit:end new-figure -->\n")
     voc = synth.make_synthetic_voc(tmp_path / "voc", n_images=60)
     text = build(kit, only="04_new", notebooks_dir=nbdir, template=template, execute=True, data_root=voc.parent).read_text()

@@ -1,3 +1,0 @@
-from mp3kit.cli import main
-
-raise SystemExit(main())
