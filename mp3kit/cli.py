@@ -123,20 +123,37 @@ def _cmd_lr_find(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from mp3kit import runs
+    from mp3kit import layout, runs
     from mp3kit.table import Table
 
-    found = runs.list_runs(args.runs_dir)
-    if not found:
-        print(f"No runs in {args.runs_dir}.")
-        return 0
-    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"], r.earlier_version_of or ""]
-            for r, s in ((r, r.summary()) for r in found)]
-    note = ("name@time: an earlier version of that name, moved aside (time in UTC) when the name was trained afresh; "
-            "kept, and it loads like any run." if any(r.earlier_version_of for r in found) else "")
-    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val", "earlier version of"], note,
-                align=["left", "left", "right", "right", "right", "left"]).to_text())
+    if args.runs_dir is not None:
+        folders = [Path(args.runs_dir)]
+    else:  # the notebooks' runs folders, one per profile (mp3kit.layout), as `mp3kit report` finds them
+        base = layout.runs_folder("quick").parent
+        folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    shown = 0
+    for folder in folders:
+        found = runs.list_runs(folder)
+        if not found:
+            continue
+        shown += len(found)
+        rows = [[s["name"], models_label(r), s["status"], s["epochs_done"], s["val_map"], s["test_map"],
+                 r.earlier_version_of or ""] for r, s in ((r, r.summary()) for r in found)]
+        note = ("name@time: an earlier version of that name, moved aside (time in UTC) when the name was trained "
+                "afresh; kept, and it loads like any run." if any(r.earlier_version_of for r in found) else "")
+        print(f"{folder}:")
+        print(Table(rows, ["name", "model", "status", "epochs", "val mAP", "test mAP", "earlier version of"], note,
+                    align=["left", "left", "left", "right", "right", "right", "left"]).to_text() + "\n")
+    if not shown:
+        print(f"No runs in {args.runs_dir or ', '.join(map(str, folders)) or layout.runs_folder('quick').parent}.")
     return 0
+
+
+def models_label(run) -> str:
+    """Return the short name of a run's network (a model name, a spec's name, or a student's class name)."""
+    from mp3kit import models
+
+    return models.label(run.config.get("model"))
 
 
 def _cmd_submit(args) -> int:
@@ -177,7 +194,8 @@ def _cmd_report(args) -> int:
     from mp3kit import report
 
     return report.main(profile=args.profile, data_root=args.data_root, only=args.only, report_dir=args.report_dir,
-                       execute=not args.no_execute, runs_dir=args.runs_dir, notebooks_dir=args.notebooks_dir)
+                       execute=not args.no_execute, runs_dir=args.runs_dir, notebooks_dir=args.notebooks_dir,
+                       settings_given=args.set)
 
 
 def _add_config_flags(t) -> None:
@@ -262,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--quiet", action="store_true")
     lf.set_defaults(func=_cmd_lr_find)
 
-    r = sub.add_parser("runs", help="list the recorded runs and their test mAP")
-    r.add_argument("--runs-dir", default="runs")
+    r = sub.add_parser("runs", help="list the recorded runs, their network, val and test mAP, and earlier versions")
+    r.add_argument("--runs-dir", default=None, metavar="DIR",
+                   help="a runs folder (default: every profile's runs folder of the notebooks here, runs/PROFILE)")
     r.set_defaults(func=_cmd_runs)
 
     k = sub.add_parser("submit", help="write or check the Kaggle CSV (id,category = 1 - AP per class)")
@@ -296,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-execute", action="store_true",
                      help="run no notebook: rebuild report.md/html from the runs and figures already in the runs "
                           "folder (seconds; needs no notebook and no checkout)")
+    rep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="give the notebooks' first cell another value, e.g. --set WORKED_EXAMPLE=True (repeatable)")
     rep.set_defaults(func=_cmd_report)
     return p
 

@@ -88,7 +88,10 @@ def write_kaggle_csv(path, aps) -> Path:
                             f"or percentages.")
     lines = [",".join(HEADER)]
     lines += [f"{i},{float(min(max(1.0 - ap, 0.0), 1.0))!r}" for i, ap in enumerate(values)]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return path  # unchanged: a notebook run again leaves the run folder as it was
+    return atomic_write_text(path, text)
 
 
 def check_kaggle_csv(path) -> list[str]:

@@ -47,11 +47,11 @@ class NotebookError(Exception):
 
 
 def main(profile="quick", data_root=None, only=None, report_dir=None, execute=True, runs_dir=None,
-         notebooks_dir=None) -> int:
+         notebooks_dir=None, settings_given=()) -> int:
     """Rebuild the report for `mp3kit report`; return the exit status."""
     try:
         build(profile, data_root, only=only, report_dir=report_dir, execute=execute, runs_dir=runs_dir,
-              notebooks_dir=notebooks_dir)
+              notebooks_dir=notebooks_dir, parameters=parse_parameters(settings_given))
     except NotebookError as exc:
         print(f"mp3kit: {exc}", file=sys.stderr)
         return 1
@@ -59,8 +59,10 @@ def main(profile="quick", data_root=None, only=None, report_dir=None, execute=Tr
 
 
 def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebooks_dir=None, runs_dir=None,
-          template=None, execute=True, timeout_s=None) -> Path:
+          template=None, execute=True, timeout_s=None, parameters=None) -> Path:
     """Run the notebooks (all, or only one), then rebuild report_dir from the run records; return report.md's path.
+
+    parameters: more values for the notebooks' parameters cells, e.g. {"WORKED_EXAMPLE": True} (`--set`).
 
     notebooks_dir defaults to find_notebooks(), runs_dir to the profile's runs folder of that project and report_dir
     to the report folder beside the runs (mp3kit.layout), the folders the notebooks use themselves.
@@ -108,6 +110,7 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
         if names:
             figures_dir.mkdir(parents=True, exist_ok=True)
         parameters = {
+            **(parameters or {}),
             "PROFILE": profile,
             "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else None,
             "RUNS_DIR": str(runs_dir),
@@ -130,7 +133,10 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
             seconds[name] = round(time.monotonic() - t0, 1)
             print(f" done in {seconds[name]:.0f} s", flush=True)
 
-        results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir))
+        given = " ".join(f"--set {k}={v!r}" for k, v in (parameters or {}).items() if k not in OWN_FLAGS)
+        how = (f"`mp3kit report --profile {profile}{' ' + given if given else ''}`, which ran the notebooks" if names else
+               "`mp3kit report --no-execute` or a notebook's last cell (`exp.build_report()`), from the runs on disk")
+        results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir), how)
         atomic_write_json(staging / "results.json", results)
         existing = _read_existing(report_dir / "report.md")
         template_text = template.read_text(encoding="utf-8")
@@ -146,6 +152,30 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
 
 
 # ---------------------------------------------------------------- finding things
+
+OWN_FLAGS = {"PROFILE": "--profile", "DATA_ROOT": "--data-root", "RUNS_DIR": "--runs-dir", "FIGURES_DIR": "--runs-dir"}
+
+
+def parse_parameters(items) -> dict:
+    """Return {NAME: value} of `--set NAME=VALUE` items, each value read as a Python literal (True, 3, 1e-4, "x")
+    or else kept as text; a UserError for an item that is not NAME=VALUE or sets what another flag sets."""
+    import ast
+
+    parameters = {}
+    for item in items or ():
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise UserError(f"--set {item!r} is not NAME=VALUE: write a parameter of the notebooks' first cell and its "
+                            "value, e.g. --set WORKED_EXAMPLE=True.")
+        if name in OWN_FLAGS:
+            raise UserError(f"--set {name}=... is set by {OWN_FLAGS[name]}: use that flag instead.")
+        try:
+            parameters[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            parameters[name] = text.strip()
+    return parameters
+
 
 
 def find_notebooks(folder=None) -> Path | None:
@@ -263,8 +293,9 @@ def notebook_names(notebooks_dir: Path | None, runs_dir: Path) -> list[str]:
     return sorted(names)
 
 
-def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, names) -> dict:
-    """Gather the manifests and runs of the notebooks named into the results.json dict (figures checked in staging)."""
+def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, names, how: str = "") -> dict:
+    """Gather the manifests and runs of the notebooks named into the results.json dict (figures checked in staging);
+    how says what built it."""
     notebooks = {name: _notebook_results(Path(runs_dir), name, staging, seconds.get(name)) for name in names}
     synthetic = any(nb.get("synthetic") for nb in notebooks.values()) or any(
         run.get("synthetic") for nb in notebooks.values() for run in nb.get("runs", {}).values())
@@ -273,6 +304,7 @@ def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, 
         "profile": profile,
         "synthetic": synthetic,
         "mp3kit_version": __version__,
+        "built_by": how or f"`mp3kit report --profile {profile}`",
         "runs_dir": str(runs_dir),
         "notebooks": notebooks,
     }
@@ -304,6 +336,7 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
         "executed": f"executed/{name}.ipynb" if executed.exists() else None,
         "seconds": seconds,
         "synthetic": bool(manifest.get("synthetic")),
+        "worked_example": bool(manifest.get("worked_example")),
         "data_root": manifest.get("data_root"),
         "runs": runs,
         "values": _clean(manifest.get("values", {})),
@@ -450,9 +483,15 @@ def _header(results: dict) -> str:
     lines = []
     if results["synthetic"]:
         lines.append(f"> **Synthetic data.** {SYNTHETIC_BANNER}\n")
-    lines.append(f"Generated by `mp3kit report --profile {results['profile']}` (mp3kit {results['mp3kit_version']}) "
-                 f"on {results['generated']}. Every number in the generated parts comes from `results.json`.")
     notebooks = results["notebooks"]
+    examples = [n for n, nb in notebooks.items() if nb.get("worked_example")]
+    if examples:
+        lines.append(f"> **Worked example.** {', '.join(examples)} ran the seed report's network and ablation "
+                     "(WORKED_EXAMPLE = True) to show how mp3kit works; its results are labelled \"worked example\" "
+                     "and are not a student's own part 1B.\n")
+    built_by = results.get("built_by") or f"`mp3kit report --profile {results['profile']}`"
+    lines.append(f"Generated by {built_by} (profile {results['profile']}, mp3kit {results['mp3kit_version']}) "
+                 f"on {results['generated']}. Every number in the generated parts comes from `results.json`.")
     built = [f"{n} ({nb['seconds']:.0f} s)" if nb.get("seconds") is not None else n
              for n, nb in notebooks.items() if not nb.get("missing")]
     if built:

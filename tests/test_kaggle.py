@@ -190,3 +190,15 @@ def test_a_runs_csv_follows_the_convention_asked_each_equal_to_scikit_learns_ap(
     assert "VOC convention (difficult-only labels left out" in said_voc
     assert f"{kaggle_score(tmp_path / 'voc.csv'):.5f}" in said_voc
     np.testing.assert_allclose(kaggle.kaggle_aps(finished_run), course, atol=1e-12)  # the course's is the default
+
+
+def test_writing_the_same_csv_again_leaves_the_file_untouched(tmp_path):
+    # A notebook run again must not change a finished run's files (mp3kit report compares them byte for byte).
+    aps = [0.5 + 0.01 * i for i in range(20)]
+    path = write_kaggle_csv(tmp_path / "kaggle.csv", aps)
+    stamp = path.stat().st_mtime_ns
+    os.utime(path, ns=(stamp - 10**9, stamp - 10**9))
+    write_kaggle_csv(path, aps)
+    assert path.stat().st_mtime_ns == stamp - 10**9
+    write_kaggle_csv(path, [0.4, *aps[1:]])
+    assert path.stat().st_mtime_ns != stamp - 10**9 and path.read_text().splitlines()[1] == "0,0.6"

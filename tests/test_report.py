@@ -488,3 +488,37 @@ def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_i
     assert "figures/final-curves.png" in sections["final-results"]  # the other notebooks' items are still placed
     html = (kit["report_dir"] / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(re.findall(r"!\[[^\]]*\]\(figures/", text))
+
+
+def test_set_gives_the_notebooks_more_parameters_and_refuses_what_is_not_name_value(tmp_path, monkeypatch, capsys):
+    from mp3kit import cli
+
+    assert report.parse_parameters(["WORKED_EXAMPLE=True", "ADAM_LR=1e-4", "TOP_CLASS=dog", "NOTE='a b'"]) == {
+        "WORKED_EXAMPLE": True, "ADAM_LR": 1e-4, "TOP_CLASS": "dog", "NOTE": "a b"}
+    for bad, message in (("WORKED_EXAMPLE", "is not NAME=VALUE"), ("1X=2", "is not NAME=VALUE"),
+                         ("RUNS_DIR=elsewhere", "is set by --runs-dir")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            report.parse_parameters([bad])
+    assert cli.main(["report", "--set", "oops"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mp3kit: --set 'oops' is not NAME=VALUE") and "\n" not in err
+
+    # The value reaches every notebook's parameters, with the report's own four.
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), str(notebooks / "03_develop_classifier.ipynb"))
+    given = []
+    monkeypatch.setattr(report, "run_notebook", lambda path, out, parameters, *a: given.append(parameters))
+    report.build("smoke", notebooks_dir=notebooks, runs_dir=tmp_path / "runs", report_dir=tmp_path / "report",
+                 parameters={"WORKED_EXAMPLE": True})
+    assert given[0]["WORKED_EXAMPLE"] is True and given[0]["PROFILE"] == "smoke"
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert "--set WORKED_EXAMPLE=True" in results["built_by"]
+
+
+def test_a_worked_example_is_named_in_the_header(tmp_path):
+    kit = make_kit(tmp_path)
+    path = kit["runs_dir"] / "03_develop_classifier.manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "worked_example": True}))
+    header = report.generated_text(build(kit).read_text())["header"]
+    assert "**Worked example.** 03_develop_classifier ran the seed report's network and ablation" in header

@@ -265,3 +265,27 @@ def test_experiment_keys_with_two_dots_and_hidden_folders_are_no_runs(voc_root, 
     hidden.mkdir()
     (hidden / "config.json").write_text("{}")
     assert [r.name for r in runs.list_runs(exp.runs_dir)] == [exp.run_name("ok")]
+
+
+def test_mp3kit_runs_lists_every_profiles_runs_of_the_project_with_network_and_val(tmp_path, monkeypatch, capsys):
+    # Run in the folder a student works in: the notebooks' runs folders are runs/<profile> there (mp3kit.layout).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MP3KIT_RUNS_DIR", raising=False)
+
+    class Mine(torch.nn.Module):
+        def __init__(self, num_classes=20):
+            super().__init__()
+            self.head = torch.nn.Linear(3, num_classes)
+
+        def forward(self, x):
+            return self.head(x.mean((2, 3)))
+
+    exp = Experiment("03_develop_classifier", "smoke", None, quiet=True)
+    run = exp.run("final", exp.config(model=Mine, epochs=1, max_images=24))
+    assert exp.runs_dir == tmp_path / "runs" / "smoke"
+    capsys.readouterr()
+    assert cli.main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'runs' / 'smoke'}:" in out
+    line = next(line for line in out.splitlines() if line.startswith(run.name))
+    assert "Mine" in line and f"{run.val_map:.4f}" in line and f"{run.test_map:.4f}" in line
