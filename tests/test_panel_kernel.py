@@ -129,6 +129,16 @@ class Kernel:
         msg = self.client.session.msg("comm_msg", {"comm_id": model_id, "data": data})
         self.client.shell_channel.send(msg)
 
+    def wait_for_enabled(self, button_id: str, since: int, timeout: float = RUN_S) -> None:
+        """Read IOPub until the button's last update (after message since) enables it, as a page would show it."""
+        end = time.monotonic() + timeout
+        while True:
+            states = [s["disabled"] for m in self.iopub[since:] if "disabled" in (s := _state(m, button_id))]
+            if states and states[-1] is False:
+                return
+            assert time.monotonic() < end, f"the button {button_id} was not enabled again within {timeout} s"
+            self._read(0.5)
+
     def wait_for_status(self, status_id: str, pattern: str, timeout: float = RUN_S) -> str:
         """Read IOPub (no cell runs meanwhile) until the status widget shows text matching pattern; return the text."""
         end = time.monotonic() + timeout
@@ -200,7 +210,8 @@ def test_panel_sends_every_widget_message_from_the_main_thread(stack, tmp_path, 
         during = _images_before(kernel.iopub[start:], ids["plot"], ids["status"], r"^done:")
         assert len(during) >= 2, f"{len(during)} distinct plot images reached the page before the run ended"
 
-        # A long run, stopped from its Stop button while it trains.
+        # A long run, stopped from its Stop button while it trains. A page can click Train only once it is enabled again.
+        kernel.wait_for_enabled(ids["train"], start)
         kernel.send_to_widget(ids["epochs"], {"method": "update", "state": {"value": STOP_EPOCHS}, "buffer_paths": []})
         kernel.send_to_widget(ids["train"], {"method": "custom", "content": {"event": "click"}})
         kernel.wait_for_status(ids["status"], rf"^training epoch 2/{STOP_EPOCHS}")
