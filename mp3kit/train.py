@@ -659,7 +659,7 @@ def _open_folder(run: Run, fresh: bool) -> None:
 
 def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
     """Record run as failed on exc (where the disk lets us) and return the sentence that says what to do."""
-    first = "make that folder writable" if exc.read_only else "free that much space there"
+    first = exc.remedy
     if kept:
         fix = (f"{first} (or move the run folder to another RUNS_DIR), then resume the run (resume=True, or mp3kit "
                f"train --resume), which continues from its last good checkpoint (epoch {kept})")

@@ -1,0 +1,87 @@
+"""The command line's error contract: whatever a user's file causes ends in one line and a non-zero exit, never a
+traceback (unless --debug asks for it), and nothing on disk is lost; a failed write's advice fits its cause."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mp3kit import cli, runs, synth
+from mp3kit.util import WriteFailed, write_failure
+
+TINY_NET = {"name": "tiny", "blocks": [{"conv": 16, "s": 2, "bn": True}], "pool": "global", "head": []}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mp3kit", *args], capture_output=True, text=True)
+
+
+def _one_line(err: str) -> str:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def _complete_run(runs_dir: Path, name: str = "done") -> Path:
+    """Record a complete run (config, metrics, status) with mp3kit.runs' own writers."""
+    run = runs.Run(name=name, path=runs_dir / name, config={"model": "simple", "epochs": 1},
+                   metrics={"test_map": 0.25, "test_loss": 0.5, "test_ap": [0.25] * 20}, status="complete")
+    runs.write_config(run)
+    runs.write_progress(run)
+    runs.write_metrics(run)
+    return run.path
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- a failed write's advice fits its errno
+
+
+def test_writing_over_a_folder_names_that_folder_not_the_free_space(tmp_path, capsys):
+    run = _complete_run(tmp_path / "runs")
+    out = tmp_path / "kaggle.csv"
+    out.mkdir()  # a folder where the CSV should go
+    (out / "keep.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    status = cli.main(["submit", "--run", str(run), "--out", str(out)])
+    err = _one_line(capsys.readouterr().err)
+    assert status == 2 and "free" not in err
+    assert err.endswith(f"(Is a directory): move the folder {out} out of the way or choose another folder.")
+    assert _snapshot(tmp_path) == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_runs_folder_that_is_a_file_names_that_file_not_the_free_space(tmp_path):
+    voc_root = synth.ensure_synthetic()
+    blocker = tmp_path / "runs.txt"
+    blocker.write_text("a file, given as --runs-dir by mistake")
+    out = _cli("train", "--data-root", str(voc_root), "--runs-dir", str(blocker), "--name", "r", "--epochs", "1",
+               "--model", json.dumps(TINY_NET), "--image-size", "64", "--max-images", "20", "--quiet")
+    assert out.returncode == 2
+    err = _one_line(out.stderr)
+    assert "free" not in err and "(Not a directory)" in err
+    assert f"move the file {blocker} out of the way (a folder belongs there) or choose another RUNS_DIR" in err
+    assert blocker.read_text() == "a file, given as --runs-dir by mistake"
+
+
+@pytest.mark.parametrize("code, fix", [
+    (errno.ENOSPC, "free that much space there."),
+    (errno.EDQUOT, "free that much space there."),
+    (errno.EACCES, "make that folder writable or choose another folder."),
+    (errno.EROFS, "make that folder writable or choose another folder."),
+    (errno.EISDIR, "move the folder {path} out of the way or choose another folder."),
+    (errno.ENOTDIR, "move the file {file} out of the way (a folder belongs there) or choose another folder."),
+    (errno.ENOENT, "create the folder {missing} (it was missing, or vanished during the write) or choose another folder."),
+])
+def test_the_advice_of_a_failed_write_follows_its_errno(tmp_path, code, fix):
+    (tmp_path / "file").write_text("in the way")
+    where = {errno.ENOTDIR: tmp_path / "file" / "sub", errno.ENOENT: tmp_path / "missing" / "sub"}.get(code, tmp_path)
+    path = where / "out.json"
+    failure = write_failure(OSError(code, os.strerror(code)), path, 10)
+    assert isinstance(failure, WriteFailed)
+    assert str(failure) == (f"Could not write out.json (under 0.1 MB) in {where} ({os.strerror(code)}): "
+                            + fix.format(path=path, file=tmp_path / "file", missing=tmp_path / "missing"))
