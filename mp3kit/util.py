@@ -88,6 +88,13 @@ def write_failure(exc: BaseException, path, nbytes: int | None = None) -> WriteF
     return None
 
 
+def usual_mode(folder: bool = False) -> int:
+    """Return the mode open() or mkdir() gives a new file or folder under the umask (tempfile's are 0600 and 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write bytes to path through a temporary file in the same folder, then rename."""
     return atomic_write(path, lambda f: f.write(data), nbytes=len(data))
@@ -105,9 +112,7 @@ def atomic_write(path, write, nbytes: int | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+            os.fchmod(f.fileno(), usual_mode())  # mkstemp makes 0600 files; give the usual permissions
             write(f)
             f.flush()
             os.fsync(f.fileno())
