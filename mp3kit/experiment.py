@@ -159,8 +159,9 @@ class Experiment:
                  retrain: bool = False, quiet: bool | None = None):
         self.notebook = Path(str(notebook)).stem  # "01_introduction" (a path or .ipynb name works too)
         self.profile = get_profile(profile or default_profile()).for_notebook(self.notebook)
-        self.runs_dir = Path(runs_dir)
-        self.figures_dir = Path(figures_dir)
+        # The notebooks read $MP3KIT_RUNS_DIR and $MP3KIT_FIGURES_DIR before mp3kit is installed, so ~ is expanded here.
+        self.runs_dir = Path(runs_dir).expanduser()
+        self.figures_dir = Path(figures_dir).expanduser()
         self.retrain = retrain
         self.progress = show_progress() if quiet is None else not quiet
         self.prefix = f"{self.notebook.split('_', 1)[0]}-{self.profile.name}"  # run names: 01-quick-<key>
