@@ -3,6 +3,8 @@
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -453,3 +455,18 @@ def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_i
     assert "figures/final-curves.png" in sections["final-results"]  # the other notebooks' items are still placed
     html = (kit["report_dir"] / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(re.findall(r"!\[[^\]]*\]\(figures/", text))
+
+
+def test_a_report_md_saved_as_windows_1252_is_one_sentence_and_stays_as_it_was(tmp_path):
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    student = "# My report\n\nAdam\u2019s curve \u2013 smoother than SGD\u2019s.\n"
+    (report_dir / "report.md").write_bytes(student.encode("cp1252"))  # what Notepad's "ANSI" gives
+    before = sorted((p.name, p.read_bytes()) for p in report_dir.iterdir())
+    out = subprocess.run([sys.executable, "-m", "mp3kit", "report", "--report-dir", str(report_dir), "--no-execute"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == (f"mp3kit: {report_dir / 'report.md'} is not UTF-8 text (byte 0x92 at position 17, as "
+                          f"Windows-1252 writes curly quotes and dashes): save it as UTF-8 (in Notepad: File, Save As, "
+                          f"Encoding UTF-8), then run mp3kit report again.\n")
+    assert sorted((p.name, p.read_bytes()) for p in report_dir.iterdir()) == before
