@@ -291,6 +291,8 @@ def open_image(path) -> Image.Image:
         raise UserError(f"Image {path} is missing: re-extract the VOC tars (`mp3kit data fetch`) or rebuild "
                         f"the synthetic set (`mp3kit data synth`); `mp3kit data check` lists what else is "
                         f"missing.") from exc
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"Image {path} is too large to decode safely ({exc}): replace it with a smaller copy.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"Image {path} is corrupt or truncated ({exc}): delete it and re-extract the VOC tars "
                         f"(`mp3kit data fetch`) or rebuild the synthetic set (`mp3kit data synth`).") from exc

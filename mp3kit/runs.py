@@ -88,9 +88,10 @@ def _read_json(path: Path, default):
     if not path.exists():
         return default
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}): delete the run folder {path.parent} and train it again.") from exc
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not JSON, or not even UTF-8 text
+        what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise UserError(f"{path} is not valid JSON ({what}): delete the run folder {path.parent} and train it again.") from exc
 
 
 def load_run(path) -> Run:
