@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -342,6 +343,23 @@ def test_corrupt_jpeg_names_file(small_voc):
         VOCDataset(load_split(small_voc, "train"))[0]
     report = check_tree(small_voc, decode=True)
     assert report["splits"]["train"]["corrupt_images"] == ["000001"] and not report["ok"]
+
+
+def test_an_image_too_large_to_decode_safely_names_the_file(tmp_path, monkeypatch, capsys):
+    from mp3kit import cli
+
+    voc = make_tree(tmp_path)
+    # PIL refuses images of more than twice MAX_IMAGE_PIXELS (a decompression bomb, or a 30000 px scan); lowering the
+    # limit makes this tree's 40 x 30 px images that size.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    path = voc / "JPEGImages" / "000001.jpg"
+    with pytest.raises(UserError, match=rf"Image {re.escape(str(path))} is too large to decode safely \(.*\): replace "):
+        open_image(path)
+    status = cli.main(["train", "--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--epochs", "1",
+                       "--image-size", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("mp3kit: Image ") and "is too large to decode safely" in err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
 
 
 def test_truncated_jpeg_names_file(tmp_path):
