@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -304,9 +305,9 @@ def main(argv=None) -> int:
             raise
         print(f"mp3kit: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mp3kit: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM while training; the message, if any, says where the run stands
+        print(f"mp3kit: {exc}" if str(exc) else "mp3kit: interrupted.", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     except Exception as exc:
         if args.debug:
             raise

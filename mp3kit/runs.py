@@ -4,7 +4,7 @@ runs/<name>/
     config.json       the TrainConfig that made the run
     history.json      one dict per completed epoch
     metrics.json      the test evaluation (written when the run completes)
-    status.json       running | complete | stopped | failed, with a reason, and what the run trains on
+    status.json       running | complete | stopped | interrupted | failed, with a reason, and what the run trains on
     test_scores.npz   ids, scores (N, 20), targets, difficult of the test split
     checkpoint.pt     model, optimizer, gradient scaler, epoch, history, RNG states, config
 """
