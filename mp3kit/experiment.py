@@ -159,7 +159,7 @@ class Experiment:
                  retrain: bool = False, quiet: bool | None = None):
         self.notebook = Path(str(notebook)).stem  # "01_introduction" (a path or .ipynb name works too)
         self.profile = get_profile(profile or default_profile()).for_notebook(self.notebook)
-        # The notebooks read $MP3KIT_RUNS_DIR and $MP3KIT_FIGURES_DIR before mp3kit is installed, so ~ is expanded here.
+        # The notebooks' parameters cell reads these from the environment before mp3kit is installed: expand ~ here.
         self.runs_dir = Path(runs_dir).expanduser()
         self.figures_dir = Path(figures_dir).expanduser()
         self.retrain = retrain
