@@ -274,3 +274,15 @@ def test_lr_find_plots_the_range_test_prints_its_suggestion_and_records_it(exp, 
     m = _manifest(exp)
     assert m["values"]["lr-find"] == {"suggested_lr": found["suggested_lr"], "range": found["range"]}
     assert {"kind": "figure", "key": "lr-find", "section": "simple-plots"}.items() <= m["report"][-1].items()
+
+
+def test_runs_and_figures_folders_given_with_a_tilde_are_in_the_home_folder(tmp_path, voc_root, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    # The notebooks' parameters cell passes $MP3KIT_RUNS_DIR and $MP3KIT_FIGURES_DIR as they are, ~ and all.
+    exp = Experiment("01_introduction", "smoke", None, "~/mp3/runs", "~/mp3/figures", quiet=True)
+    assert exp.figure("curve", "A curve") == home / "mp3" / "figures" / "curve.png"
+    assert exp.manifest_path.parent == home / "mp3" / "runs" and exp.manifest_path.is_file()
+    assert list(work.iterdir()) == []  # no folder literally named ~
