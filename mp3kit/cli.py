@@ -91,11 +91,15 @@ def config_from_args(args):
 
 
 def _cmd_train(args) -> int:
-    from mp3kit import train
+    from mp3kit import runs, train
 
+    if args.name is not None:
+        runs.check_name(args.name)  # before the data loads: a bad --name is refused at once
     config = config_from_args(args)
     run = train.fit(config, args.data_root, name=args.name, runs_dir=args.runs_dir, resume=args.resume,
                     progress=not args.quiet)
+    if run.moved_aside and args.quiet:  # with progress on, fit has said so
+        print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
     if run.status != "complete":
         print(f"Run {run.name} {run.status}: {run.reason}", file=sys.stderr)
         return 1
@@ -121,17 +125,37 @@ def _cmd_lr_find(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from mp3kit import runs
+    from mp3kit import layout, runs
     from mp3kit.table import Table
 
-    found = runs.list_runs(args.runs_dir)
-    if not found:
-        print(f"No runs in {args.runs_dir}.")
-        return 0
-    rows = [[s["name"], s["status"], s["epochs_done"], s["test_map"], s["best_val_map"]] for s in (r.summary() for r in found)]
-    print(Table(rows, ["name", "status", "epochs", "test mAP", "best val"],
-                align=["left", "left", "right", "right", "right"]).to_text())
+    if args.runs_dir is not None:
+        folders = [Path(args.runs_dir)]
+    else:  # the notebooks' runs folders, one per profile (mp3kit.layout), as `mp3kit report` finds them
+        base = layout.runs_folder("quick").parent
+        folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    shown = 0
+    for folder in folders:
+        found = runs.list_runs(folder)
+        if not found:
+            continue
+        shown += len(found)
+        rows = [[s["name"], models_label(r), s["status"], s["epochs_done"], s["val_map"], s["test_map"],
+                 r.earlier_version_of or ""] for r, s in ((r, r.summary()) for r in found)]
+        note = ("name@time: an earlier version of that name, moved aside (time in UTC) when the name was trained "
+                "afresh; kept, and it loads like any run." if any(r.earlier_version_of for r in found) else "")
+        print(f"{folder}:")
+        print(Table(rows, ["name", "model", "status", "epochs", "val mAP", "test mAP", "earlier version of"], note,
+                    align=["left", "left", "left", "right", "right", "right", "left"]).to_text() + "\n")
+    if not shown:
+        print(f"No runs in {args.runs_dir or ', '.join(map(str, folders)) or layout.runs_folder('quick').parent}.")
     return 0
+
+
+def models_label(run) -> str:
+    """Return the short name of a run's network (a model name, a spec's name, or a student's class name)."""
+    from mp3kit import models
+
+    return models.label(run.config.get("model"))
 
 
 def _cmd_submit(args) -> int:
@@ -154,8 +178,10 @@ def _cmd_submit(args) -> int:
         raise UserError(f"The run {run.path} is {run.status}, with no test evaluation yet: resume it first (mp3kit "
                         f"train --resume).")
     out = Path(args.out or run.path / "kaggle.csv")
-    kaggle.write_kaggle_csv(out, run.test_ap)
-    print(f"Wrote {out}: Kaggle score (1 - mAP) {1 - run.test_map:.5f}" + (" (synthetic data)" if run.synthetic else ""))
+    count_difficult = not args.voc_convention
+    kaggle.write_kaggle_csv(out, kaggle.kaggle_aps(run, count_difficult))
+    print(f"Wrote {out}: Kaggle score (1 - mAP) {kaggle.kaggle_score(out):.5f}, {kaggle.convention(count_difficult)}"
+          + (" (synthetic data)" if run.synthetic else ""))
     return 0
 
 
@@ -170,7 +196,8 @@ def _cmd_report(args) -> int:
     from mp3kit import report
 
     return report.main(profile=args.profile, data_root=args.data_root, only=args.only, report_dir=args.report_dir,
-                       execute=not args.no_execute)
+                       execute=not args.no_execute, runs_dir=args.runs_dir, notebooks_dir=args.notebooks_dir,
+                       settings_given=args.set)
 
 
 def _add_config_flags(t) -> None:
@@ -255,14 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--quiet", action="store_true")
     lf.set_defaults(func=_cmd_lr_find)
 
-    r = sub.add_parser("runs", help="list the recorded runs and their test mAP")
-    r.add_argument("--runs-dir", default="runs")
+    r = sub.add_parser("runs", help="list the recorded runs, their network, val and test mAP, and earlier versions")
+    r.add_argument("--runs-dir", default=None, metavar="DIR",
+                   help="a runs folder (default: every profile's runs folder of the notebooks here, runs/PROFILE)")
     r.set_defaults(func=_cmd_runs)
 
     k = sub.add_parser("submit", help="write or check the Kaggle CSV (id,category = 1 - AP per class)")
     k.add_argument("--check", metavar="FILE", help="validate a Kaggle CSV")
     k.add_argument("--run", metavar="RUN_DIR", help="write the Kaggle CSV of a complete run")
     k.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/kaggle.csv)")
+    k.add_argument("--voc-convention", action="store_true",
+                   help="leave difficult-only labels out of each class's AP (the VOC convention of mp3kit's test mAP); "
+                        "default: count them as positives, the course's convention, as its kit and leaderboard do")
     k.set_defaults(func=_cmd_submit)
 
     b = sub.add_parser("bench", help="measure the input pipeline and training throughput")
@@ -271,14 +302,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer images, for a check in seconds")
     b.set_defaults(func=_cmd_bench)
 
-    rep = sub.add_parser("report", help="run the notebooks with papermill and rebuild report/")
+    rep = sub.add_parser("report", help="run your notebooks with papermill and rebuild report/ from their runs")
     rep.add_argument("--profile", choices=_Choices("experiment", "PROFILES"), default="quick", metavar="NAME",
                      help="one of %(choices)s (default %(default)s)")
     rep.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
     rep.add_argument("--only", default=None, help="run one notebook (e.g. 01_introduction)")
-    rep.add_argument("--report-dir", default="report")
+    rep.add_argument("--notebooks-dir", default=None, metavar="DIR",
+                     help="the notebooks to run (default: ./notebooks, else the current folder, whichever holds them)")
+    rep.add_argument("--runs-dir", default=None, metavar="DIR",
+                     help="this profile's runs folder (default: the one the notebooks use, runs/PROFILE in the folder "
+                          "holding them, or holding notebooks/ as a checkout does)")
+    rep.add_argument("--report-dir", default=None, metavar="DIR",
+                     help="where the report goes (default: report/ beside runs/)")
     rep.add_argument("--no-execute", action="store_true",
-                     help="run no notebook: rebuild report.md/html from the runs already on disk (seconds)")
+                     help="run no notebook: rebuild report.md/html from the runs and figures already in the runs "
+                          "folder (seconds; needs no notebook and no checkout)")
+    rep.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="give the notebooks' first cell another value, e.g. --set WORKED_EXAMPLE=True (repeatable)")
     rep.set_defaults(func=_cmd_report)
     return p
 

@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+from mp3kit import layout
 from mp3kit.fetch import fetch_voc
 from mp3kit.models import alexnet_cache_path
 from mp3kit.util import UserError
@@ -52,15 +53,19 @@ def _cache_alexnet_weights() -> None:
               f"say what is missing; run this cell again later.", file=sys.stderr)
 
 
-def setup(profile: str = "quick", data_root=None, runs_dir="runs", *, alexnet_weights: bool = False,
+def setup(profile: str = "quick", data_root=None, runs_dir=None, *, alexnet_weights: bool = False,
           runs_on_drive: bool = False, sources=()) -> tuple:
-    """Prepare Colab for a notebook and return the (data_root, runs_dir) to use; elsewhere return them unchanged.
+    """Prepare Colab for a notebook and return the (data_root, runs_dir) to use; elsewhere nothing happens.
 
-    In Colab: turn on the custom widget manager (the training panel needs it); with runs_on_drive, mount Google
-    Drive and keep runs_dir there so runs survive a disconnect; with alexnet_weights, put the ImageNet AlexNet
-    weights in torch's hub cache; for the "full" profile, fetch verified VOC 2007 to the VM's disk (sources, such as
-    a Drive folder holding the archives, are tried first). A problem ends the cell with one sentence.
+    runs_dir None becomes the profile's runs folder (mp3kit.layout.runs_folder: runs/<profile>, where
+    `mp3kit report` looks), in Colab and elsewhere. In Colab: turn on the custom widget manager (the training panel
+    needs it); with runs_on_drive, mount Google Drive and keep runs_dir there (MyDrive/mp3kit/runs/<profile>) so
+    runs survive a disconnect; with alexnet_weights, put the ImageNet AlexNet weights in torch's hub cache; for the
+    "full" profile, fetch verified VOC 2007 to the VM's disk (sources, such as a Drive folder holding the archives,
+    are tried first). A problem ends the cell with one sentence.
     """
+    default_runs = runs_dir is None or not str(runs_dir).strip()
+    runs_dir = str(layout.runs_folder(profile, runs_dir))
     if not in_colab():
         return data_root, runs_dir
     try:
@@ -71,7 +76,9 @@ def setup(profile: str = "quick", data_root=None, runs_dir="runs", *, alexnet_we
         if wants_drive:
             _mount_drive()
         if runs_on_drive and not _on_drive(runs_dir):
-            runs_dir = str(DRIVE_RUNS / Path(runs_dir).name)
+            # The default keeps its layout there (runs/<profile>, the report beside runs/); a folder named by hand, its name.
+            name = Path(runs_dir).name
+            runs_dir = str(DRIVE_RUNS / "runs" / name if default_runs else DRIVE_RUNS / name)
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
         if alexnet_weights:
             _cache_alexnet_weights()

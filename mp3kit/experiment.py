@@ -6,9 +6,13 @@ Experiment turns the profile plus a few changes into a TrainConfig, trains it wi
 interrupted), and keeps a manifest of runs, values and report content that `mp3kit report` reads:
 
     <runs_dir>/<notebook>.manifest.json
-    {"notebook", "profile", "synthetic", "data_root",
+    {"notebook", "profile", "synthetic", "data_root", "figures_dir" (absolute),
      "runs": {key: {"run": run name, "label": readable label}}, "values": {key: JSON value},
      "report": [{"kind", "key", "section", ...}, ...]}
+
+The runs folder and the figures folder default to the profile's (mp3kit.layout: <project>/runs/<profile> and its
+figures/), the folders `mp3kit report` reads, so a report built from the runs folder alone (Experiment.build_report,
+`mp3kit report --no-execute`) finds every run and figure the notebook made.
 
 A notebook declares what it gives the report where it makes it (Experiment.figure, table, result, note, ablation,
 kaggle_csv, check_pretrained); each item goes to the report template's marker named by its section (default: its
@@ -37,14 +41,16 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mp3kit import data as voc
-from mp3kit import findings, kaggle, metrics, models, plots, runs, settings, synth, train
+from mp3kit import findings, kaggle, layout, metrics, models, plots, runs, settings, synth, train
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.table import Table
 from mp3kit.train import TrainConfig
+from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError, atomic_write_json
 
 PROFILE_ENV = settings.PROFILE
@@ -155,23 +161,29 @@ def _has_voc_tree(root) -> bool:
 class Experiment:
     """One notebook's runs, figures and values under a profile, recorded in a manifest for the report."""
 
-    def __init__(self, notebook: str, profile=None, data_root=None, runs_dir="runs", figures_dir="figures", *,
-                 retrain: bool = False, quiet: bool | None = None):
+    def __init__(self, notebook: str, profile=None, data_root=None, runs_dir=None, figures_dir=None, *,
+                 retrain: bool = False, quiet: bool | None = None, worked_example: bool = False):
         self.notebook = Path(str(notebook)).stem  # "01_introduction" (a path or .ipynb name works too)
         self.profile = get_profile(profile or default_profile()).for_notebook(self.notebook)
-        # The notebooks' parameters cell reads these from the environment before mp3kit is installed: expand ~ here.
-        self.runs_dir = Path(runs_dir).expanduser()
-        self.figures_dir = Path(figures_dir).expanduser()
+        self.runs_dir = layout.runs_folder(self.profile.name, runs_dir)
+        self.figures_dir = layout.figures_folder(self.profile.name, self.runs_dir, figures_dir)
         self.retrain = retrain
         self.progress = show_progress() if quiet is None else not quiet
+        # worked_example: the notebook runs the seed report's answers as a demonstration, not the student's own work;
+        # its runs get their own names (03-quick-example-<key>) and every label says "worked example".
+        self.worked_example = bool(worked_example)
         self.prefix = f"{self.notebook.split('_', 1)[0]}-{self.profile.name}"  # run names: 01-quick-<key>
+        if self.worked_example:
+            self.prefix += "-example"
         self.requested_root = data_root
         self.data_root, self.synthetic = self._resolve_data(data_root)
         self._data: dict = {}
         self.data = self._data_for(self.profile.train.get("max_images"))
         self.runs: dict[str, Run] = {}
+        # The absolute figures folder lets a report built elsewhere copy each declared figure from where it was saved.
         self.manifest = {"notebook": self.notebook, "profile": self.profile.name, "synthetic": self.synthetic,
-                         "data_root": str(self.data_root), "runs": {}, "values": {}, "report": []}
+                         "data_root": str(self.data_root), "figures_dir": str(self.figures_dir.absolute()),
+                         "worked_example": self.worked_example, "runs": {}, "values": {}, "report": []}
         self.chance_map = self.record("chance_map", metrics.chance_map(self.data.test.targets, self.data.test.difficult))
         print(self.notice())
 
@@ -241,10 +253,20 @@ class Experiment:
         """Return the epochs of notebook 3's final model in this profile."""
         return self.profile.final_epochs
 
+    @property
+    def width(self) -> float:
+        """Return the width this profile builds networks at: 1 on full, 1/8 on quick and smoke (to train on a CPU).
+
+        mp3kit scales its own networks (AlexNet, specs); give your class a width argument that defaults to this to
+        do the same (notebook 3's Classifier does).
+        """
+        return float(self.config().width)
+
     def run_name(self, key: str) -> str:
         """Return the run folder name of key, e.g. 01-quick-simple-default."""
-        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
-            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.', e.g. \"simple-adam\".")
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
+            raise UserError(f"Run key {key!r} is not valid: use letters, digits, '-', '_' or '.' (not '..'), "
+                            "e.g. \"simple-adam\".")
         return f"{self.prefix}-{key}"
 
     def run(self, key: str, config=None, label: str | None = None) -> Run:
@@ -264,9 +286,14 @@ class Experiment:
             run = runs.load_run(self.runs_dir / name)
             print(f"{key}: FAILED, {exc}")
         else:
+            if run.moved_aside and not self.progress:  # with progress on, fit has said so
+                print(f"{key}: the earlier run {name} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
             print(self._run_line(key, run, None if run.origin == "reused" else time.perf_counter() - t0))
         self.runs[key] = run
-        self.manifest["runs"][key] = {"run": name, "label": label or key}
+        label = label or key
+        if self.worked_example and not label.startswith(WORKED_EXAMPLE):
+            label = f"{WORKED_EXAMPLE}: {label}"
+        self.manifest["runs"][key] = {"run": name, "label": label}
         self._save()
         return run
 
@@ -286,8 +313,25 @@ class Experiment:
         if run.status != "complete":
             return f"{key}: {run.status} after {len(run.history)} epochs ({run.reason}); run the cell again to resume it."
         how = f"trained in {seconds:.0f} s" if seconds is not None else "reused from disk"
-        return (f"{key}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f} "
+        val = f"val mAP {run.val_map:.4f}, " if run.val_map is not None else ""
+        return (f"{key}: {val}test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f} "
                 f"({len(run.history)} epochs, {how})")
+
+    def map_conventions(self, run: Run) -> Table:
+        """Return run's test mAP under the three conventions: mp3kit's (all points, difficult-only left out, as VOC
+        since 2010), VOC 2007's devkit (11-point interpolated) and the course kit's (difficult-only counted as
+        positive), which the Kaggle CSV follows."""
+        scores = runs.load_test_scores(run)
+        conventions = [("mp3kit, as VOC since 2010: every point, difficult-only left out", {}),
+                       ("VOC 2007 devkit: 11-point interpolated, difficult-only left out", {"voc07": True}),
+                       ("the course kit and the Kaggle CSV: every point, difficult-only as positive", {"count_difficult": True})]
+        rows = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoPositivesWarning)  # a capped (smoke) test split may lack a class
+            for name, options in conventions:
+                rows.append({"AP convention": name, "test mAP": metrics.mean_average_precision(
+                    scores["targets"], scores["scores"], scores["difficult"], **options)})
+        return Table(rows, ["AP convention", "test mAP"], note="Every other test mAP here uses the first convention.")
 
     def labelled(self, *runs_or_keys) -> list[Run]:
         """Return runs (given by key or as Runs of this notebook) renamed to their labels, for readable plot legends."""
@@ -301,33 +345,39 @@ class Experiment:
         return out
 
     def runs_table(self, keys=None) -> Table:
-        """Return a table of runs (default: every run so far): label, epochs, test mAP, average test loss, best val mAP."""
+        """Return a table of runs (default: every run so far): label, epochs, val and test mAP, average test loss.
+
+        Its note names the run with the highest val mAP: val chooses, test only reports.
+        """
         keys = list(self.runs) if keys is None else [k for k in keys if k in self.runs]
         rows = []
         for key in keys:
             run = self.runs[key]
-            rows.append({"run": self.manifest["runs"][key]["label"], "epochs": len(run.history),
-                         "test mAP": run.test_map, "avg test loss": run.test_loss, "best val mAP": run.best_val_map(),
-                         "status": run.status})
+            rows.append({"run": self.manifest["runs"][key]["label"], "epochs": len(run.history), "val mAP": run.val_map,
+                         "test mAP": run.test_map, "avg test loss": run.test_loss, "status": run.status})
         note = f"Chance (a network that learned nothing): test mAP {self.chance_map:.4f}."
+        best = runs.best_by_val({key: self.runs[key] for key in keys})
+        if best is not None and len(keys) > 1:
+            note = (f"Best by val mAP (the last epoch's; test mAP only reports): {self.manifest['runs'][best]['label']}. "
+                    + note)
         if self.synthetic:
             note += " Synthetic data: the numbers compare settings on generated shapes, not on VOC."
-        return Table(rows, ["run", "epochs", "test mAP", "avg test loss", "best val mAP", "status"], note)
+        return Table(rows, ["run", "epochs", "val mAP", "test mAP", "avg test loss", "status"], note)
 
-    def ablation(self, rows, epochs: int | None = None, section: str | None = None) -> Table:
-        """Run an ablation in order and return its table; each row is (label, change) applied on top of the row before.
+    def ablation(self, rows, epochs: int | None = None, section: str | None = None) -> Ablation:
+        """Train an ablation, one run per row, and return it with the row chosen by val mAP; the report shows its table.
 
-        A change is a model spec (a dict with "blocks"), a model name, or a dict of TrainConfig fields;
-        the first row's change applies to the profile's config. Runs are keyed ablation-1, ablation-2, ...
-        The report shows the table (serial, label, test mAP) in section (default "ablation").
+        Each row is (label, network, recipe): the network a class, a callable returning a module (e.g.
+        lambda: Classifier(bn=True)), a spec or a model name; the recipe a dict of TrainConfig fields on top of the
+        profile's, e.g. {"optimizer": "adam", "lr": 1e-4}. Runs are keyed ablation-1, ablation-2, ... A row whose
+        network cannot take this profile's images is skipped and says so. The best row is the one with the highest
+        val mAP after its last epoch; test mAP is measured and shown, never used to choose.
         """
-        config = self.config(epochs=epochs or self.epochs)
-        table, recorded, widths, sizes = [], [], set(), set()
+        base = self.config(epochs=epochs or self.epochs)
+        table, recorded, chosen, widths, sizes = [], [], {}, set(), set()
         for serial, row in enumerate(rows, start=1):
-            if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], str)):
-                raise UserError(f"Ablation row {serial} is {row!r}: write it as (\"label\", change).")
-            label, change = row
-            config = config.replace(**self._changes(change, serial))
+            label, network, recipe = _ablation_row(row, serial)
+            config = base.replace(**{**recipe, "model": network})
             key = f"ablation-{serial}"
             sizes.add(config.image_size)
             if models.scales_with_width(config.model):
@@ -340,32 +390,53 @@ class Experiment:
                 reason = str(exc).split(" (")[0]
                 print(f"{key} ({label}): skipped, {reason}.")
                 recorded.append({"serial": serial, "label": label, "key": key, "skipped": reason})
-                table.append({"serial": serial, "architecture": label, "params": None, "test mAP": None,
-                              "best val mAP": None, "note": "skipped: needs larger images"})
+                table.append({"serial": serial, "architecture": label, "params": None, "val mAP": None,
+                              "test mAP": None, "note": "skipped: needs larger images"})
                 continue
             run = self.run(key, config, label=label)
+            chosen[key] = run
             recorded.append({"serial": serial, "label": label, "key": key})
-            table.append({"serial": serial, "architecture": label, "params": params, "test mAP": run.test_map,
-                          "best val mAP": run.best_val_map(), "note": "" if run.complete else run.status})
+            table.append({"serial": serial, "architecture": label, "params": params, "val mAP": run.val_map,
+                          "test mAP": run.test_map, "note": "" if run.complete else run.status})
+        best = runs.best_by_val(chosen)
+        for entry in table:
+            if best is not None and f"ablation-{entry['serial']}" == best:
+                entry["note"] = "best by val mAP"
         built = " ".join(filter(None, [size_note(sizes), width_note(widths)]))
         self._declare("ablation", "ablation", section, rows=recorded, note=" ".join(filter(None, [ABLATION_NOTE, built])))
-        note = ("test mAP: the finished run on the test split (picking an epoch by test mAP would tune on the test set); "
-                f"best val mAP: the best evaluation epoch on val. Chance: test mAP {self.chance_map:.4f}.")
+        note = (f"The best row is chosen by val mAP after the last epoch; test mAP is measured once on the finished run "
+                f"and chooses nothing. Chance: test mAP {self.chance_map:.4f}.")
         note = " ".join(filter(None, [note, built]))
-        return Table(table, ["serial", "architecture", "params", "test mAP", "best val mAP", "note"], note)
+        shown = Table(table, ["serial", "architecture", "params", "val mAP", "test mAP", "note"], note)
+        return Ablation(shown, {key: entry for key, entry in zip([r["key"] for r in recorded], recorded)}, chosen, best,
+                        base, rows)
 
-    @staticmethod
-    def _changes(change, serial: int) -> dict:
-        """Return the TrainConfig fields an ablation change sets."""
-        if isinstance(change, str) or (isinstance(change, dict) and "blocks" in change):
-            return {"model": change}
-        if isinstance(change, dict):
-            unknown = sorted(set(change) - set(TrainConfig.__dataclass_fields__))
-            if unknown:
-                raise UserError(f"Ablation row {serial} changes {unknown[0]!r}, which is not a TrainConfig field: "
-                                "give a model spec (with \"blocks\") or TrainConfig fields such as {\"optimizer\": \"adam\"}.")
-            return dict(change)
-        raise UserError(f"Ablation row {serial}: the change {change!r} is neither a model spec nor a dict of TrainConfig fields.")
+    def worked_example_rows(self, adam_lr: float = 1e-4, augment: str = "jitter-flip-rotate") -> list:
+        """Return the seed report's ablation as (label, network, recipe) rows: a worked example, not an answer."""
+        return worked_example_rows(adam_lr, augment)
+
+    def final(self, ablation: Ablation, key: str = "final", **changes) -> Run:
+        """Train the network and recipe of the ablation's best row (chosen by val mAP) again with changes (e.g. more
+        epochs, train_split="trainval", tta="flip") as the final model; return its run."""
+        config = ablation.best_config(**changes)
+        return self.run(key, config, label=ablation.best_label(config))
+
+    def own_work(self, run: Run, section: str | None = None) -> None:
+        """Say (printed, and in the report's section) whether run's network is the student's own work: not the worked
+        example and not the notebook's starter network unchanged."""
+        config = TrainConfig.from_dict(run.config)
+        if self.worked_example:
+            text = ("**Worked example, not part 1B:** this notebook ran the seed report's network and ablation "
+                    "(WORKED_EXAMPLE = True) to show how mp3kit works. Part 1B asks for your own network: set "
+                    "WORKED_EXAMPLE = False and make the notebook's Classifier yours.")
+        elif isinstance(config.model, UserModel) and config.model.code_digest in STARTER_CODE:
+            text = (f"**Part 1B is not done yet:** the final network is the notebook's starter {config.model.name} "
+                    f"(the course's BaseNet), unchanged. Design your own: change the class (see the hints in its cell) "
+                    f"and the ablation's rows.")
+        else:
+            text = f"The final network is the student's own: {config.model_label()}."
+        print(text.replace("**", ""))
+        self.note("own-work", text, section)
 
     def check_pretrained(self, sections=()) -> str | None:
         """Return None when the ImageNet AlexNet weights load offline, else print why not and say so in sections.
@@ -384,30 +455,43 @@ class Experiment:
         return None
 
     def architecture(self, model="simple") -> models.ArchTable:
-        """Return the layer table of a model name or spec at this profile's image size."""
-        size = self.config().image_size
-        with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
-            return models.architecture_table(train.build_model(self.config(model=model)), (3, size, size))
+        """Return the layer table of a network (a name, spec, class or callable) at this profile's image size.
 
-    def kaggle_csv(self, run: Run, path=None, section: str | None = None) -> Path | None:
+        Building it runs one image through the network first: a network whose shapes do not fit, or that does not
+        return one score per class, stops here with a sentence naming the layer, before any training.
+        """
+        config = self.config(model=model)
+        size = config.image_size
+        with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
+            arch = models.architecture_table(train.build_model(config), (3, size, size))
+        if isinstance(config.model, UserModel):
+            arch.code = config.model.code
+        return arch
+
+    def kaggle_csv(self, run: Run, path=None, section: str | None = None, *, count_difficult: bool = True) -> Path | None:
         """Write run's Kaggle CSV (1 - AP per class, default in its run folder), record its path and score, return the path.
 
-        With section, the report says there where the CSV is and its score (or why there is none).
+        The APs come from the run's recorded test scores under the convention count_difficult picks: True (the
+        default) counts difficult-only labels as positives, as the course's kit and so its leaderboard do; False
+        leaves them out, as VOC and this kit's test mAP do (kaggle.kaggle_aps). With section, the report says there
+        where the CSV is, its score and its convention (or why there is none).
         """
-        if run.test_ap is None or any(ap is None for ap in run.test_ap):
+        aps = kaggle.kaggle_aps(run, count_difficult) if run.complete else None
+        if aps is None or np.isnan(aps).any():
             print(f"No Kaggle CSV: {run.name} has no AP for some class (a capped test split without a positive image; "
                   "the quick and full profiles test on every image).")
             if section:
                 self.note("kaggle", kaggle_notice(None, None, self.synthetic), section)
             return None
-        path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", run.test_ap)
+        path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", aps)
         score = kaggle.kaggle_score(path)
         self.record("kaggle_csv", str(path))
         self.record("kaggle_score", score)
+        self.record("kaggle_convention", "course" if count_difficult else "voc")
         if section:
-            self.note("kaggle", kaggle_notice(path, score, self.synthetic), section)
+            self.note("kaggle", kaggle_notice(path, score, self.synthetic, count_difficult), section)
         kind = " on SYNTHETIC data, not a leaderboard number" if self.synthetic else ""
-        print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}{kind}.")
+        print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}, {kaggle.convention(count_difficult)}{kind}.")
         return path
 
     # ------------------------------------------------------------------ what the notebook gives the report
@@ -431,6 +515,8 @@ class Experiment:
                           columns="ap" if per_class else "settings", best=best)
             return self.runs_table(table)
         markdown = table if isinstance(table, str) else table.to_markdown()
+        if getattr(table, "code", ""):  # a student's network: its code beside its layers
+            markdown = markdown.rstrip() + f"\n\nThe network's code, as recorded with its runs:\n\n```python\n{table.code}\n```\n"
         self._declare("table", key, section, caption=caption, markdown=markdown)
         return table
 
@@ -508,6 +594,36 @@ class Experiment:
         self._save()
         return value
 
+    def build_report(self, report_dir=None, *, download: bool = True) -> Path | None:
+        """Build report.md, report.html and figures/ from the runs in runs_dir (nothing is trained), zip them; return the zip.
+
+        The report goes to report_dir, default the report folder beside the runs (mp3kit.layout.report_folder);
+        it covers every notebook with a manifest in runs_dir, and a report.md already there keeps its prose. In Colab
+        the zip is offered as a download (download=False: not); elsewhere its path is printed. While `mp3kit report`
+        executes the notebook, this does nothing: that build follows.
+        """
+        from mp3kit import report
+
+        if settings.report_running():
+            print("mp3kit report is executing this notebook and builds the report after it: nothing to do here.")
+            return None
+        report_dir = Path(report_dir) if report_dir is not None else layout.report_folder(self.runs_dir, self.profile.name)
+        try:
+            report.build(self.profile.name, runs_dir=self.runs_dir, report_dir=report_dir, execute=False)
+            archive = report.zip_report(report_dir)
+        except OSError as exc:  # Drive full or gone: the build and the zip replace what was there only when complete
+            raise UserError(f"Could not write the report in {report_dir} ({exc.strerror or exc}): free some space "
+                            f"(on Drive too) and run this cell again; what was there is as it was.") from exc
+        if download and "google.colab" in sys.modules:
+            from google.colab import files
+
+            files.download(str(archive))
+            print(f"Your browser is downloading {archive.name} (report.md, report.html, figures/); a copy stays in "
+                  f"{report_dir}.")
+        else:
+            print(f"All of it in one file: {archive}")
+        return archive
+
     @property
     def manifest_path(self) -> Path:
         return self.runs_dir / f"{self.notebook}.manifest.json"
@@ -517,6 +633,70 @@ class Experiment:
 
     def __repr__(self) -> str:
         return f"Experiment({self.notebook!r}, profile={self.profile.name!r}, runs={list(self.runs)})"
+
+
+class Ablation:
+    """An ablation's runs and table (shown in a notebook), and its best row, chosen by val mAP."""
+
+    def __init__(self, table: Table, rows: dict, runs_by_key: dict, best: str | None, base: TrainConfig, given: list):
+        self.table, self.rows, self.runs, self.best = table, rows, runs_by_key, best
+        self._base, self._given = base, given
+
+    def _best_row(self) -> tuple[int, str, object, dict]:
+        if self.best is None:
+            raise UserError("No ablation row has a val mAP to choose by (every row was skipped, failed or trained on "
+                            "trainval): fix the rows, or give the final model's network and recipe yourself.")
+        serial = self.rows[self.best]["serial"]
+        return (serial, *_ablation_row(self._given[serial - 1], serial))
+
+    @property
+    def best_network(self):
+        """Return the network (class, callable, spec or name) of the best row by val mAP."""
+        return self.best_config().model
+
+    def best_config(self, **changes) -> TrainConfig:
+        """Return the TrainConfig of the best row by val mAP, with changes applied (e.g. epochs=exp.final_epochs)."""
+        _, _, network, recipe = self._best_row()
+        return self._base.replace(**{**recipe, "model": network, **changes})
+
+    def best_label(self, config: TrainConfig | None = None) -> str:
+        """Return a label naming the best row, and how config (the final model's) trains it."""
+        serial, label, _, _ = self._best_row()
+        text = f"row {serial} ({label}), best by val mAP"
+        if config is not None:
+            text += f", {config.epochs} epochs" + (", on trainval" if config.train_split == "trainval" else "")
+            text += ", flip TTA" if config.tta == "flip" else ""
+        return text
+
+    def _repr_markdown_(self) -> str:
+        return self.table.to_markdown()
+
+    def __repr__(self) -> str:
+        return self.table.to_text()
+
+
+def _ablation_row(row, serial: int) -> tuple[str, object, dict]:
+    """Return an ablation row's (label, network, recipe), or a UserError saying how to write it."""
+    if not (isinstance(row, (tuple, list)) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], dict)):
+        raise UserError(f"Ablation row {serial} is {row!r}: write it as (\"label\", network, recipe), e.g. "
+                        f"(\"+ BatchNorm\", lambda: Classifier(bn=True), {{\"optimizer\": \"adam\", \"lr\": 1e-4}}).")
+    label, network, recipe = row
+    unknown = sorted((set(recipe) - set(TrainConfig.__dataclass_fields__)) | ({"model"} & set(recipe)))
+    if unknown:
+        raise UserError(f"Ablation row {serial} ({label}): the recipe sets {unknown[0]!r}, which is not a recipe "
+                        "field: give TrainConfig fields such as {\"optimizer\": \"adam\", \"lr\": 1e-4}, and the "
+                        "network as the row's second item.")
+    return label, network, recipe
+
+
+def worked_example_rows(adam_lr: float = 1e-4, augment: str = "jitter-flip-rotate") -> list:
+    """Return the seed report's ablation as (label, network, recipe) rows: BaseNet with SGD, then Adam, then
+    augmentation, then its network steps (models.SEED_ABLATION: BatchNorm step by step, extra convolutions)."""
+    sgd, adam = {"optimizer": "sgd", "lr": 0.01}, {"optimizer": "adam", "lr": adam_lr}
+    augmented = {**adam, "augment": augment}
+    rows = [("BaseNet (SGD)", models.BASENET, sgd), ("BaseNet (Adam)", models.BASENET, adam),
+            ("BaseNet (Adam) + data augmentation", models.BASENET, augmented)]
+    return rows + [(label, spec, augmented) for label, spec in models.SEED_ABLATION[1:]]
 
 
 def _claim(claim, number) -> findings.Claim:
@@ -532,8 +712,13 @@ def _claim(claim, number) -> findings.Claim:
 
 # The sentences below are written into the manifest by the Experiment methods that know their facts.
 
-ABLATION_NOTE = ("\"Best mAP on test set\" is the test mAP of that row's run, measured once after its last epoch; no "
-                 "row is picked by its test score.")
+ABLATION_NOTE = ("Each row is one run. \"Best mAP on test set\" is the test mAP of that row's run, measured once after "
+                 "its last epoch; the best row is chosen by val mAP (after the last epoch), never by its test score, "
+                 "so its test mAP still predicts how it does on unseen images.")
+WORKED_EXAMPLE = "worked example"
+# The code digest (mp3kit.usermodel.code_digest) of notebook 3's starter Classifier as handed out: a final network
+# with this code is the starter unchanged. tests/test_experiment.py keeps it equal to the notebook's class.
+STARTER_CODE = {"2ad328a0c212"}
 
 
 def size_note(sizes) -> str:
@@ -566,12 +751,23 @@ def data_notice(synthetic: bool, data_root, chance: float | None) -> str:
     return f"Data: {source}.{level}"
 
 
-def kaggle_notice(path, score: float | None, synthetic: bool) -> str:
-    """Return the report's line on the Kaggle CSV at path and its score, or on why there is none (path None)."""
+def kaggle_notice(path, score: float | None, synthetic: bool, count_difficult: bool = True) -> str:
+    """Return the report's line on the Kaggle CSV at path, its score and its AP convention, or on why there is none."""
     if path is None:
         return ("_No Kaggle CSV: the final run has no AP for some class (its capped test split holds no positive image "
                 "of it); the quick and full profiles test on every image._")
-    line = f"The Kaggle CSV of the final model is `{path}`; its score (1 − mAP) is **{score:.5f}**."
+    if count_difficult:
+        how = ("the course's convention: an image whose class is present only as difficult objects counts as a "
+               "positive of it, as in the course's kit, so the score compares with classmates' leaderboard scores")
+        mind = ", so 1 − this score need not equal the final model's test mAP"
+    else:
+        how = ("the VOC convention: an image whose class is present only as difficult objects is left out of its AP; "
+               "the course's kit counted it as a positive, so the score does not compare with classmates' leaderboard "
+               "scores")
+        mind = ""
+    line = (f"The Kaggle CSV of the final model is `{path}`; its score (1 − mAP) is **{score:.5f}**, with AP by {how}. "
+            f"Every test mAP and AP elsewhere in this report follows the VOC convention (difficult-only labels left "
+            f"out){mind}.")
     if synthetic:
         line += " It was computed on the synthetic data: do not upload it; rebuild with `--profile full` on VOC."
     return line

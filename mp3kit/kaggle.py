@@ -1,15 +1,22 @@
-"""The course's Kaggle submission (one row of 1 - AP per class) and a per-image predictions CSV."""
+"""The course's Kaggle submission (one row of 1 - AP per class) and a per-image predictions CSV.
+
+The AP of a Kaggle CSV follows a convention chosen explicitly: the course's kit counted an image whose class is
+present only as difficult objects as a positive of that class, so classmates' leaderboard numbers do; mp3kit's
+test mAP follows VOC and leaves such images out. kaggle_aps computes either from a run's recorded test scores.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from mp3kit import metrics, runs
 from mp3kit.util import UserError, atomic_write_text
 
 HEADER = ("id", "category")
@@ -29,6 +36,27 @@ def _to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+def convention(count_difficult: bool) -> str:
+    """Return the words naming the AP convention that count_difficult picks, for a line next to a Kaggle score."""
+    if count_difficult:
+        return "course convention (difficult-only labels count as positives, as in the course's kit and leaderboard)"
+    return "VOC convention (difficult-only labels left out, as in mp3kit's test mAP; not the course leaderboard's)"
+
+
+def kaggle_aps(run, count_difficult: bool = True) -> np.ndarray:
+    """Return run's test AP per class (20,) from its recorded test scores, under the chosen convention.
+
+    count_difficult=True is the course's convention (its kit's, hence its leaderboard's): an image whose class is
+    present only as difficult objects counts as a positive of that class. False is the VOC convention of mp3kit's
+    test mAP: such an image is left out of that class's AP. A class without positives gets NaN.
+    """
+    recorded = runs.load_test_scores(run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.NoPositivesWarning)  # the NaN says it; write_kaggle_csv refuses it
+        return metrics.average_precision(recorded["targets"], recorded["scores"], recorded["difficult"],
+                                          count_difficult=count_difficult)
 
 
 def write_kaggle_csv(path, aps) -> Path:
@@ -60,7 +88,10 @@ def write_kaggle_csv(path, aps) -> Path:
                             f"or percentages.")
     lines = [",".join(HEADER)]
     lines += [f"{i},{float(min(max(1.0 - ap, 0.0), 1.0))!r}" for i, ap in enumerate(values)]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return path  # unchanged: a notebook run again leaves the run folder as it was
+    return atomic_write_text(path, text)
 
 
 def check_kaggle_csv(path) -> list[str]:

@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mp3kit import settings
+from mp3kit import settings, usermodel
 from mp3kit.table import Table
+from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError
 
 # --------------------------------------------------------------------------------------------------
@@ -480,16 +481,24 @@ _NAMED_SPECS = {"alexnet-bn": ALEXNET_BN, "basenet": BASENET}
 
 
 def canonical_name(model):
-    """Return model with an old model name replaced by the name it stands for (anything else unchanged)."""
+    """Return model as TrainConfig keeps it: an old name replaced by the name it stands for, a student's class or
+    callable (or its record from a run's config.json) as a UserModel, anything else unchanged."""
     if isinstance(model, str):
         return MODEL_ALIASES.get(model.strip().lower(), model)
+    if isinstance(model, (type, nn.Module)) or usermodel.is_user_model(model) or usermodel.is_record(model):
+        return usermodel.as_user_model(model)
     return model
 
 
 def label(model) -> str:
-    """Return the short readable name of a model: its name (old names updated), a spec's "name", else "custom"."""
+    """Return the short readable name of a model: its name (old names updated), a spec's "name", the class name of a
+    student's network, else "custom"."""
     if isinstance(model, str):
         return canonical_name(model)
+    if isinstance(model, UserModel):
+        return model.name
+    if usermodel.is_record(model):
+        return str(model[usermodel.RECORD_KEY])
     if isinstance(model, dict):
         return str(model.get("name", "custom"))
     return "custom"
@@ -502,38 +511,61 @@ def is_spec_text(value) -> bool:
 
 
 def spec_or_name(value):
-    """Return a model name as given (old names updated), or the checked spec dict of a dict, JSON text or .json path."""
+    """Return a model name as given (old names updated), a student's network as a UserModel, or the checked spec
+    dict of a dict, JSON text or .json path."""
     if isinstance(value, str) and not is_spec_text(value):
+        return canonical_name(value)
+    if not isinstance(value, (str, Path, dict)) or usermodel.is_record(value):
         return canonical_name(value)
     return parse_spec(value)
 
 
-def _check_image_size(model: nn.Module, image_size: int, label: str) -> None:
-    """Run one image of image_size through model and raise UserError if the network cannot take it."""
+def _check_image_size(model: nn.Module, image_size: int, label: str, num_classes: int = 20) -> None:
+    """Run one image of image_size through model; raise UserError naming the layer if the network cannot take it,
+    or if it does not return one score per class."""
     was_training = model.training
     model.eval()  # BatchNorm in training mode refuses a batch of one 1x1 map
+    entered = []
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: entered.append((name, m)))
+             for name, m in model.named_modules() if name and not list(m.children())]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
+            out = model(torch.zeros(1, 3, image_size, image_size))
     except RuntimeError as exc:
+        where = ""
+        if entered:
+            name, layer = entered[-1]
+            where = f" in layer {name} ({layer})"
         raise UserError(
-            f"Model {label} cannot take {image_size} px images ({str(exc).splitlines()[0]}); "
-            "use a larger image_size or fewer pooling/stride-2 blocks."
+            f"Model {label} cannot take {image_size} px images{where}: {str(exc).splitlines()[0]}; "
+            "use a larger image_size, fewer pooling/stride-2 layers, or make the first Linear layer's input size "
+            "match what the layers before it give (the architecture table shows each layer's output shape)."
         ) from exc
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
+    shape = tuple(out.shape) if torch.is_tensor(out) else None
+    if shape != (1, num_classes):
+        got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
+        raise UserError(f"Model {label} returns {got} for one {image_size} px image: it must return (batch, "
+                        f"{num_classes}), one score per VOC class; end it with a Linear layer of {num_classes} outputs.")
 
 
 def scales_with_width(name_or_spec) -> bool:
-    """Return True when TrainConfig.width resizes this network: AlexNet and every spec, not simple nor pretrained."""
+    """Return True when TrainConfig.width resizes this network: AlexNet and every spec, not simple, pretrained nor a
+    student's own class (its sizes are its code's)."""
     spec = spec_or_name(name_or_spec)
+    if isinstance(spec, UserModel):
+        return False
     return not (isinstance(spec, str) and spec.strip().lower() in ("simple", "alexnet-pretrained",
                                                                     "alexnet-pretrained-frozen"))
 
 
 def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=None, freeze_features=False,
                     allow_download=None, width: float = 1.0) -> nn.Module:
-    """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string or a .json path.
+    """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string, a .json path, or a student's
+    nn.Module class or callable (a UserModel).
 
     width scales the networks trained from scratch (AlexNet and every spec; see scaled): AlexNet at a width other
     than 1 is BaseNet, its layers written as a spec, scaled. The simple classifier (the course's network) and the
@@ -544,7 +576,9 @@ def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=N
     pretrained = name in ("alexnet-pretrained", "alexnet-pretrained-frozen")
     if weights_path is not None and not pretrained:
         raise UserError(f"weights_path={weights_path} is only used by alexnet-pretrained; drop it or choose that model.")
-    if name == "simple":
+    if isinstance(spec, UserModel):
+        model = spec.build(num_classes)
+    elif name == "simple":
         model = SimpleClassifier(num_classes, image_size)
     elif name == "alexnet" and width == 1:
         model = alexnet(num_classes=num_classes)
@@ -555,13 +589,13 @@ def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=N
         freeze_features = freeze_features or name == "alexnet-pretrained-frozen"
     elif name in _NAMED_SPECS:
         model = build(scaled(_NAMED_SPECS[name], width), num_classes)
-    elif name is None:
+    elif isinstance(spec, dict):
         model = build(scaled(spec, width), num_classes)
     else:
         raise UserError(f"Unknown model {name_or_spec!r}: use one of {', '.join(MODEL_NAMES)}, or a JSON spec.")
     if freeze_features:
         freeze_feature_layers(model)
-    _check_image_size(model, image_size, repr(label(spec)))
+    _check_image_size(model, image_size, repr(label(spec)), num_classes)
     return model
 
 
@@ -605,6 +639,9 @@ class ArchTable:
     rows: list[dict] = field(default_factory=list)
     total_params: int = 0
     trainable_params: int = 0
+    input_shape: tuple = ()  # one image, e.g. (3, 128, 128)
+    output_shape: tuple = ()  # its scores, e.g. (20,)
+    code: str = ""  # a student's network: the source recorded with its runs (shown beside the table in the report)
 
     def table(self) -> Table:
         """Return the layers as a Table (numbers aligned right), with the parameter totals as its note."""
@@ -615,6 +652,9 @@ class ArchTable:
                          _fmt_shape(r["output_shape"]), channels, f"{r['params']:,}"])
         frozen = self.total_params - self.trainable_params
         totals = f"Total parameters: {self.total_params:,} (trainable {self.trainable_params:,}, frozen {frozen:,})"
+        if self.input_shape and self.output_shape:
+            totals = (f"One {_fmt_shape((-1, *self.input_shape))} image in, {_fmt_shape((-1, *self.output_shape))} "
+                      f"scores out. {totals}")
         return Table(body, ["#", "type", "kernel", "input", "output", "channels", "params"], totals,
                      align=["right", "left", "left", "left", "left", "left", "right"])
 
@@ -663,11 +703,11 @@ def architecture_table(model: nn.Module, input_size=(3, 227, 227)) -> ArchTable:
     model.eval()  # BatchNorm in training mode refuses a batch of one 1x1 map
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
+            out = model(torch.zeros(1, *input_size, device=device))
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ArchTable(rows, total, trainable)
+    return ArchTable(rows, total, trainable, tuple(input_size), tuple(_shape(out) or (-1,))[1:])

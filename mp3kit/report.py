@@ -1,6 +1,8 @@
 """Rebuild report/ headlessly: run the notebooks with papermill, gather every run's numbers, write report.md and .html.
 
-The flow is one-way: notebooks -> run records + manifests (runs/<profile>/) -> results.json -> report.md -> report.html.
+The flow is one-way: notebooks -> run records + manifests + figures (runs/<profile>/) -> results.json -> report.md ->
+report.html. The folders are mp3kit.layout's, the notebooks' own; a report can also be built from a runs folder alone
+(execute=False), with no notebook and no checkout: the template ships in the package (resources/report_template.md).
 Everything is built in a staging folder inside the report folder and swapped in only when every step succeeded,
 so a failing notebook leaves the previous report as it was.
 """
@@ -19,9 +21,10 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
-from mp3kit import __version__, findings, settings
+from mp3kit import __version__, findings, layout, settings
 from mp3kit import runs as run_records
 from mp3kit.table import Table
 from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
@@ -30,6 +33,8 @@ NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
 # The generated part of a report folder, swapped in as a whole; report.md goes last so it never links to figures
 # that are not there yet.
 GENERATED = ("figures", "executed", "results.json", "report.html", "report.md")
+ZIPPED = ("report.md", "report.html", "results.json", "figures")  # what report.zip holds, under report/
+TEMPLATE = Path(__file__).resolve().parent / "resources" / "report_template.md"
 SYNTHETIC_BANNER = (
     "These numbers come from the embedded SYNTHETIC dataset, not PASCAL VOC photographs; they check the pipeline "
     "and are not comparable with the course's reference figures."
@@ -41,33 +46,45 @@ class NotebookError(Exception):
     """A notebook failed or timed out under papermill; the message names the notebook and the cell."""
 
 
-def main(profile="quick", data_root=None, only=None, report_dir="report", execute=True) -> int:
+def main(profile="quick", data_root=None, only=None, report_dir=None, execute=True, runs_dir=None,
+         notebooks_dir=None, settings_given=()) -> int:
     """Rebuild the report for `mp3kit report`; return the exit status."""
     try:
-        build(profile, data_root, only=only, report_dir=report_dir, execute=execute)
+        build(profile, data_root, only=only, report_dir=report_dir, execute=execute, runs_dir=runs_dir,
+              notebooks_dir=notebooks_dir, parameters=parse_parameters(settings_given))
     except NotebookError as exc:
         print(f"mp3kit: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def build(profile="quick", data_root=None, *, only=None, report_dir="report", notebooks_dir=None, runs_dir=None,
-          template=None, execute=True, timeout_s=None) -> Path:
+def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebooks_dir=None, runs_dir=None,
+          template=None, execute=True, timeout_s=None, parameters=None) -> Path:
     """Run the notebooks (all, or only one), then rebuild report_dir from the run records; return report.md's path.
 
-    execute=False runs no notebook and rebuilds the report from the manifests and runs already on disk.
+    parameters: more values for the notebooks' parameters cells, e.g. {"WORKED_EXAMPLE": True} (`--set`).
+
+    notebooks_dir defaults to find_notebooks(), runs_dir to the profile's runs folder of that project and report_dir
+    to the report folder beside the runs (mp3kit.layout), the folders the notebooks use themselves.
+    execute=False runs no notebook and rebuilds the report from the manifests, runs and figures in runs_dir.
     """
     from mp3kit.experiment import PROFILES
 
     if profile not in PROFILES:
         raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
-    notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else find_repo() / "notebooks"
-    repo = notebooks_dir.parent
+    notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else find_notebooks()
+    if execute and notebooks_dir is None:
+        raise UserError(f"No notebooks in {Path.cwd()} or its notebooks/ folder: run mp3kit report from the folder "
+                        "holding your notebooks (or their notebooks/ folder), give --notebooks-dir DIR, or build from "
+                        "the runs already on disk with --no-execute.")
     names = select_notebooks(notebooks_dir, only) if execute else []
-    runs_dir = Path(runs_dir).resolve() if runs_dir else repo / "runs" / profile
-    report_dir = Path(report_dir).resolve()
-    template = Path(template) if template else find_template(report_dir, repo)
-    if profile == "full" and data_root is None:
+    runs_dir = Path(runs_dir).resolve() if runs_dir else layout.runs_folder(profile, notebooks_dir=notebooks_dir)
+    report_dir = Path(report_dir).resolve() if report_dir else layout.report_folder(runs_dir, profile)
+    template = Path(template) if template else find_template(report_dir)
+    if not execute and not runs_dir.is_dir():
+        raise UserError(f"{runs_dir} does not exist, so there are no runs to build the report from: give the runs "
+                        "folder of your notebooks with --runs-dir DIR, or leave out --no-execute to run them.")
+    if execute and profile == "full" and data_root is None:
         raise UserError("--profile full trains on the real PASCAL VOC 2007: add --data-root DIR (download it with "
                         "`mp3kit data fetch --root DIR`).")
     if data_root is not None and not Path(data_root).exists():
@@ -89,16 +106,21 @@ def build(profile="quick", data_root=None, *, only=None, report_dir="report", no
                 shutil.copytree(old, staging / part)
             else:
                 (staging / part).mkdir()
+        figures_dir = layout.figures_folder(profile, runs_dir).absolute()  # where the notebooks save figures themselves
+        if names:
+            figures_dir.mkdir(parents=True, exist_ok=True)
         parameters = {
+            **(parameters or {}),
             "PROFILE": profile,
             "DATA_ROOT": str(Path(data_root).resolve()) if data_root is not None else None,
             "RUNS_DIR": str(runs_dir),
-            "FIGURES_DIR": str(staging / "figures"),
+            "FIGURES_DIR": str(figures_dir),
         }
         timeout_s = timeout_s or NOTEBOOK_TIMEOUT_S[profile]
         seconds = {}
         where = "embedded synthetic dataset" if data_root is None else str(data_root)
-        print(f"Building the report (profile {profile}, data: {where}) into {report_dir}", flush=True)
+        source = f"data: {where}" if execute else f"from the runs in {runs_dir}"
+        print(f"Building the report (profile {profile}, {source}) into {report_dir}", flush=True)
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] {name} ...", end="", flush=True)
             t0 = time.monotonic()
@@ -111,7 +133,10 @@ def build(profile="quick", data_root=None, *, only=None, report_dir="report", no
             seconds[name] = round(time.monotonic() - t0, 1)
             print(f" done in {seconds[name]:.0f} s", flush=True)
 
-        results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir))
+        given = " ".join(f"--set {k}={v!r}" for k, v in (parameters or {}).items() if k not in OWN_FLAGS)
+        how = (f"`mp3kit report --profile {profile}{' ' + given if given else ''}`, which ran the notebooks" if names else
+               "`mp3kit report --no-execute` or a notebook's last cell (`exp.build_report()`), from the runs on disk")
+        results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir), how)
         atomic_write_json(staging / "results.json", results)
         existing = _read_existing(report_dir / "report.md")
         template_text = _read_utf8(template)
@@ -128,23 +153,46 @@ def build(profile="quick", data_root=None, *, only=None, report_dir="report", no
 
 # ---------------------------------------------------------------- finding things
 
-
-def find_repo() -> Path:
-    """Return the mp3kit repository root: the checkout holding this package, else the working directory."""
-    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (root / "notebooks").is_dir() and (root / "report").is_dir():
-            return root
-    raise UserError("Cannot find the notebooks/ and report/ folders: run mp3kit report from the root of the mp3kit "
-                    "repository.")
+OWN_FLAGS = {"PROFILE": "--profile", "DATA_ROOT": "--data-root", "RUNS_DIR": "--runs-dir", "FIGURES_DIR": "--runs-dir"}
 
 
-def find_template(report_dir: Path, repo: Path) -> Path:
-    """Return the report template: report_dir/template.md if there, else the repository's report/template.md."""
-    checkout = Path(__file__).resolve().parents[1] / "report" / "template.md"
-    for path in (report_dir / "template.md", repo / "report" / "template.md", checkout):
-        if path.exists():
-            return path
-    raise UserError(f"Cannot find the report template {repo / 'report' / 'template.md'}: restore it from the repository.")
+def parse_parameters(items) -> dict:
+    """Return {NAME: value} of `--set NAME=VALUE` items, each value read as a Python literal (True, 3, 1e-4, "x")
+    or else kept as text; a UserError for an item that is not NAME=VALUE or sets what another flag sets."""
+    import ast
+
+    parameters = {}
+    for item in items or ():
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise UserError(f"--set {item!r} is not NAME=VALUE: write a parameter of the notebooks' first cell and its "
+                            "value, e.g. --set WORKED_EXAMPLE=True.")
+        if name in OWN_FLAGS:
+            raise UserError(f"--set {name}=... is set by {OWN_FLAGS[name]}: use that flag instead.")
+        try:
+            parameters[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            parameters[name] = text.strip()
+    return parameters
+
+
+
+def find_notebooks(folder=None) -> Path | None:
+    """Return the student's notebooks folder: <folder>/notebooks, else folder, whichever holds notebooks (folder: cwd)."""
+    folder = Path(folder if folder is not None else Path.cwd()).resolve()
+    return next((f for f in (folder / layout.NOTEBOOKS, folder) if any(f.glob("*.ipynb"))), None)
+
+
+def find_template(report_dir: Path) -> Path:
+    """Return the report template: report_dir/template.md when the student keeps one there, else the one mp3kit ships."""
+    own = Path(report_dir) / "template.md"
+    if own.exists():
+        return own
+    if not TEMPLATE.exists():
+        raise UserError(f"The report template {TEMPLATE} is missing from this mp3kit installation: reinstall mp3kit, "
+                        f"or put a template.md in {report_dir}.")
+    return TEMPLATE
 
 
 def select_notebooks(notebooks_dir: Path, only=None) -> list[str]:
@@ -182,7 +230,8 @@ def run_notebook(path: Path, output: Path, parameters: dict, runs_dir: Path, tim
     failed_copy = Path(runs_dir) / f"{path.stem}.failed.ipynb"
     kept = f"the report in {report_dir} was left as it was"
     try:
-        with temporary_environ(**{settings.QUIET: "1"}):
+        # REPORT_RUNNING: the notebook's own report cell leaves the report to this build.
+        with temporary_environ(**{settings.QUIET: "1", settings.REPORT_RUNNING: "1"}):
             # A quiet kernel log keeps one progress line per notebook: otherwise every kernel prints a
             # TCP-transport warning at start and a caught KeyboardInterrupt at shutdown. A cell's
             # errors still reach the executed notebook and the failure message.
@@ -237,15 +286,16 @@ def _keep_failed(output: Path, failed_copy: Path) -> str:
 # ---------------------------------------------------------------- results.json
 
 
-def notebook_names(notebooks_dir: Path, runs_dir: Path) -> list[str]:
-    """Return the notebooks the report covers, sorted: those in notebooks_dir and those with a manifest in runs_dir."""
-    names = {p.stem for p in Path(notebooks_dir).glob("*.ipynb")}
+def notebook_names(notebooks_dir: Path | None, runs_dir: Path) -> list[str]:
+    """Return the notebooks the report covers, sorted: those in notebooks_dir (if any) and those with a manifest in runs_dir."""
+    names = {p.stem for p in Path(notebooks_dir).glob("*.ipynb")} if notebooks_dir is not None else set()
     names |= {p.name.removesuffix(".manifest.json") for p in Path(runs_dir).glob("*.manifest.json")}
     return sorted(names)
 
 
-def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, names) -> dict:
-    """Gather the manifests and runs of the notebooks named into the results.json dict (figures checked in staging)."""
+def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, names, how: str = "") -> dict:
+    """Gather the manifests and runs of the notebooks named into the results.json dict (figures checked in staging);
+    how says what built it."""
     notebooks = {name: _notebook_results(Path(runs_dir), name, staging, seconds.get(name)) for name in names}
     synthetic = any(nb.get("synthetic") for nb in notebooks.values()) or any(
         run.get("synthetic") for nb in notebooks.values() for run in nb.get("runs", {}).values())
@@ -254,6 +304,7 @@ def collect_results(runs_dir: Path, profile: str, staging: Path, seconds: dict, 
         "profile": profile,
         "synthetic": synthetic,
         "mp3kit_version": __version__,
+        "built_by": how or f"`mp3kit report --profile {profile}`",
         "runs_dir": str(runs_dir),
         "notebooks": notebooks,
     }
@@ -270,9 +321,12 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
         raise UserError(f"{manifest_path} is not valid JSON ({exc.msg}): delete it and run mp3kit report again.") from exc
     runs = {key: _run_results(runs_dir / entry["run"], entry.get("label"))
             for key, entry in manifest.get("runs", {}).items()}
+    # Where the notebook saved its figures, then the runs folder's own figures/ (a runs folder moved from Drive).
+    saved = [Path(manifest["figures_dir"])] if manifest.get("figures_dir") else []
     items = []
     for item in manifest.get("report", []):
         if item.get("kind") == "figure":
+            _copy_figure(item["file"], [*saved, runs_dir / "figures"], staging / "figures")
             item = {**item, "path": f"figures/{Path(item['file']).as_posix()}",
                     "present": (staging / "figures" / item["file"]).exists()}
         items.append(item)
@@ -282,11 +336,24 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
         "executed": f"executed/{name}.ipynb" if executed.exists() else None,
         "seconds": seconds,
         "synthetic": bool(manifest.get("synthetic")),
+        "worked_example": bool(manifest.get("worked_example")),
         "data_root": manifest.get("data_root"),
         "runs": runs,
         "values": _clean(manifest.get("values", {})),
         "report": _clean(items),
     }
+
+
+def _copy_figure(file: str, folders, target: Path) -> None:
+    """Copy a declared figure into the staged report from the first folder holding it; keep the staged copy if none does."""
+    if Path(file).is_absolute() or ".." in Path(file).parts:
+        return  # a manifest names figures inside its figures folder only
+    for folder in folders:
+        source = Path(folder) / file
+        if source.is_file():
+            (target / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / file)
+            return
 
 
 def _run_results(path: Path, label) -> dict:
@@ -305,6 +372,7 @@ def _run_results(path: Path, label) -> dict:
         "reason": run.reason or None,
         "test_map": run.test_map,
         "test_loss": run.test_loss,
+        "val_map": run.val_map,
         "best_val_map": run.best_val_map(),
         "epochs_done": len(run.history),
         "seconds": metrics.get("seconds"),
@@ -415,9 +483,15 @@ def _header(results: dict) -> str:
     lines = []
     if results["synthetic"]:
         lines.append(f"> **Synthetic data.** {SYNTHETIC_BANNER}\n")
-    lines.append(f"Generated by `mp3kit report --profile {results['profile']}` (mp3kit {results['mp3kit_version']}) "
-                 f"on {results['generated']}. Every number in the generated parts comes from `results.json`.")
     notebooks = results["notebooks"]
+    examples = [n for n, nb in notebooks.items() if nb.get("worked_example")]
+    if examples:
+        lines.append(f"> **Worked example.** {', '.join(examples)} ran the seed report's network and ablation "
+                     "(WORKED_EXAMPLE = True) to show how mp3kit works; its results are labelled \"worked example\" "
+                     "and are not a student's own part 1B.\n")
+    built_by = results.get("built_by") or f"`mp3kit report --profile {results['profile']}`"
+    lines.append(f"Generated by {built_by} (profile {results['profile']}, mp3kit {results['mp3kit_version']}) "
+                 f"on {results['generated']}. Every number in the generated parts comes from `results.json`.")
     built = [f"{n} ({nb['seconds']:.0f} s)" if nb.get("seconds") is not None else n
              for n, nb in notebooks.items() if not nb.get("missing")]
     if built:
@@ -492,13 +566,13 @@ def _settings_table(rows: list[dict]) -> str:
         shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
         body.append([r["label"], c.get("model", "–"), c.get("optimizer", "–"), _lr(c.get("lr")), shown_epochs,
                      str(c.get("batch_size", "–")), c.get("augment", "–"), str(c.get("image_size", "–")),
-                     _f4(r.get("test_map")), _f4(r.get("test_loss"))])
+                     _f4(r.get("val_map")), _f4(r.get("test_map")), _f4(r.get("test_loss"))])
         if r.get("status") != "complete":
             notes.append(f"_{r['label']}: the run is {r.get('status')}"
                          + (f" ({r['reason']})" if r.get("reason") else "") + "._")
-    columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Test mAP",
-               "Avg test loss"]
-    align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 3
+    columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Val mAP",
+               "Test mAP", "Avg test loss"]
+    align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 4
     return _markdown(Table(body, columns, align=align)) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -518,33 +592,42 @@ def _markdown(table: Table) -> str:
 
 
 def _best_line(rows: list[dict], chance) -> str:
-    done = [r for r in rows if r.get("test_map") is not None]
-    if len(done) < 2:
+    """Return the line naming the run with the highest val mAP (test mAP only reports), or saying none stands out."""
+    if len([r for r in rows if r.get("test_map") is not None]) < 2:
         return ""
-    best = max(done, key=lambda r: r["test_map"])
-    if chance is not None and best["test_map"] < NEAR_CHANCE * chance:
+    key = run_records.best_by_val(dict(enumerate(rows)))
+    if key is None:
+        return "No run here has a val mAP to choose by (runs trained on trainval hold none out), so none is named best."
+    best = rows[key]
+    if chance is not None and best["test_map"] is not None and best["test_map"] < NEAR_CHANCE * chance:
         # Differences of a few thousandths near chance are noise: naming a winner would mislead.
         return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
-                f"the highest at {_f4(best['test_map'])}: none has learned much yet.")
-    return f"Highest test mAP here: **{best['label']}**, {_f4(best['test_map'])}."
+                f"the best by val mAP at test mAP {_f4(best['test_map'])}: none has learned much yet.")
+    return (f"Best by val mAP (chosen on val; test mAP only reports): **{best['label']}**, val mAP "
+            f"{_f4(best['val_map'])}, test mAP {_f4(best['test_map'])}.")
 
 
 def _ablation(item: dict, runs: dict) -> str:
-    """Return the ablation table (serial, architecture, test mAP) with a line for every skipped or unfinished row."""
+    """Return the ablation table (serial, architecture, val and test mAP) with the row chosen by val mAP marked and a
+    line for every skipped or unfinished row."""
     rows = item.get("rows") or []
     if not rows:
         return ""
+    done = {row["key"]: runs[row["key"]] for row in rows if row.get("key") in runs and not row.get("skipped")}
+    best = run_records.best_by_val(done)
     body, notes = [], []
     for row in rows:
         run = runs.get(row.get("key"), {})
         label = row.get("label") or run.get("label", "–")
-        body.append([str(row.get("serial")), label, _f4(run.get("test_map"))])
+        mark = " (best by val mAP)" if row.get("key") == best else ""
+        body.append([str(row.get("serial")), label + mark, _f4(run.get("val_map")), _f4(run.get("test_map"))])
         if row.get("skipped"):
             notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
         elif run and run.get("status") != "complete":
             notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
                          + (f" ({run['reason']})" if run.get("reason") else "") + ".")
-    table = _markdown(Table(body, ["Serial #", "Model architecture", "Best mAP on test set"], align=["right", "left", "right"]))
+    table = _markdown(Table(body, ["Serial #", "Model architecture", "Val mAP", "Best mAP on test set"],
+                            align=["right", "left", "right", "right"]))
     return "\n\n".join(p for p in [table, " ".join(notes), item.get("note", "")] if p)
 
 
@@ -710,6 +793,24 @@ def _swap_in(staging: Path, report_dir: Path) -> None:
         if dst.is_dir():
             os.replace(dst, old / item)
         os.replace(src, dst)
+
+
+def zip_report(report_dir) -> Path:
+    """Write report_dir/report.zip holding report.md, report.html, results.json and figures/ under report/; return it."""
+    report_dir = Path(report_dir)
+    archive = report_dir / "report.zip"
+    partial = report_dir / ".report.zip.partial"
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in ZIPPED:
+                path = report_dir / name
+                files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] * path.exists()
+                for file in files:
+                    z.write(file, (Path("report") / file.relative_to(report_dir)).as_posix())
+        os.replace(partial, archive)
+    finally:
+        partial.unlink(missing_ok=True)
+    return archive
 
 
 def _print_summary(results: dict, report_dir: Path) -> None:

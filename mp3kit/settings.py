@@ -8,8 +8,9 @@ here, once, and nothing else in the value is.
     MP3KIT_CACHE            the cache folder (decoded images, the synthetic dataset); default ~/.cache/mp3kit.
     MP3KIT_PROFILE          the notebooks' default PROFILE (the notebook tests run them with smoke); default quick.
     MP3KIT_QUIET            1 hides progress bars, 0 shows them; unset: the front end decides.
-    MP3KIT_RUNS_DIR         the notebooks' default RUNS_DIR; default runs.
-    MP3KIT_FIGURES_DIR      the notebooks' default FIGURES_DIR; default figures.
+    MP3KIT_RUNS_DIR         the folder of the per-profile runs folders (mp3kit.layout); default <project>/runs.
+    MP3KIT_FIGURES_DIR      the folder of the per-profile figures folders; default each runs folder's figures/.
+    MP3KIT_REPORT_RUNNING   1 while `mp3kit report` executes the notebooks (their report cell then leaves it to it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ PROFILE = "MP3KIT_PROFILE"
 QUIET = "MP3KIT_QUIET"
 RUNS_DIR = "MP3KIT_RUNS_DIR"
 FIGURES_DIR = "MP3KIT_FIGURES_DIR"
-ALL = (ALEXNET_WEIGHTS, ALLOW_DOWNLOAD, CACHE, PROFILE, QUIET, RUNS_DIR, FIGURES_DIR)
+REPORT_RUNNING = "MP3KIT_REPORT_RUNNING"
+ALL = (ALEXNET_WEIGHTS, ALLOW_DOWNLOAD, CACHE, PROFILE, QUIET, RUNS_DIR, FIGURES_DIR, REPORT_RUNNING)
 
 _NO = ("0", "false", "no", "off")
 
@@ -71,11 +73,18 @@ def quiet() -> bool | None:
     return value not in _NO
 
 
-def runs_dir(default: str = "runs") -> str:
-    """Return the runs folder $MP3KIT_RUNS_DIR names, else default."""
-    return _path(RUNS_DIR) or default
+def runs_dir() -> Path | None:
+    """Return the folder $MP3KIT_RUNS_DIR names for the per-profile runs folders, or None."""
+    value = _path(RUNS_DIR)
+    return Path(value) if value else None
 
 
-def figures_dir(default: str = "figures") -> str:
-    """Return the figures folder $MP3KIT_FIGURES_DIR names, else default."""
-    return _path(FIGURES_DIR) or default
+def figures_dir() -> Path | None:
+    """Return the folder $MP3KIT_FIGURES_DIR names for the per-profile figures folders, or None."""
+    value = _path(FIGURES_DIR)
+    return Path(value) if value else None
+
+
+def report_running() -> bool:
+    """Return True while `mp3kit report` executes the notebooks ($MP3KIT_REPORT_RUNNING is 1)."""
+    return _get(REPORT_RUNNING) == "1"

@@ -9,6 +9,7 @@ disconnect or a full disk.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from mp3kit import data as voc
 from mp3kit import metrics, models, pipeline, runs
 from mp3kit.runs import Run
+from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError, WriteFailed, atomic_write, pick_device, write_failure
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -45,7 +47,9 @@ TTA_MODES = ("none", "flip")
 class TrainConfig:
     """Everything a run needs; the defaults are the course kit's."""
 
-    model: object = "simple"  # a name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...) or a models.build spec
+    # A name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...), a models.build spec, or your own network: an
+    # nn.Module class or a zero-argument callable returning one (mp3kit.usermodel; kept as a UserModel).
+    model: object = "simple"
     pretrained_weights: str | None = None  # AlexNet ImageNet weights file (else settings.alexnet_weights() or the hub cache)
     freeze_features: bool = False  # pretrained AlexNet: train the head only
     optimizer: str = "sgd"
@@ -111,9 +115,17 @@ class TrainConfig:
             raise UserError(f"TrainConfig.max_images={self.max_images} must be at least 2 (or None for every image).")
 
     def to_dict(self) -> dict:
-        """Return the config as a JSON-ready dict."""
-        d = asdict(self)
+        """Return the config as a JSON-ready dict (a student's network as its record: code, repr, digest)."""
+        d = asdict(dataclasses.replace(self, model=None))
+        d["model"] = self.model.to_dict() if isinstance(self.model, UserModel) else copy.deepcopy(self.model)
         d["betas"] = list(self.betas)
+        return d
+
+    def identity(self) -> dict:
+        """Return what makes two runs the same: every field, a student's network by its digest (code and layers)."""
+        d = self.to_dict()
+        if isinstance(self.model, UserModel):
+            d["model"] = self.model.identity()
         return d
 
     @classmethod
@@ -132,7 +144,7 @@ class TrainConfig:
 
     def default_name(self) -> str:
         """Return a run name derived from the model and a hash of the whole config."""
-        digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.model_label()}-{digest}"
 
 
@@ -616,10 +628,19 @@ def build_model(config: TrainConfig):
     )
 
 
-def load_model(run_or_path, device: str = "cpu"):
-    """Rebuild a run's network from its config and load its checkpoint's weights."""
+def load_model(run_or_path, device: str = "cpu", model=None):
+    """Rebuild a run's network from its config and load its checkpoint's weights.
+
+    A run of your own network needs its class (or callable) again as model; it must be the code the run recorded.
+    """
     run = run_or_path if isinstance(run_or_path, Run) else runs.load_run(run_or_path)
     config = TrainConfig.from_dict(run.config)
+    if model is not None:
+        given = models.canonical_name(model)
+        if given != config.model:
+            raise UserError(f"The model given ({models.label(given)}) is not the network the run {run.path} was trained "
+                            f"with ({config.model_label()}): pass the class or callable as it was when the run trained.")
+        config = config.replace(model=given)
     ckpt = load_checkpoint(run.checkpoint_path)
     if config.model in ("alexnet-pretrained", "alexnet-pretrained-frozen"):
         # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file.
@@ -633,33 +654,45 @@ def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
     # Read back as a TrainConfig, a run recorded by an older version means what it meant then: the old names
     # (model "seed", augment "seed") become today's, and fields added since take the defaults that were in effect.
     try:
-        recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).to_dict()
+        recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).identity()
     except (UserError, TypeError):
         return False  # a config this version cannot read is no match
-    return recorded == config.to_dict() and run.config.get("data", {}).get("identities") == _identities(data)
+    return recorded == config.identity() and run.config.get("data", {}).get("identities") == _identities(data)
 
 
 def _identities(data: Data) -> dict:
     return {s: getattr(data, s).identity() for s in ("train", "val", "test")}
 
 
+def _reusable(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> Run | None:
+    """Return the complete run in run's folder when fit may reuse it (same config and data, reuse or resume asked)."""
+    if resume not in RESUME_CHOICES:
+        raise UserError(f"fit(resume={resume!r}) is not one of False, True or 'auto'.")
+    if not (reuse or resume) or not (run.path / "config.json").exists():
+        return None
+    old = runs.load_run(run.path)
+    if not (old.complete and _same_config(old, config, data)):
+        return None
+    old.origin = "reused"
+    return old
+
+
 def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> tuple[Run | None, dict | None]:
     """Decide how fit starts: (the complete run to reuse, None), (None, the checkpoint to resume) or (None, None).
 
-    On resume, run takes the history of the checkpoint's epochs.
+    On resume, run takes the history of the checkpoint's epochs. (None, None) starts afresh: the run in the folder,
+    if any, moves aside.
     """
-    if resume not in RESUME_CHOICES:
-        raise UserError(f"fit(resume={resume!r}) is not one of False, True or 'auto'.")
+    reused = _reusable(run, config, data, resume, reuse)
+    if reused is not None:
+        return reused, None
     if not (run.path / "config.json").exists():
         return None, None
     old = runs.load_run(run.path)
-    same = _same_config(old, config, data)
-    if old.complete:
-        if same and (reuse or resume):
-            old.origin = "reused"
-            return old, None
+    if old.complete or not resume:
         return None, None
-    if not resume or (resume == "auto" and not same):
+    same = _same_config(old, config, data)
+    if resume == "auto" and not same:
         return None, None
     if not same:
         raise UserError(
@@ -685,15 +718,13 @@ def _loaders(config: TrainConfig, training: voc.VOCSplit, device, cache_dir, pro
     return train_loader, functools.partial(pipeline.make_loader, train=False, **eval_kw)
 
 
-def _open_folder(run: Run, fresh: bool) -> None:
-    """Write the run's config.json (and clear an old run's files first when starting afresh)."""
-    if fresh:
-        for f in runs.RUN_FILES:
-            try:
-                (run.path / f).unlink(missing_ok=True)
-            except OSError as exc:
-                raise write_failure(exc, run.path / f, 0) from exc
-    runs.write_config(run)
+def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
+    """Move the run already in run's folder aside (never delete it), saying where on run and, with progress, aloud."""
+    aside = lock.move_aside()
+    if aside is not None:
+        run.moved_aside = str(aside)
+        if progress:
+            print(f"{run.name}: the earlier run in {run.path} moved to {aside} (kept, listed by mp3kit runs).", flush=True)
 
 
 def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
@@ -746,22 +777,45 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     Decides alone whether a run is reused, resumed or trained afresh, and says which in the Run's origin:
     reuse=True returns a complete run with the same config and data without training again; resume=True
     continues an unfinished run from its last checkpoint (a UserError if its settings differ), resume="auto"
-    does so when the settings match and starts afresh otherwise.
+    does so when the settings match and starts afresh otherwise. Starting afresh never deletes a run: the one
+    in the folder moves aside to name@<UTC time> (the Run's moved_aside says where). While it trains, the run's
+    folder is locked (runs.RunLock): a second fit of the same run stops with a sentence naming the first.
     """
     if not isinstance(config, TrainConfig):
         raise UserError("fit() needs a TrainConfig: build one with mp3kit.train.TrainConfig(...).")
     config.validate()
+    name = runs.check_name(config.default_name() if name is None else name)
     data = data or load_data(data_root, config.max_images)
-    name = name or config.default_name()
     run = Run(name=name, path=Path(runs_dir) / name, config={**config.to_dict(), "data": {
         "root": data.root, "synthetic": data.synthetic, "identities": _identities(data)}})
-    reused, ckpt = _start_point(run, config, data, resume, reuse)
+    reused = _reusable(run, config, data, resume, reuse)  # reading a finished run needs no lock
     if reused is not None:
         return reused
     # Build the model before touching the run folder: a missing weights file must not leave a half run behind.
     device = pick_device(config.device)
     _set_seed(config.seed)
     model = place_model(build_model(config), device)
+    # Locked before anything in the folder is moved or written: a second fit of this run (another process, or the
+    # training panel's thread) stops here with a sentence instead of mixing its files with this one's.
+    try:
+        lock = runs.RunLock(run.path).acquire()
+    except WriteFailed as exc:
+        raise exc.advise(f"{exc.remedy} or choose another RUNS_DIR (--runs-dir), then train the run again") from exc
+    with lock:
+        return _train(run, config, data, model, device, lock, resume=resume, reuse=reuse, progress=progress,
+                      callback=callback, stop=stop, cache_dir=cache_dir)
+
+
+def _train(run: Run, config: TrainConfig, data: Data, model, device, lock: runs.RunLock, *, resume, reuse: bool,
+           progress: bool, callback, stop, cache_dir) -> Run:
+    """Reuse, resume or start run afresh under its lock, then train, test and record it."""
+    name = run.name
+    # Decided under the lock: another process may have finished the run since fit first looked.
+    reused, ckpt = _start_point(run, config, data, resume, reuse)
+    if reused is not None:
+        return reused
+    if ckpt is None:
+        _move_aside(run, lock, progress)
     amp = amp_dtype(config, device)
     optimizer, scaler = make_optimizer(config, model.parameters()), grad_scaler(amp)
     start, best = restore(ckpt, model, optimizer, scaler, run.checkpoint_path) if ckpt else (0, None)
@@ -779,7 +833,7 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     try:
         try:
             with writer:
-                _open_folder(run, fresh=ckpt is None)
+                runs.write_config(run)
                 runs.write_progress(run)
                 for epoch in _progress(range(start, config.epochs), progress, desc=name, initial=start,
                                        total=config.epochs):

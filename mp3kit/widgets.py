@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import ipywidgets as widgets
+import torch
 
 from mp3kit import models, pipeline, runs, train
 from mp3kit.models import MODEL_NAMES
@@ -146,7 +147,7 @@ class TrainPanel:
     def _build(self, extra_models: dict) -> None:
         base = self.base_config
         style = {"description_width": DESCRIPTION_WIDTH}  # wide enough that no description is cut
-        model_options = [(name, name) for name in MODEL_CHOICES]
+        model_options = [(name, name) for name in MODEL_CHOICES if _takes(name, base)]
         model_options += [(str(label), spec) for label, spec in extra_models.items()]
         if all(value != base.model for _, value in model_options):
             model_options.append((base.model_label(), base.model))
@@ -317,24 +318,35 @@ class TrainPanel:
     def _next_name(self, config: TrainConfig) -> str:
         taken = [int(m.group(1)) for p in (self.runs_dir.iterdir() if self.runs_dir.is_dir() else [])
                  if (m := re.match(r"panel-(\d+)-", p.name))]
-        label = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.model_label()).strip("-") or "model"
+        label = re.sub(r"[^A-Za-z0-9_.-]+|\.{2,}", "-", config.model_label()).strip("-") or "model"
         return f"panel-{max(taken, default=0) + 1}-{label}"
 
 
 _COLUMNS = [("run", "left"), ("model", "left"), ("optimizer", "left"), ("lr", "right"), ("epochs", "right"),
-            ("status", "left"), ("test mAP", "right")]
+            ("status", "left"), ("val mAP", "right"), ("test mAP", "right")]
+
+
+def _takes(name: str, config: TrainConfig) -> bool:
+    """Return True when the named network takes config's image size (the pretrained AlexNet: AlexNet's layers)."""
+    probe = "alexnet" if name.startswith("alexnet-pretrained") else name  # no weights file needed to check the size
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            models.model_from_name(probe, image_size=config.image_size, width=1.0 if probe != name else config.width)
+    except UserError:
+        return False
+    return True
 
 
 def runs_table_html(recorded, runs_dir, current=None) -> str:
-    """Return an HTML table of runs (name, model, optimizer, lr, epochs, status, test mAP), current in bold."""
+    """Return an HTML table of runs (name, model, optimizer, lr, epochs, status, val and test mAP), current in bold."""
     if not recorded:
         return f"<i>No runs in <code>{html.escape(str(runs_dir))}</code> yet: click Train to make one.</i>"
     rows = []
     for run in recorded:
         c = run.config
-        test_map = f"{run.test_map:.3f}" if run.test_map is not None else "\u2013"
+        val_map, test_map = (f"{v:.3f}" if v is not None else "\u2013" for v in (run.val_map, run.test_map))
         rows.append([run.name, models.label(c.get("model")), str(c.get("optimizer", "")), f"{c.get('lr', float('nan')):.3g}",
-                     f"{len(run.history)}/{c.get('epochs', '?')}", run.status, test_map])
+                     f"{len(run.history)}/{c.get('epochs', '?')}", run.status, val_map, test_map])
     table = Table(rows, [h for h, _ in _COLUMNS], align=[a for _, a in _COLUMNS])
     caption = f"Runs in <code>{html.escape(str(runs_dir))}</code>, newest first"
     bold = [i for i, run in enumerate(recorded) if run.name == current]

@@ -15,8 +15,8 @@ import os
 
 PROFILE = os.environ.get("MP3KIT_PROFILE", "quick")  # smoke (seconds, for tests) | quick (synthetic data, CPU minutes) | full (the course settings, real VOC)
 DATA_ROOT = None  # folder holding VOC 2007, e.g. "data/voc" (`mp3kit data fetch --root data/voc`); None: the embedded synthetic dataset
-RUNS_DIR = os.environ.get("MP3KIT_RUNS_DIR", "runs")  # every run is recorded here, and reused when a cell runs again
-FIGURES_DIR = os.environ.get("MP3KIT_FIGURES_DIR", "figures")  # every figure is saved here as a PNG
+RUNS_DIR = None  # every run is recorded here, and reused when a cell runs again; None: runs/<PROFILE> in the folder holding your notebooks (at the top of a checkout), where `mp3kit report` looks too
+FIGURES_DIR = None  # every figure is saved here as a PNG; None: RUNS_DIR/figures
 RETRAIN = False  # True: train every run again even when a finished one with the same settings is on disk
 REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here (pip): git+ and a repository URL, or the path of an uploaded wheel
 RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
@@ -26,7 +26,7 @@ ADAM_LR = 1e-4  # the seed report's Adam: lr 1e-4, betas (0.9, 0.999), eps 1e-8
 
 # %%
 import subprocess, sys  # Colab set-up (nothing happens elsewhere): install mp3kit, then colab.setup readies the VM
-KEEP = "pip list --format=freeze | grep -iE '^(torch|torchvision|ipywidgets)==' > /tmp/colab-keep.txt"  # Colab's own builds stay
+KEEP = "pip list --format=freeze | grep -iv '^mp3kit==' > /tmp/colab-keep.txt"  # every package Colab has stays as it is
 if "google.colab" in sys.modules and subprocess.run(f"{KEEP}; pip install -q -c /tmp/colab-keep.txt '{REPO_URL}'", shell=True).returncode:
     raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed (pip's reason is above): set REPO_URL in the first cell to git+ and your course's mp3kit repository URL, or to the path of an uploaded mp3kit wheel.")
 from mp3kit import colab
@@ -113,9 +113,13 @@ plots.plot_label_stats(exp.data.train,
 # **average precision (AP)** ranks the test images by the classifier's score for that class and
 # averages the precision at the rank of every image that does contain it: a perfect ranking gets
 # 1.0, a random one gets about the fraction of images that contain the class. **mAP** is the mean
-# AP over the 20 classes, so a rare class counts as much as *person*. As in the official VOC
-# evaluation, an image where a class appears only as difficult objects is left out of that class's
-# AP.
+# AP over the 20 classes, so a rare class counts as much as *person*. mp3kit's AP is the area under
+# the precision-recall curve taken at every positive image, as VOC's evaluation has done since 2010;
+# VOC 2007's own devkit averaged an *11-point interpolated* precision (the best precision at recall
+# 0, 0.1, ..., 1), which reads a little higher. As in VOC's evaluation, an image where a class
+# appears only as difficult objects is left out of that class's AP; the course's kit counted it as a
+# positive, and the Kaggle CSV follows the kit (notebook 3). `exp.map_conventions(run)` shows a run's
+# test mAP under all three.
 #
 # **Classes come together.** Chairs appear with dining tables, people with horses, bicycles and
 # motorbikes. A network can learn such context, and it can also lean on it: expect it to "see" a
@@ -134,8 +138,8 @@ plots.plot_label_stats(exp.data.train,
 exp.architecture("simple")
 
 # %% [markdown]
-# Training uses the course's defaults: SGD with learning rate 0.01 and momentum 0.9, batches of 50,
-# 20 epochs, and the loss is the binary cross-entropy of each class's sigmoid averaged over the 20
+# Training uses the course's defaults: SGD with learning rate 0.01 and momentum 0.9, batches of 50
+# (the `full` profile; `quick` takes batches of 8 at 32 px, see the profile table above), 20 epochs, and the loss is the binary cross-entropy of each class's sigmoid averaged over the 20
 # classes (PyTorch's `MultiLabelSoftMarginLoss` computes the same number). The model trains on
 # *train*; train and val mAP are measured at the first epoch, every 5th and the last (the kit's
 # `test_frequency`), and the test split is scored once, at the end. `exp.config(...)` returns
@@ -145,6 +149,7 @@ exp.architecture("simple")
 # %%
 default = exp.run("simple-default", exp.config(model="simple"), label="simple, SGD lr 0.01 (course defaults)")
 exp.result("simple-default", "Simple classifier with the course defaults", section="simple-results")
+exp.map_conventions(default)
 
 # %% [markdown]
 # **Report 1a.** The line above gives the test mAP and the average test loss (the mean binary
@@ -184,6 +189,17 @@ plots.plot_per_class_ap(default, path=exp.figure("simple-per-class-ap", "Simple 
 # get anywhere; too large, and the loss jumps around or the run diverges (mp3kit stops a run whose
 # loss becomes NaN and says so).
 
+# %% [markdown]
+# **Before spending epochs: a learning-rate range test.** `exp.lr_find(config)` trains a throwaway
+# copy of the network for a couple of hundred batches while the learning rate rises from 1e-6
+# to 1, and plots the loss against it. Where the loss falls fastest is a safe learning rate, the
+# top of the shaded range is often faster, and where the curve turns upward training diverges. The
+# test takes seconds here: read off which of the three rates (0.01, 0.001, 0.0001) it expects to
+# train, then check its prediction with the runs below.
+
+# %%
+lr_found = exp.lr_find(exp.config(model="simple"), section="simple-plots")
+
 # %%
 lr_runs = [default]
 for lr in LOWER_LEARNING_RATES:
@@ -193,17 +209,6 @@ for lr in LOWER_LEARNING_RATES:
 plots.plot_history(exp.labelled(*lr_runs),
                    path=exp.figure("lr-study-curves", "Simple classifier, learning-rate study: loss and mAP per epoch",
                                    "simple-plots"))
-
-# %% [markdown]
-# **Instead of guessing: a learning-rate range test.** `exp.lr_find(config)` trains a throwaway
-# copy of the network for a couple of hundred batches while the learning rate rises from 1e-6
-# to 1, and plots the loss against it. Where the loss falls fastest is a safe learning rate, the
-# top of the shaded range is often faster, and where the curve turns upward training diverges. The
-# test takes seconds here, and it says which of the three rates above was worth trying before you
-# spend epochs on them.
-
-# %%
-lr_found = exp.lr_find(exp.config(model="simple"), section="simple-plots")
 
 # %% [markdown]
 # **Longer training.** The seed report doubled the epochs (40 instead of 20) with SGD 0.01. Look at
@@ -289,3 +294,16 @@ exp.finding(4, "Adam (lr 1e-4) beats SGD (lr 0.01)", [("beats", "simple-adam", "
 from mp3kit.widgets import TrainPanel
 
 TrainPanel(exp)
+
+# %% [markdown]
+# ## Your report
+#
+# This cell builds the report from every run recorded in `RUNS_DIR` so far, this notebook's and the
+# others', and trains nothing: `report.md`, `report.html` and the figures go to the `report` folder
+# beside the runs folder (the one `mp3kit report` writes), where your own text in `report.md` is kept.
+# In Colab it downloads them as one zip (with `RUNS_ON_DRIVE`, the report stays on your Drive too);
+# elsewhere it prints where the zip is. Under `mp3kit report` it does nothing: that command builds
+# the report itself.
+
+# %%
+exp.build_report()

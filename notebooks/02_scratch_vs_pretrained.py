@@ -15,8 +15,8 @@ import os
 
 PROFILE = os.environ.get("MP3KIT_PROFILE", "quick")  # smoke (seconds, for tests) | quick (synthetic data, CPU minutes) | full (the course settings, real VOC)
 DATA_ROOT = None  # folder holding VOC 2007, e.g. "data/voc" (`mp3kit data fetch --root data/voc`); None: the embedded synthetic dataset
-RUNS_DIR = os.environ.get("MP3KIT_RUNS_DIR", "runs")  # every run is recorded here, and reused when a cell runs again
-FIGURES_DIR = os.environ.get("MP3KIT_FIGURES_DIR", "figures")  # every figure is saved here as a PNG
+RUNS_DIR = None  # every run is recorded here, and reused when a cell runs again; None: runs/<PROFILE> in the folder holding your notebooks (at the top of a checkout), where `mp3kit report` looks too
+FIGURES_DIR = None  # every figure is saved here as a PNG; None: RUNS_DIR/figures
 RETRAIN = False  # True: train every run again even when a finished one with the same settings is on disk
 REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from here (pip): git+ and a repository URL, or the path of an uploaded wheel
 RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
@@ -25,7 +25,7 @@ ADAM_LR = 1e-4  # Adam for AlexNet from scratch, as suggested by the course kit
 
 # %%
 import subprocess, sys  # Colab set-up (nothing happens elsewhere): install mp3kit, then colab.setup readies the VM
-KEEP = "pip list --format=freeze | grep -iE '^(torch|torchvision|ipywidgets)==' > /tmp/colab-keep.txt"  # Colab's own builds stay
+KEEP = "pip list --format=freeze | grep -iv '^mp3kit==' > /tmp/colab-keep.txt"  # every package Colab has stays as it is
 if "google.colab" in sys.modules and subprocess.run(f"{KEEP}; pip install -q -c /tmp/colab-keep.txt '{REPO_URL}'", shell=True).returncode:
     raise SystemExit(f"Installing mp3kit from REPO_URL = {REPO_URL!r} failed (pip's reason is above): set REPO_URL in the first cell to git+ and your course's mp3kit repository URL, or to the path of an uploaded mp3kit wheel.")
 from mp3kit import colab
@@ -40,8 +40,11 @@ DATA_ROOT, RUNS_DIR = colab.setup(PROFILE, DATA_ROOT, RUNS_DIR, runs_on_drive=RU
 # images of 1,000 classes), replacing only its last layer. The difference between the two is
 # what *transfer learning* buys.
 #
-# The runs use torchvision's AlexNet with a 20-class last layer. Everything you train is recorded
-# under `RUNS_DIR` and reused when a cell runs again (see notebook 1).
+# On the `full` profile both runs use torchvision's AlexNet with a 20-class last layer. On `quick` and
+# `smoke` the run from scratch uses the same layers written as a spec (the seed report's *BaseNet*)
+# at 1/8 of the width, so that a CPU can train it, while the pretrained AlexNet keeps its full width:
+# its ImageNet weights fix its sizes. Everything you train is recorded under `RUNS_DIR` and reused
+# when a cell runs again (see notebook 1).
 #
 # **Profiles.** `PROFILE` in the first cell sets how big every experiment is:
 #
@@ -87,9 +90,9 @@ exp.architecture("alexnet")
 # 3. **Adam** with lr 1e-4, the alternative the course kit suggests for AlexNet.
 #
 # Training a network this size from scratch is slow to get going: watch whether the mAP moves at all
-# in the first epochs, and how each recipe's loss behaves. The course's own figures on real VOC:
-# 0.106 test mAP with the course SGD, 0.150 with the longer SGD run and 0.272 with Adam, against about
-# 0.07 for chance. The `quick` profile keeps AlexNet's layers but builds it at 1/8 of its width (8 to
+# in the first epochs, and how each recipe's loss behaves. The seed report (one student's runs of the
+# course's kit on real VOC) measured 0.106 test mAP with the course SGD, 0.150 with the longer SGD run
+# and 0.272 with Adam, against about 0.07 for chance. The `quick` profile keeps AlexNet's layers but builds it at 1/8 of its width (8 to
 # 48 channels, 512 hidden units instead of 4,096; the layer table above shows it), so that a CPU can
 # give each recipe the course's 1,000 steps. A narrow network learns less than the real one, and the
 # synthetic shapes are easier than photographs, so only the order of the three recipes carries over,
@@ -119,8 +122,10 @@ plots.plot_history(scratch_adam, path=exp.figure("alexnet-scratch-adam-curves",
 # %% [markdown]
 # ## Pretrained on ImageNet
 #
-# Same network, same course SGD recipe, but every layer except the last starts from ImageNet
-# weights. mp3kit never downloads them behind your back: it looks in `$MP3KIT_ALEXNET_WEIGHTS`,
+# AlexNet's layers and the same course SGD recipe, but every layer except the last starts from
+# ImageNet weights (on `quick` and `smoke` this network is 8 times wider than the one from scratch
+# above, so the two differ in size as well as in where they start; on `full` they are the same
+# network). mp3kit never downloads them behind your back: it looks in `$MP3KIT_ALEXNET_WEIGHTS`,
 # then in torch's hub cache (the Colab cell of this notebook puts them there). If they cannot be
 # found, the cell below says where to put them and the notebook goes on without this run; the
 # report then says the pretrained result is missing instead of showing a number.
@@ -161,14 +166,17 @@ plots.plot_per_class_ap(compared, path=exp.figure("scratch-vs-pretrained-per-cla
 # ### Did your runs show what the seed report found?
 #
 # The same check as in notebook 1, by the same fixed rule (`mp3kit.findings.RULE`): "reproduced",
-# "not reproduced", or "not run" (finding 8 needs the ImageNet weights). A published reference
-# for comparison: AlexNet trained on VOC 2007 alone reaches about 0.53-0.57 test mAP when its
-# initialisation is chosen with care (Krähenbühl et al., ICLR 2016), and about 0.78-0.80 when
-# fine-tuned from ImageNet (Krähenbühl et al., ICLR 2016; Pathak et al., CVPR 2016).
+# "not reproduced", or "not run" (finding 8 needs the ImageNet weights). Published references for
+# comparison, each with the initialisation it belongs to: AlexNet trained on VOC 2007 alone reaches
+# about 0.53 test mAP from a random Gaussian initialisation and about 0.57 (56.6%) from the
+# data-dependent k-means initialisation of Krähenbühl et al. (ICLR 2016), with far more iterations
+# than the course's 20 epochs; fine-tuned from ImageNet it reaches about 0.78-0.80 (Krähenbühl et al.,
+# ICLR 2016; Pathak et al., CVPR 2016).
 
 # %%
 exp.finding(5, "AlexNet from scratch with the course SGD stays near chance", [("near_chance", "alexnet-scratch-sgd")],
-            seed="0.106", published="about 0.53 with a random Gaussian initialisation (Krähenbühl et al., ICLR 2016)")
+            seed="0.106", published="about 0.53 from a random Gaussian initialisation, 0.57 from a data-dependent "
+                                     "one (Krähenbühl et al., ICLR 2016)")
 exp.finding(6, "AlexNet from scratch: longer SGD training beats the course's epochs",
             [("beats", "alexnet-scratch-tuned", "alexnet-scratch-sgd")], seed="0.150 vs 0.106")
 exp.finding(7, "AlexNet from scratch: Adam beats SGD", [("beats", "alexnet-scratch-adam", "alexnet-scratch-sgd")],
@@ -190,8 +198,9 @@ exp.runs_table()
 # from those features, so the 2,501 VOC training images only have to teach the last layer which
 # feature combinations mean which class, and to adjust the rest a little. From scratch, the same
 # images must teach the whole 57-million-parameter network everything. The published reference:
-# pretrained AlexNet fine-tuned on VOC 2007 reaches about 0.78–0.80 mAP; from scratch, even with
-# careful initialisation, about 0.53–0.57, and far less with the course's 20 epochs.
+# pretrained AlexNet fine-tuned on VOC 2007 reaches about 0.78–0.80 mAP; from scratch about 0.53 from
+# a random Gaussian initialisation and 0.57 from a data-dependent one (Krähenbühl et al.), both after
+# far longer training than the course's 20 epochs.
 #
 # ### Report 2 and 3: your analysis
 #
@@ -203,3 +212,16 @@ exp.runs_table()
 #   SGD at 0.01?
 #
 # *Your analysis here.*
+
+# %% [markdown]
+# ## Your report
+#
+# This cell builds the report from every run recorded in `RUNS_DIR` so far, this notebook's and the
+# others', and trains nothing: `report.md`, `report.html` and the figures go to the `report` folder
+# beside the runs folder (the one `mp3kit report` writes), where your own text in `report.md` is kept.
+# In Colab it downloads them as one zip (with `RUNS_ON_DRIVE`, the report stays on your Drive too);
+# elsewhere it prints where the zip is. Under `mp3kit report` it does nothing: that command builds
+# the report itself.
+
+# %%
+exp.build_report()

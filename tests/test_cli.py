@@ -13,6 +13,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
@@ -32,12 +33,15 @@ def _one_line(err: str) -> str:
 
 
 def _complete_run(runs_dir: Path, name: str = "done") -> Path:
-    """Record a complete run (config, metrics, status) with mp3kit.runs' own writers."""
+    """Record a complete run (config, metrics, test scores, status) with mp3kit.runs' own writers."""
     run = runs.Run(name=name, path=runs_dir / name, config={"model": "simple", "epochs": 1},
                    metrics={"test_map": 0.25, "test_loss": 0.5, "test_ap": [0.25] * 20}, status="complete")
     runs.write_config(run)
     runs.write_progress(run)
     runs.write_metrics(run)
+    rng = np.random.default_rng(0)
+    targets = np.eye(20, dtype=np.uint8)[np.arange(40) % 20]  # (40, 20): every class present
+    runs.write_test_scores(run, [f"{i:06d}" for i in range(40)], rng.random((40, 20)), targets, np.zeros((40, 20), bool))
     return run.path
 
 

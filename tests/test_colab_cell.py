@@ -2,16 +2,25 @@
 
 Stand-ins: google.colab (output.enable_custom_widget_manager and drive.mount record their calls; mount makes a
 MyDrive folder), a `pip` executable first on PATH (the cell's shell line really runs, pipe and grep included; the
-stand-in prints a Colab-like package list and records what it is asked to install and keep), torch.hub's download
-(writes a file where torch would), fetch_voc (records its root and sources; fetching is tested in test_fetch.py),
-and Colab's /content paths moved into a temporary folder.
+stand-in prints Colab's published package list and records what it is asked to install and keep), torch.hub's
+download (writes a file where torch would), fetch_voc (records its root and sources; fetching is tested in
+test_fetch.py), and Colab's /content paths moved into a temporary folder.
+
+The last tests resolve the cell's install for real: a throwaway virtualenv (Python 3.13, as Colab, when this machine
+has one; and the current Python) in which every package of Colab's published list is marked installed
+(tools/colab_env.py stub), then the cell's own shell line with `pip install --dry-run --report` against the package
+index. They need the index and skip, saying so, where it cannot be reached.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import subprocess
 import sys
 import types
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -22,8 +31,20 @@ from mp3kit.models import alexnet_cache_path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_introduction", "02_scratch_vs_pretrained", "03_develop_classifier"]
-COLAB_PACKAGES = ("ipywidgets==7.7.1\nnumpy==1.26.4\ntorch==2.5.1+cu121\ntorchaudio==2.5.1+cu121\n"
-                  "torchvision==0.20.1+cu121\n")
+
+
+def _colab_env():
+    spec = importlib.util.spec_from_file_location("colab_env", ROOT / "tools" / "colab_env.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+colab_env = _colab_env()
+# What `pip list --format=freeze` prints in Colab: its published packages (tests/data/colab), and an mp3kit
+# installed by an earlier run of the cell.
+COLAB_LIST = [f"{name}=={version}" for name, version, _ in colab_env.read_freeze() if version]
+COLAB_PACKAGES = "\n".join([*COLAB_LIST, "mp3kit==0.1.0"]) + "\n"
 FAKE_PIP = """#!/bin/sh
 echo "$@" >> "$FAKE_PIP_LOG"
 case "$1" in
@@ -94,6 +115,7 @@ def colab(monkeypatch, tmp_path) -> Colab:
     monkeypatch.setenv("FAKE_PIP_PACKAGES", COLAB_PACKAGES)
     monkeypatch.delenv("FAKE_PIP_FAIL", raising=False)
     monkeypatch.delenv("MP3KIT_RUNS_DIR", raising=False)  # the parameters cell's default, as in a student's Colab
+    monkeypatch.delenv("MP3KIT_FIGURES_DIR", raising=False)
 
     content = tmp_path / "content"
     monkeypatch.setattr(mp3kit.colab, "DRIVE", content / "drive")
@@ -138,9 +160,12 @@ def test_the_cell_installs_mp3kit_keeping_colabs_builds_and_turns_on_widgets(col
     ns = run(name, PROFILE="quick")
     install = [call for call in colab.pip_calls() if call.startswith("install")]
     assert install == ["install -q -c /tmp/colab-keep.txt git+https://github.com/mp3kit/mp3kit"]
-    assert colab.kept().splitlines() == ["ipywidgets==7.7.1", "torch==2.5.1+cu121", "torchvision==0.20.1+cu121"]
+    # Every package Colab has is kept at its version; mp3kit itself is not, so a newer mp3kit can replace it.
+    assert colab.kept().splitlines() == COLAB_LIST
+    assert {"ipykernel==6.17.1", "jupyter_client==7.4.9", "torch==2.11.0+cu128"} <= set(COLAB_LIST)
     assert colab.widget_manager and colab.fetches == [] and colab.mounted == []  # quick: no VOC, no Drive
-    assert ns["DATA_ROOT"] is None and ns["RUNS_DIR"] == "runs"
+    # The profile's runs folder in the working directory (Colab's /content), where the report cell looks.
+    assert ns["DATA_ROOT"] is None and ns["RUNS_DIR"] == str(colab.tmp / "runs" / "quick")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -162,7 +187,7 @@ def test_a_failed_weights_download_is_one_line_and_the_cell_goes_on(colab, capsy
     ns = run("02_scratch_vs_pretrained", PROFILE="quick")
     err = capsys.readouterr().err.strip()
     assert "could not be downloaded" in err and "Network is unreachable" in err and "\n" not in err
-    assert ns["RUNS_DIR"] == "runs" and colab.widget_manager
+    assert ns["RUNS_DIR"] == str(colab.tmp / "runs" / "quick") and colab.widget_manager
 
 
 def test_the_full_profile_fetches_voc_to_the_vm_disk_with_the_given_sources_first(colab):
@@ -175,7 +200,7 @@ def test_a_drive_folder_as_source_mounts_drive_but_voc_still_goes_to_the_vm_disk
     folder = str(mp3kit.colab.DRIVE / "MyDrive" / "voc")
     ns = run("03_develop_classifier", PROFILE="full", VOC_SOURCES=[folder])
     assert colab.mounted == [str(mp3kit.colab.DRIVE)]
-    assert colab.fetches == [(mp3kit.colab.DATA_ROOT, [folder])] and ns["RUNS_DIR"] == "runs"
+    assert colab.fetches == [(mp3kit.colab.DATA_ROOT, [folder])] and ns["RUNS_DIR"] == str(colab.tmp / "runs" / "full")
 
 
 def test_data_root_on_drive_is_refused_in_one_sentence(colab):
@@ -190,7 +215,10 @@ def test_data_root_on_drive_is_refused_in_one_sentence(colab):
 def test_runs_on_drive_mounts_drive_and_puts_runs_dir_there(colab):
     ns = run("01_introduction", PROFILE="quick", RUNS_ON_DRIVE=True)
     assert colab.mounted == [str(mp3kit.colab.DRIVE)]
-    assert ns["RUNS_DIR"] == str(mp3kit.colab.DRIVE / "MyDrive" / "mp3kit" / "runs") and Path(ns["RUNS_DIR"]).is_dir()
+    # One runs folder per profile on Drive too, so the report cell puts report/ beside runs/ there (MyDrive/mp3kit/report).
+    assert ns["RUNS_DIR"] == str(mp3kit.colab.DRIVE / "MyDrive" / "mp3kit" / "runs" / "quick") and Path(ns["RUNS_DIR"]).is_dir()
+    named = run("02_scratch_vs_pretrained", PROFILE="quick", RUNS_ON_DRIVE=True, RUNS_DIR="my-runs")
+    assert named["RUNS_DIR"] == str(mp3kit.colab.DRIVE / "MyDrive" / "mp3kit" / "my-runs")  # a folder named by hand
 
 
 def test_a_drive_that_will_not_mount_ends_the_cell_in_one_sentence(colab):
@@ -226,4 +254,106 @@ def test_outside_colab_the_cell_does_nothing(colab, monkeypatch, name):
     ns = run(name, PROFILE="full", RUNS_ON_DRIVE=True, DATA_ROOT="data/voc")
     assert colab.pip_calls() == [] and not colab.widget_manager
     assert colab.mounted == [] and colab.downloads == [] and colab.fetches == []
-    assert ns["DATA_ROOT"] == "data/voc" and ns["RUNS_DIR"] == "runs"
+    assert ns["DATA_ROOT"] == "data/voc" and ns["RUNS_DIR"] == str(colab.tmp / "runs" / "full")
+
+
+# ---------------------------------------------------------------- the cell's install, resolved for real
+
+INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple/")
+
+
+def _python_313() -> str | None:
+    """Return a Python 3.13 interpreter on this machine (on PATH, or one of pyenv's), or None."""
+    import glob
+    import shutil
+
+    candidates = [shutil.which("python3.13"), *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")))]
+    for python in filter(None, candidates):
+        out = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2] == (3, 13))"], capture_output=True,
+                             text=True)
+        if out.returncode == 0 and out.stdout.strip() == "True":
+            return python
+    return None
+
+
+def _index_unreachable() -> str | None:
+    """Return why the package index cannot be reached, or None when it can."""
+    try:
+        with urllib.request.urlopen(INDEX.rstrip("/") + "/pip/", timeout=15) as response:
+            response.read(1)
+    except OSError as exc:
+        return f"the package index {INDEX} cannot be reached ({exc}): these tests resolve the Colab cell against it"
+    return None
+
+
+def _pip_env(venv: Path) -> dict:
+    """Return the environment pip runs in, as in Colab: the stand-in's pip first, this machine's pip config ignored."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT", "PIP_NO_INDEX",
+                                                              "PIP_EXTRA_INDEX_URL", "PYTHONPATH", "VIRTUAL_ENV")}
+    env["PIP_CONFIG_FILE"] = os.devnull  # here it caps torch and adds local wheel folders, which Colab does not have
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    return env
+
+
+@pytest.fixture(scope="module", params=["3.13", "current"])
+def colab_venv(request, tmp_path_factory) -> Path:
+    """A virtualenv standing in for Colab's Python: every package of Colab's list marked installed at its version."""
+    reason = _index_unreachable()
+    if reason:
+        pytest.skip(reason)
+    base = _python_313() if request.param == "3.13" else getattr(sys, "_base_executable", sys.executable)
+    if base is None:
+        pytest.skip("no Python 3.13 on this machine (Colab runs 3.13); the resolution is checked with the current Python")
+    venv = tmp_path_factory.mktemp(f"colab-{request.param}") / "venv"
+    subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True)
+    assert colab_env.stub(venv / "bin" / "python") > 600
+    return venv
+
+
+def _dry_run(command: str, venv: Path, report: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a shell line whose one `pip install` becomes a metadata-only resolution reported to report."""
+    assert command.count("pip install ") == 1, command
+    command = command.replace("pip install ", f"pip install --dry-run --report {report} ")
+    return subprocess.run(command, shell=True, cwd=cwd, env=_pip_env(venv), capture_output=True, text=True)
+
+
+def _installs(report: Path) -> dict[str, str]:
+    return {item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+
+
+@pytest.mark.slow
+def test_installing_mp3kit_changes_no_package_colab_ships(colab_venv, tmp_path):
+    # As pip resolves `pip install mp3kit` in Colab with nothing kept: each package it would install beside Colab's
+    # must be one Colab lacks. (pyproject.toml asking for ipykernel>=6.20 made pip replace Colab's 6.17.1 by 7.x.)
+    out = _dry_run(f"pip install -q '{ROOT}'", colab_venv, tmp_path / "report.json", tmp_path)
+    assert out.returncode == 0, out.stderr
+    colab = {colab_env.canonical(name): version for name, version, _ in colab_env.read_freeze()}
+    changed = [f"{name} {colab[colab_env.canonical(name)]} -> {version}"
+               for name, version in _installs(tmp_path / "report.json").items() if colab_env.canonical(name) in colab]
+    assert not changed, f"installing mp3kit in Colab would change {', '.join(changed)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_set_up_cell_resolves_beside_colabs_packages_keeping_all_of_them(colab_venv, tmp_path, monkeypatch, name):
+    # The cell's own shell line, captured as it would run in Colab, then run against the stand-in with the real pip.
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    fake = types.ModuleType("google.colab")
+    fake.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: None)
+    monkeypatch.setitem(sys.modules, "google.colab", fake)
+    monkeypatch.setitem(sys.modules, "google.colab.output", fake.output)
+    monkeypatch.chdir(tmp_path)
+    run(name, PROFILE="quick", REPO_URL=str(ROOT))
+    monkeypatch.undo()
+    (command,) = commands
+
+    out = _dry_run(command, colab_venv, tmp_path / "report.json", tmp_path)
+    assert out.returncode == 0, f"the set-up cell's pip cannot install mp3kit beside Colab's packages:\n{out.stderr}"
+    kept = Path("/tmp/colab-keep.txt").read_text().splitlines()
+    listed = colab_env.installed(colab_venv / "bin" / "python")
+    assert len(kept) == len(listed) and all(line.split("==")[1] == listed[colab_env.canonical(line.split("==")[0])]
+                                            for line in kept)
+    installs = _installs(tmp_path / "report.json")
+    assert "mp3kit" in installs and not any(colab_env.canonical(n) in listed for n in installs)

@@ -127,53 +127,160 @@ def test_running_again_reuses_a_complete_run_and_retrains_a_changed_one(tmp_path
     assert "trained in" in capsys.readouterr().out
 
 
-def test_ablation_applies_each_change_on_top_of_the_row_before(exp, capsys):
+class TinyNet(torch.nn.Module):
+    """A student's class as notebook 3 writes one: num_classes from mp3kit, options for ablation variants."""
+
+    def __init__(self, num_classes=20, bn=False):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.norm = torch.nn.BatchNorm2d(8) if bn else torch.nn.Identity()
+        self.head = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.conv(x)))  # (B, 8, h, w)
+        return self.head(x.mean((2, 3)))  # (B, 20)
+
+
+def test_ablation_runs_each_row_with_its_own_network_and_recipe(exp, capsys):
     too_deep = {"name": "too-deep", "blocks": [{"conv": 8, "s": 2, "pool": 2, "repeat": 1}] * 6, "pool": "global"}
-    table = exp.ablation([("tiny (SGD)", TINY_NET), ("tiny (Adam)", {"optimizer": "adam", "lr": 1e-3}),
-                          ("too deep", too_deep)], epochs=1)
-    assert [r["serial"] for r in table.rows] == [1, 2, 3]
-    sgd, adam = exp.runs["ablation-1"], exp.runs["ablation-2"]
-    assert sgd.config["optimizer"] == "sgd" and adam.config["optimizer"] == "adam"
-    assert adam.config["model"] == TINY_NET  # the spec of row 1 carries over to row 2
+    adam = {"optimizer": "adam", "lr": 1e-3}
+    ablation = exp.ablation([("tiny (SGD)", TINY_NET, {}), ("my class, Adam", TinyNet, adam),
+                             ("my class + BatchNorm, Adam", lambda: TinyNet(bn=True), adam), ("too deep", too_deep, adam)],
+                            epochs=1)
+    assert [r["serial"] for r in ablation.table.rows] == [1, 2, 3, 4]
+    sgd, mine, bn = exp.runs["ablation-1"], exp.runs["ablation-2"], exp.runs["ablation-3"]
+    assert sgd.config["optimizer"] == "sgd" and sgd.config["model"] == TINY_NET
+    assert mine.config["optimizer"] == "adam" and mine.config["model"]["module"] == "TinyNet"
+    assert "BatchNorm2d" in bn.config["model"]["repr"] and "BatchNorm2d" not in mine.config["model"]["repr"]
+    assert bn.config["model"]["builder"] == "lambda: TinyNet(bn=True)"  # the row's callable, recorded with its run
     (item,) = _manifest(exp)["report"]
-    assert (item["kind"], item["section"]) == ("ablation", "ablation") and "test score" in item["note"]
-    recorded = item["rows"]
-    assert recorded[:2] == [{"serial": 1, "label": "tiny (SGD)", "key": "ablation-1"},
-                            {"serial": 2, "label": "tiny (Adam)", "key": "ablation-2"}]
-    assert recorded[2]["key"] == "ablation-3" and "64 px" in recorded[2]["skipped"]
-    assert "ablation-3" not in exp.runs and "skipped" in table.to_markdown()
+    assert (item["kind"], item["section"]) == ("ablation", "ablation") and "val mAP" in item["note"]
+    assert item["rows"][:2] == [{"serial": 1, "label": "tiny (SGD)", "key": "ablation-1"},
+                                {"serial": 2, "label": "my class, Adam", "key": "ablation-2"}]
+    assert item["rows"][3]["key"] == "ablation-4" and "64 px" in item["rows"][3]["skipped"]
+    assert "ablation-4" not in exp.runs and "skipped" in ablation.table.to_markdown()
+
+
+def test_the_best_row_is_the_highest_val_map_and_the_final_model_trains_it_longer(exp, monkeypatch):
+    ablation = exp.ablation([("tiny (SGD)", TINY_NET, {}), ("tiny (Adam)", TINY_NET, {"optimizer": "adam", "lr": 1e-3})],
+                            epochs=1)
+    vals = {key: run.val_map for key, run in ablation.runs.items()}
+    assert ablation.best == max(vals, key=vals.get)
+    best_row = ablation.rows[ablation.best]["serial"]
+    assert [r["note"] for r in ablation.table.rows][best_row - 1] == "best by val mAP"
+    final = exp.final(ablation, epochs=2, tta="flip")
+    chosen = exp.runs[ablation.best].config
+    assert final.config["optimizer"] == chosen["optimizer"] and final.config["epochs"] == 2 and final.config["tta"] == "flip"
+    assert _manifest(exp)["runs"]["final"]["label"].startswith(f"row {best_row} (")
+
+
+def test_best_by_val_never_looks_at_test_and_skips_runs_without_val(tmp_path):
+    from mp3kit.runs import Run, best_by_val
+
+    def run(val, test, status="complete"):
+        return Run("r", tmp_path, {}, history=[{"val_map": 0.9}, {"val_map": val}], metrics={"test_map": test},
+                   status=status)
+
+    # b has the higher test mAP and a) the higher val mAP after the last epoch: val chooses.
+    assert best_by_val({"a": run(0.5, 0.1), "b": run(0.4, 0.9)}) == "a"
+    trainval = Run("t", tmp_path, {}, history=[{"val_map": None}], metrics={"test_map": 0.99}, status="complete")
+    assert best_by_val({"t": trainval, "a": run(0.3, 0.2), "s": run(0.8, 0.8, status="stopped")}) == "a"
+    assert best_by_val({"t": trainval}) is None
+    assert best_by_val({"x": {"status": "complete", "val_map": 0.2, "test_map": 0.9},
+                        "y": {"status": "complete", "val_map": 0.3, "test_map": 0.1}}) == "y"
 
 
 def test_ablation_says_its_networks_are_narrower_than_their_labels(exp):
     # The smoke profile builds specs at width 0.125, so a row labelled with the seed's 384 channels has 48.
-    table = exp.ablation([("tiny", TINY_NET)], epochs=1)
+    ablation = exp.ablation([("tiny", TINY_NET, {})], epochs=1)
     (item,) = _manifest(exp)["report"]
-    for note in (table.note, item["note"]):
+    for note in (ablation.table.note, item["note"]):
         assert "built at width 0.125" in note and "384 channels has 48" in note
         assert "Every row trains and tests on 64 px images." in note  # the smoke profile's size
     assert exp.runs["ablation-1"].config["width"] == 0.125
 
 
 def test_ablation_of_unscaled_networks_has_no_width_sentence(exp):
-    # The simple classifier keeps its size whatever the width, so the labels are its real sizes.
-    table = exp.ablation([("simple", "simple")], epochs=1)
+    # The simple classifier and a student's class keep their sizes whatever the width.
+    ablation = exp.ablation([("simple", "simple", {}), ("mine", TinyNet, {})], epochs=1)
     (item,) = _manifest(exp)["report"]
-    assert "width" not in table.note and "width" not in item["note"]
+    assert "width" not in ablation.table.note and "width" not in item["note"]
 
 
-def test_ablation_rejects_a_change_that_is_not_a_config_field(exp):
-    with pytest.raises(UserError, match="'learning_rate'"):
-        exp.ablation([("base", TINY_NET), ("typo", {"learning_rate": 0.1})])
+@pytest.mark.parametrize("row, message", [
+    (("base", TINY_NET), "write it as (\"label\", network, recipe)"),
+    (("typo", TINY_NET, {"learning_rate": 0.1}), "'learning_rate'"),
+    (("two networks", TINY_NET, {"model": "simple"}), "'model'"),
+])
+def test_ablation_rows_that_cannot_be_read_are_user_errors(exp, row, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        exp.ablation([row])
 
 
-def test_kaggle_csv_is_written_next_to_the_run_and_its_score_recorded(exp):
+def test_the_worked_example_is_the_seed_reports_ablation_and_labels_itself(tmp_path, voc_root):
+    rows = experiment.worked_example_rows()
+    assert [label for label, _, _ in rows][:3] == ["BaseNet (SGD)", "BaseNet (Adam)", "BaseNet (Adam) + data augmentation"]
+    assert [network for _, network, _ in rows[3:]] == [spec for _, spec in models.SEED_ABLATION[1:]]
+    assert rows[0][2]["optimizer"] == "sgd" and all(r[2]["optimizer"] == "adam" for r in rows[1:])
+    example = Experiment("03_develop_classifier", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True,
+                         worked_example=True)
+    run = example.run("final", example.config(**TINY), label="tiny")
+    assert run.name == "03-smoke-example-final"  # apart from the student's own 03-smoke-final
+    assert _manifest(example)["runs"]["final"]["label"] == "worked example: tiny" and _manifest(example)["worked_example"]
+
+
+def test_the_notebook_starter_network_is_recognised_as_not_yet_the_students_work(tmp_path, voc_root, capsys):
+    import ast
+
+    from mp3kit import usermodel
+
+    source = (experiment.Path(__file__).resolve().parents[1] / "notebooks" / "03_develop_classifier.py").read_text()
+    starter = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Classifier")
+    digest = usermodel.code_digest({"Classifier": ast.get_source_segment(source, starter)})
+    assert experiment.STARTER_CODE == {digest}, "notebook 3's starter Classifier changed: update experiment.STARTER_CODE"
+
+    exp = Experiment("03_develop_classifier", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    starter_run = exp.run("final", exp.config(**{**TINY, "model": TinyNet}))
+    capsys.readouterr()
+    exp.own_work(starter_run, section="final-architecture")
+    assert "own" in capsys.readouterr().out  # TinyNet is not the starter
+    # The same run as if its network were the starter as handed out (only comments changed would give this too).
+    as_starter = {**starter_run.config["model"], "code": {"Classifier": ast.get_source_segment(source, starter)}}
+    exp.own_work(train.runs.Run("x", tmp_path, {**starter_run.config, "model": as_starter}), section="final-architecture")
+    assert "Part 1B is not done yet" in capsys.readouterr().out
+    notes = [i["text"] for i in _manifest(exp)["report"] if i["kind"] == "note"]
+    assert "Part 1B is not done yet" in notes[-1]
+
+
+def test_kaggle_csv_is_written_next_to_the_run_and_its_score_recorded_with_its_convention(exp, capsys):
     run = exp.run("final", exp.config(**{**TINY, "max_images": None, "image_size": 32}))
+    capsys.readouterr()
     path = exp.kaggle_csv(run, section="kaggle")
     values = _manifest(exp)["values"]
     (note,) = [i for i in _manifest(exp)["report"] if i["section"] == "kaggle"]
     assert f"{values['kaggle_score']:.5f}" in note["text"] and "do not upload" in note["text"]
     assert path == run.path / "kaggle.csv" and values["kaggle_csv"] == str(path)
-    assert values["kaggle_score"] == pytest.approx(1 - run.test_map)
+    # By default the course's convention (difficult-only labels are positives), as classmates' leaderboard scores;
+    # the run's test mAP follows VOC's, and the report and the notebook say which is which.
+    course = metrics.mean_average_precision(*_test_split(run), count_difficult=True)
+    assert values["kaggle_score"] == pytest.approx(1 - course) and values["kaggle_convention"] == "course"
+    assert abs(values["kaggle_score"] - (1 - run.test_map)) > 1e-4
+    assert "with AP by the course's convention" in note["text"]
+    assert "Every test mAP and AP elsewhere in this report follows the VOC convention" in note["text"]
+    assert "course convention (difficult-only labels count as positives" in capsys.readouterr().out
+
+    exp.kaggle_csv(run, run.path / "voc.csv", section="kaggle", count_difficult=False)
+    values = _manifest(exp)["values"]
+    (note,) = [i for i in _manifest(exp)["report"] if i["section"] == "kaggle"]
+    assert values["kaggle_score"] == pytest.approx(1 - run.test_map) and values["kaggle_convention"] == "voc"
+    assert "with AP by the VOC convention" in note["text"] and "does not compare with classmates'" in note["text"]
+
+
+def _test_split(run):
+    from mp3kit import runs
+
+    recorded = runs.load_test_scores(run)
+    return recorded["targets"], recorded["scores"], recorded["difficult"]
 
 
 def test_report_items_keep_the_order_declared_and_a_declaration_made_again_replaces_its_item(exp):
@@ -274,6 +381,19 @@ def test_lr_find_plots_the_range_test_prints_its_suggestion_and_records_it(exp, 
     m = _manifest(exp)
     assert m["values"]["lr-find"] == {"suggested_lr": found["suggested_lr"], "range": found["range"]}
     assert {"kind": "figure", "key": "lr-find", "section": "simple-plots"}.items() <= m["report"][-1].items()
+
+
+def test_map_conventions_gives_the_test_map_under_mp3kits_voc07s_and_the_course_kits_rules(tmp_path, voc_root):
+    exp = Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    run = exp.run("simple-default", exp.config(**{**TINY, "max_images": None, "image_size": 32}))
+    table = exp.map_conventions(run)
+    ours, voc07, course = (row["test mAP"] for row in table.rows)
+    assert ours == pytest.approx(run.test_map)  # the number every other table shows
+    s = train.runs.load_test_scores(run)  # the whole test split (this run is not capped)
+    assert voc07 == pytest.approx(metrics.mean_average_precision(s["targets"], s["scores"], s["difficult"], voc07=True))
+    assert course == pytest.approx(metrics.mean_average_precision(s["targets"], s["scores"], s["difficult"],
+                                                                  count_difficult=True))
+    assert len({round(ours, 6), round(voc07, 6), round(course, 6)}) == 3  # the synthetic test split has difficult labels
 
 
 def test_runs_and_figures_folders_given_with_a_tilde_are_in_the_home_folder(tmp_path, voc_root, monkeypatch):

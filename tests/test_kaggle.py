@@ -142,3 +142,63 @@ def test_predictions_csv_refuses_mismatches(tmp_path, ids, shape, problem):
     with pytest.raises(UserError, match=problem):
         write_predictions_csv(tmp_path / "pred.csv", ids, np.zeros(shape), classes=["cat", "dog"])
     assert not (tmp_path / "pred.csv").exists()
+
+
+# ---------------------------------------------------------------- the convention of a run's CSV
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from mp3kit import synth, train
+
+    torch.manual_seed(0)
+    config = train.TrainConfig(model="simple", image_size=32, epochs=1, batch_size=50, optimizer="adam", lr=1e-3)
+    return train.fit(config, synth.ensure_synthetic(), name="final", runs_dir=tmp_path_factory.mktemp("runs"),
+                     progress=False)
+
+
+def _values(path) -> np.ndarray:
+    return np.array([float(line.split(",")[1]) for line in path.read_text().splitlines()[1:]])
+
+
+def test_a_runs_csv_follows_the_convention_asked_each_equal_to_scikit_learns_ap(finished_run, tmp_path, capsys):
+    from sklearn.metrics import average_precision_score
+
+    from mp3kit import cli, kaggle, runs
+
+    recorded = runs.load_test_scores(finished_run)
+    t, s, d = recorded["targets"], recorded["scores"], recorded["difficult"]
+    assert d.any(axis=0).sum() >= 5  # the synthetic test split has difficult-only labels in several classes
+    # The course's kit: a difficult-only label is a positive. VOC: that image takes no part in the class's AP.
+    course = np.array([average_precision_score(np.maximum(t[:, c], d[:, c]), s[:, c]) for c in range(20)])
+    voc = np.array([average_precision_score(t[~d[:, c], c], s[~d[:, c], c]) for c in range(20)])
+
+    assert cli.main(["submit", "--run", str(finished_run.path), "--out", str(tmp_path / "course.csv")]) == 0
+    said_course = capsys.readouterr().out
+    assert cli.main(["submit", "--run", str(finished_run.path), "--out", str(tmp_path / "voc.csv"),
+                     "--voc-convention"]) == 0
+    said_voc = capsys.readouterr().out
+    np.testing.assert_allclose(_values(tmp_path / "course.csv"), 1 - course, atol=1e-12)
+    np.testing.assert_allclose(_values(tmp_path / "voc.csv"), 1 - voc, atol=1e-12)
+    np.testing.assert_allclose(1 - _values(tmp_path / "voc.csv"), finished_run.test_ap, atol=1e-9)  # test mAP's AP
+    differ = np.abs(course - voc) > 1e-9
+    assert differ.any() and not differ[~d.any(axis=0)].any()  # only classes with difficult-only labels change
+
+    # Each score line says its convention and the score of its own file.
+    assert "course convention (difficult-only labels count as positives" in said_course
+    assert f"{kaggle_score(tmp_path / 'course.csv'):.5f}" in said_course
+    assert "VOC convention (difficult-only labels left out" in said_voc
+    assert f"{kaggle_score(tmp_path / 'voc.csv'):.5f}" in said_voc
+    np.testing.assert_allclose(kaggle.kaggle_aps(finished_run), course, atol=1e-12)  # the course's is the default
+
+
+def test_writing_the_same_csv_again_leaves_the_file_untouched(tmp_path):
+    # A notebook run again must not change a finished run's files (mp3kit report compares them byte for byte).
+    aps = [0.5 + 0.01 * i for i in range(20)]
+    path = write_kaggle_csv(tmp_path / "kaggle.csv", aps)
+    stamp = path.stat().st_mtime_ns
+    os.utime(path, ns=(stamp - 10**9, stamp - 10**9))
+    write_kaggle_csv(path, aps)
+    assert path.stat().st_mtime_ns == stamp - 10**9
+    write_kaggle_csv(path, [0.4, *aps[1:]])
+    assert path.stat().st_mtime_ns != stamp - 10**9 and path.read_text().splitlines()[1] == "0,0.6"

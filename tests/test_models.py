@@ -340,7 +340,7 @@ def test_architecture_table_text_markdown_and_frozen_count():
     assert md[0] == "| # | type | kernel | input | output | channels | params |"
     assert md[2] == "| 1 | Conv2d | 5x5 | 3x64x64 | 64x60x60 | 3 -> 64 | 4,864 |"
     assert len([line for line in md if line.startswith("|")]) == 2 + len(table.rows)
-    assert md[-1].startswith("Total parameters: ") and "frozen 27,952" in md[-1]
+    assert md[-1].startswith("One 3x64x64 image in, 20 scores out. Total parameters: ") and "frozen 27,952" in md[-1]
     assert "Conv2d" in repr(table) and "Total parameters" in str(table)
     assert model.training  # the table's eval-mode pass leaves the mode as it was
 

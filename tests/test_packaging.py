@@ -58,3 +58,40 @@ def test_readme_shows_the_two_commands():
     assert "make report" in readme and "make test" in readme
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^report:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def _specs(requirements) -> dict:
+    """Return {name: version specifier} of requirement strings, e.g. {"ipykernel": ">=6.17"}."""
+    out = {}
+    for r in requirements:
+        name = re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].strip().lower()
+        out[CONDA_NAMES.get(name, name)] = r[len(name):].replace(" ", "")
+    return out
+
+
+def test_environment_yml_asks_for_the_same_versions_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = {}
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        m = re.match(r"\s*-\s+([A-Za-z0-9_.\-]+)([<>=!~][^\s#]*)?\s*$", line)
+        if m:
+            conda[m.group(1).lower()] = m.group(2) or ""
+    wanted = _specs(project["dependencies"] + project["optional-dependencies"]["dev"])
+    differ = {n: (spec, conda.get(n)) for n, spec in wanted.items() if conda.get(n, spec) != spec}
+    assert not differ, f"environment.yml and pyproject.toml ask for different versions (pyproject, conda): {differ}"
+
+
+def test_every_lower_bound_admits_what_colab_ships():
+    # The notebooks' Colab cell keeps every package Colab has; a lower bound above Colab's version could not be met.
+    from packaging.specifiers import SpecifierSet
+
+    colab = {}
+    for line in (ROOT / "tests" / "data" / "colab" / "pip-freeze.gpu.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            colab[re.sub(r"[-_.]+", "-", name).lower()] = version.split("+", 1)[0]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    refused = [f"{r} (Colab has {colab[n]})" for r in project["dependencies"]
+               for n in [re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].strip().lower()]
+               if n in colab and not SpecifierSet(r[len(n):].split(";")[0]).contains(colab[n], prereleases=True)]
+    assert not refused, f"these requirements refuse the version Colab ships: {refused}"

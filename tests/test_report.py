@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from mp3kit import experiment, findings, report, runs, synth
+from mp3kit import experiment, findings, report, runs, settings, synth
 from mp3kit.util import UserError
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -22,12 +22,15 @@ NUMBER = re.compile(r"(?<![\w.-])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
 
 
 def write_run(runs_dir, name, *, test_map, test_loss, model="simple", optimizer="sgd", lr=0.01, epochs=3,
-              synthetic=True, status="complete", seed=0):
-    """Record a fake complete run with mp3kit.runs' writers and return its name."""
+              synthetic=True, status="complete", seed=0, val_map=None):
+    """Record a fake complete run with mp3kit.runs' writers and return its name (val mAP rising to val_map, by
+    default to test_map)."""
+    final_val = test_map if val_map is None else val_map
     config = {"model": model, "optimizer": optimizer, "lr": lr, "momentum": 0.9, "epochs": epochs, "batch_size": 50,
               "augment": "none", "image_size": 64, "eval_every": 1, "seed": seed,
               "data": {"root": "/x", "synthetic": synthetic}}
-    history = [{"epoch": e, "train_loss": 0.5 - 0.01 * e, "val_loss": 0.4, "train_map": 0.1 * e, "val_map": 0.05 * e,
+    history = [{"epoch": e, "train_loss": 0.5 - 0.01 * e, "val_loss": 0.4, "train_map": 0.1 * e,
+                "val_map": None if final_val is None else final_val * e / epochs,
                 "seconds": 1.5, "images_per_s": 40.0, "lr": lr} for e in range(1, epochs + 1)]
     ap = [round(0.05 + 0.037 * ((i * 7 + seed) % 20), 6) for i in range(20)]
     ap[4] = math.nan  # a class with no positives
@@ -194,7 +197,7 @@ def test_first_build_fills_every_section_from_the_template(kit):
     path = build(kit)
     text = path.read_text()
     sections = report.generated_text(text)
-    assert set(sections) == report.marker_keys((Path(report.__file__).parents[1] / "report" / "template.md").read_text())
+    assert set(sections) == report.marker_keys(report.TEMPLATE.read_text())
     assert not [k for k, body in sections.items() if "Nothing was recorded" in body]  # the kit fills every section
     assert "_Your analysis, at least 3 sentences" in text
     results = json.loads((kit["report_dir"] / "results.json").read_text())
@@ -204,8 +207,8 @@ def test_first_build_fills_every_section_from_the_template(kit):
     assert results["notebooks"]["03_develop_classifier"]["runs"]["final"]["config"]["model"] == "basenet+bn"
     assert f"{intro['runs']['simple-default']['test_map']:.4f}" in sections["simple-results"]
     assert "0.61235" in sections["kaggle"]
-    assert "| 2 | BaseNet (Adam) \\| + BatchNorm |" in sections["ablation"]
-    assert "| 3 | + 2 Conv | – |" in sections["ablation"]
+    assert "| 2 | BaseNet (Adam) \\| + BatchNorm (best by val mAP) |" in sections["ablation"]
+    assert "| 3 | + 2 Conv | – | – |" in sections["ablation"]
     assert "Row 3 was skipped: Model 'basenet+conv' cannot take 48 px images." in sections["ablation"]
     assert "figures/an-extra-figure.png" in sections["more-figures"]
     assert not list(kit["report_dir"].glob(".staging-*"))
@@ -268,12 +271,28 @@ def test_chance_level_is_stated_and_no_winner_is_named_among_runs_near_it(tmp_pa
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     text = build(make_kit(tmp_path / "a")).read_text()
     assert "Chance level" in text and "**0.0726**" in text
-    assert "Highest test mAP here: **Adam lr 1e-4**, 0.1492." in text  # 0.1492 > 1.25 x 0.0726
-    # The same runs against a chance level they do not clear by a quarter: no "highest", a plain warning.
+    # 0.1492 > 1.25 x 0.0726
+    assert "Best by val mAP (chosen on val; test mAP only reports): **Adam lr 1e-4**, val mAP 0.1492, test mAP 0.1492." in text
+    # The same runs against a chance level they do not clear by a quarter: no winner, a plain warning.
     text = build(make_kit(tmp_path / "b", chance=0.12)).read_text()
     simple = text.split("<!-- mp3kit:begin simple-results -->")[1].split("<!-- mp3kit:end")[0]
-    assert "Highest test mAP" not in simple
-    assert "Every run here is near chance (0.1200" in simple and "the highest at 0.1492" in simple
+    assert "Best by val mAP (" not in simple
+    assert "Every run here is near chance (0.1200" in simple and "at test mAP 0.1492" in simple
+
+
+def test_val_chooses_the_best_run_and_ablation_row_and_test_only_reports(tmp_path):
+    # Two runs whose val and test mAP disagree: the report names (and marks) the one with the higher val mAP.
+    kit = make_kit(tmp_path)
+    runs_dir = kit["runs_dir"]
+    manifest = json.loads((runs_dir / "03_develop_classifier.manifest.json").read_text())
+    for key, (val, test) in {"ablation-1": (0.40, 0.20), "ablation-2": (0.30, 0.35)}.items():
+        write_run(runs_dir, manifest["runs"][key]["run"], test_map=test, test_loss=0.3, val_map=val)
+    manifest["report"].append(runs_table("ablation-runs", ["ablation-1", "ablation-2"], "ablation", best=True))
+    (runs_dir / "03_develop_classifier.manifest.json").write_text(json.dumps(manifest))
+    sections = report.generated_text(build(kit).read_text())
+    assert "| 1 | BaseNet (SGD) (best by val mAP) | 0.4000 | 0.2000 |" in sections["ablation"]
+    assert "(best by val mAP)" not in sections["ablation"].split("| 2 |")[1].split("\n")[0]
+    assert "**BaseNet (SGD)**, val mAP 0.4000, test mAP 0.2000" in sections["ablation"]
 
 
 def test_synthetic_data_carries_the_banner(kit):
@@ -323,7 +342,7 @@ def test_missing_manifest_says_not_built_yet(kit):
 def test_a_newer_template_adds_its_new_sections(kit, tmp_path):
     build(kit)
     template = tmp_path / "template.md"
-    template.write_text(report.find_template(kit["report_dir"], Path(report.__file__).parents[1]).read_text()
+    template.write_text(report.find_template(kit["report_dir"]).read_text()
                         + "\n<!-- mp3kit:begin future-section -->\n<!-- mp3kit:end future-section -->\n")
     text = build(kit, template=template).read_text()
     assert "## Sections added by a newer template" in text
@@ -405,13 +424,29 @@ def test_main_exits_non_zero_with_one_message(tmp_path, monkeypatch, capsys):
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "report").mkdir()
     _notebook(tmp_path / "notebooks", "03_develop_classifier", "1 / 0")
-    monkeypatch.setattr(report, "find_repo", lambda: tmp_path)
-    status = report.main(profile="smoke", only="03_develop_classifier", report_dir=str(tmp_path / "report"))
+    monkeypatch.chdir(tmp_path)  # a student's project: notebooks/ here, runs/<profile> and report/ to be made
+    monkeypatch.delenv(settings.RUNS_DIR), monkeypatch.delenv(settings.FIGURES_DIR)
+    status = report.main(profile="smoke", only="03_develop_classifier")
     err = capsys.readouterr().err
     assert status == 1
     assert err.startswith("mp3kit: 03_develop_classifier.ipynb failed in cell 3 (`1 / 0`): ZeroDivisionError")
+    assert f"The executed copy with the full traceback is {tmp_path / 'runs' / 'smoke'}" in err
     assert err.count("\n") == 1
     assert not list((tmp_path / "report").iterdir())  # nothing was written there
+
+
+def test_without_notebooks_or_runs_the_report_says_what_to_give(tmp_path, monkeypatch, capsys):
+    from mp3kit import cli
+
+    monkeypatch.chdir(tmp_path)  # a folder with no notebooks and no runs: not the kit's checkout either
+    monkeypatch.delenv(settings.RUNS_DIR), monkeypatch.delenv(settings.FIGURES_DIR)
+    assert cli.main(["report", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mp3kit: No notebooks in {tmp_path} or its notebooks/ folder") and "--notebooks-dir" in err
+    assert cli.main(["report", "--profile", "smoke", "--no-execute"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mp3kit: {tmp_path / 'runs' / 'smoke'} does not exist") and "--runs-dir" in err
+    assert err.count("\n") == 1 and not list(tmp_path.iterdir())
 
 
 NEW_EXPERIMENT = '''\
@@ -444,7 +479,7 @@ def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_i
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(nbdir / "04_new_experiment.ipynb"))
     template = tmp_path / "template.md"
-    template.write_text((Path(report.__file__).parents[1] / "report" / "template.md").read_text()
+    template.write_text(report.TEMPLATE.read_text()
                         + "\n## A new experiment\n\n<!-- mp3kit:begin new-figure -->\n<!-- mp3kit:end new-figure -->\n")
     voc = synth.make_synthetic_voc(tmp_path / "voc", n_images=60)
     text = build(kit, only="04_new", notebooks_dir=nbdir, template=template, execute=True, data_root=voc.parent).read_text()
@@ -455,6 +490,40 @@ def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_i
     assert "figures/final-curves.png" in sections["final-results"]  # the other notebooks' items are still placed
     html = (kit["report_dir"] / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(re.findall(r"!\[[^\]]*\]\(figures/", text))
+
+
+def test_set_gives_the_notebooks_more_parameters_and_refuses_what_is_not_name_value(tmp_path, monkeypatch, capsys):
+    from mp3kit import cli
+
+    assert report.parse_parameters(["WORKED_EXAMPLE=True", "ADAM_LR=1e-4", "TOP_CLASS=dog", "NOTE='a b'"]) == {
+        "WORKED_EXAMPLE": True, "ADAM_LR": 1e-4, "TOP_CLASS": "dog", "NOTE": "a b"}
+    for bad, message in (("WORKED_EXAMPLE", "is not NAME=VALUE"), ("1X=2", "is not NAME=VALUE"),
+                         ("RUNS_DIR=elsewhere", "is set by --runs-dir")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            report.parse_parameters([bad])
+    assert cli.main(["report", "--set", "oops"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mp3kit: --set 'oops' is not NAME=VALUE") and "\n" not in err
+
+    # The value reaches every notebook's parameters, with the report's own four.
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), str(notebooks / "03_develop_classifier.ipynb"))
+    given = []
+    monkeypatch.setattr(report, "run_notebook", lambda path, out, parameters, *a: given.append(parameters))
+    report.build("smoke", notebooks_dir=notebooks, runs_dir=tmp_path / "runs", report_dir=tmp_path / "report",
+                 parameters={"WORKED_EXAMPLE": True})
+    assert given[0]["WORKED_EXAMPLE"] is True and given[0]["PROFILE"] == "smoke"
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert "--set WORKED_EXAMPLE=True" in results["built_by"]
+
+
+def test_a_worked_example_is_named_in_the_header(tmp_path):
+    kit = make_kit(tmp_path)
+    path = kit["runs_dir"] / "03_develop_classifier.manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "worked_example": True}))
+    header = report.generated_text(build(kit).read_text())["header"]
+    assert "**Worked example.** 03_develop_classifier ran the seed report's network and ablation" in header
 
 
 def test_a_report_md_saved_as_windows_1252_is_one_sentence_and_stays_as_it_was(tmp_path):

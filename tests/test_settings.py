@@ -10,17 +10,20 @@ def test_each_accessor_reads_its_variable_and_falls_back_to_the_default(monkeypa
         monkeypatch.delenv(name, raising=False)
     assert settings.alexnet_weights() is None and settings.allow_download() is False
     assert settings.cache_dir() == Path.home() / ".cache" / "mp3kit"
-    defaults = (settings.profile(), settings.quiet(), settings.runs_dir(), settings.figures_dir())
-    assert defaults == ("quick", None, "runs", "figures")
+    defaults = (settings.profile(), settings.quiet(), settings.runs_dir(), settings.figures_dir(),
+                settings.report_running())
+    assert defaults == ("quick", None, None, None, False)
     monkeypatch.setenv(settings.ALEXNET_WEIGHTS, "~/w.pth")
     monkeypatch.setenv(settings.ALLOW_DOWNLOAD, "1")
     monkeypatch.setenv(settings.CACHE, str(tmp_path))
     monkeypatch.setenv(settings.PROFILE, "smoke")
     monkeypatch.setenv(settings.RUNS_DIR, "r")
-    monkeypatch.setenv(settings.FIGURES_DIR, "f")
+    monkeypatch.setenv(settings.FIGURES_DIR, "~/f")
+    monkeypatch.setenv(settings.REPORT_RUNNING, "1")
     assert settings.alexnet_weights() == Path.home() / "w.pth" and settings.allow_download() is True
     assert settings.cache_dir() == tmp_path
-    assert (settings.profile(), settings.runs_dir(), settings.figures_dir()) == ("smoke", "r", "f")
+    assert (settings.profile(), settings.runs_dir(), settings.figures_dir()) == ("smoke", Path("r"), Path.home() / "f")
+    assert settings.report_running() is True
 
 
 def test_quiet_says_hide_show_or_unset(monkeypatch):
@@ -38,7 +41,7 @@ def test_a_leading_tilde_set_where_no_shell_expands_it_means_the_home_folder(mon
                         (settings.ALEXNET_WEIGHTS, "~/w.pth")):
         monkeypatch.setenv(name, value)  # as os.environ[...] = or %env sets it
     assert settings.cache_dir() == home / "mp3cache"
-    assert (settings.runs_dir(), settings.figures_dir()) == (str(home / "runs"), str(home / "figs"))
+    assert (settings.runs_dir(), settings.figures_dir()) == (home / "runs", home / "figs")
     assert settings.alexnet_weights() == home / "w.pth"
 
     devkit = synth.ensure_synthetic(n_images=4)  # the synthetic set and the image cache land in the same place

@@ -135,7 +135,7 @@ def test_stop_ends_as_stopped_and_resume_completes(tmp_path, voc_root):
 
 def test_a_bad_setting_shows_one_sentence_in_the_status(tmp_path, voc_root, monkeypatch):
     monkeypatch.setenv("MP3KIT_ALEXNET_WEIGHTS", str(tmp_path / "missing-alexnet.pth"))
-    panel = TrainPanel(data_root=voc_root, runs_dir=tmp_path / "runs", base_config=SMOKE)
+    panel = TrainPanel(data_root=voc_root, runs_dir=tmp_path / "runs", base_config=SMOKE.replace(image_size=64))
     panel.controls["model"].value = "alexnet-pretrained"
     panel.train_button.click()
     assert panel.wait(60)
@@ -144,6 +144,14 @@ def test_a_bad_setting_shows_one_sentence_in_the_status(tmp_path, voc_root, monk
     assert "\n" not in status and "Traceback" not in status
     assert "mp3kit-status" in panel.status._dom_classes and "missing-alexnet.pth" in panel.status.value
     assert not panel.train_button.disabled and panel.stop_button.disabled
+
+
+def test_the_model_list_offers_only_networks_that_take_the_image_size(tmp_path, voc_root):
+    # Notebook 1's panel trains at 32 px, where AlexNet's layers refuse the image; it must not offer them there.
+    small = TrainPanel(data_root=voc_root, runs_dir=tmp_path / "runs", base_config=SMOKE)
+    assert [value for _, value in small.controls["model"].options] == ["simple"]
+    large = TrainPanel(data_root=voc_root, runs_dir=tmp_path / "runs", base_config=SMOKE.replace(image_size=64))
+    assert {"alexnet", "alexnet-pretrained", "alexnet-bn"} <= {v for _, v in large.controls["model"].options}
 
 
 def _load_compat_script():

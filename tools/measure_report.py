@@ -5,8 +5,9 @@ Usage (from the repository root, after `make setup`):
     .venv/bin/python tools/measure_report.py --state fresh    # as after a fresh clone: no runs, no caches
     .venv/bin/python tools/measure_report.py --state warm     # with the runs and caches already on disk
 
---state fresh deletes runs/<profile>/ and points MP3KIT_CACHE at an empty temporary folder, so the synthetic
-dataset and the decoded-image cache are rebuilt as on a fresh clone (set-up, i.e. creating .venv, is excluded).
+--state fresh moves runs/<profile>/ aside to runs/<profile>@<UTC time>/ (runs are never deleted) and points
+MP3KIT_CACHE at an empty temporary folder, so the synthetic dataset and the decoded-image cache are rebuilt as on a
+fresh clone (set-up, i.e. creating .venv, is excluded).
 Runs are keyed to the data's folder, so a --state warm run straight after a fresh one trains again (it reads the
 dataset from the usual cache); the one after that measures the warm rebuild.
 The report goes to a temporary folder unless --report-dir is given, so report/ is left alone.
@@ -108,8 +109,9 @@ def main(argv=None) -> int:
     if args.state == "fresh":
         runs = REPO / "runs" / args.profile
         if runs.exists():
-            print(f"measure_report: deleting {runs} (state fresh)", file=sys.stderr)
-            shutil.rmtree(runs)
+            aside = runs.with_name(f"{runs.name}@{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}")
+            print(f"measure_report: moving {runs} aside to {aside} (state fresh)", file=sys.stderr)
+            runs.rename(aside)
         env["MP3KIT_CACHE"] = str(scratch / "cache")
     command = [sys.executable, "-m", "mp3kit", "report", "--profile", args.profile, "--report-dir", str(report_dir)]
     try:
