@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -321,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _file_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception types besides OSError that a user's file can raise past the checks that name the file.
+
+    Looked up in sys.modules, not imported: a module never imported raised none, and --help stays quick.
+    """
+    names = (("builtins", "UnicodeDecodeError"), ("builtins", "EOFError"), ("json", "JSONDecodeError"),
+             ("zipfile", "BadZipFile"), ("tarfile", "TarError"), ("zlib", "error"), ("pickle", "UnpicklingError"),
+             ("xml.etree.ElementTree", "ParseError"), ("PIL.Image", "DecompressionBombError"))
+    return tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
+
+
 def main(argv=None) -> int:
     """Run the mp3kit command line; return the exit status."""
     parser = build_parser()
@@ -332,12 +345,21 @@ def main(argv=None) -> int:
             raise
         print(f"mp3kit: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM while training; the message, if any, says where the run stands
+        print(f"mp3kit: {exc}" if str(exc) else "mp3kit: interrupted.", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    except Exception as exc:
         if args.debug:
             raise
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"mp3kit: {exc.strerror or exc}{where}: check the path, free space and permissions.", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("mp3kit: interrupted.", file=sys.stderr)
-        return 130
+        if isinstance(exc, OSError) and exc.errno is not None:
+            print(f"mp3kit: {exc.strerror or exc}{where}: check the path, free space and permissions.", file=sys.stderr)
+            return 1
+        if not isinstance(exc, (OSError, *_file_errors())):
+            raise  # a bug, not a file: the traceback is what a report needs
+        # A file's content that no check anticipated (an OSError without errno is PIL's or gzip's "not this format").
+        command = shlex.join(["mp3kit", "--debug", *(sys.argv[1:] if argv is None else argv)])
+        detail = (str(exc).splitlines() or [""])[0]
+        print(f"mp3kit: a file could not be read{where} ({type(exc).__name__}: {detail}): check or replace it "
+              f"(`{command}` shows which file).", file=sys.stderr)
+        return 2

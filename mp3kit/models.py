@@ -277,7 +277,11 @@ def parse_spec(spec) -> dict:
             if not path.is_file():
                 raise UserError(f"Model spec {text!r} is neither JSON nor an existing .json file; write it like "
                                 f"'{{\"blocks\": [{{\"conv\": 64}}]}}'.")
-            text, source = path.read_text(encoding="utf-8"), f"Model spec file {path}"
+            source = f"Model spec file {path}"
+            try:
+                text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: the byte-order mark Notepad writes is no JSON
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8.") from exc
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:

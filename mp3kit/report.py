@@ -139,7 +139,7 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
         results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir), how)
         atomic_write_json(staging / "results.json", results)
         existing = _read_existing(report_dir / "report.md")
-        template_text = template.read_text(encoding="utf-8")
+        template_text = _read_utf8(template)
         keys = marker_keys(template_text) | marker_keys(existing or "")
         text = merge_sections(template_text, existing, render_sections(results, keys))
         atomic_write_text(staging / "report.md", text)
@@ -699,9 +699,19 @@ def _read_existing(path: Path) -> str | None:
     """Return the student's report.md (checked for balanced markers), or None before the first build."""
     if not path.exists():
         return None
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     split_sections(text, str(path))
     return text
+
+
+def _read_utf8(path: Path) -> str:
+    """Return a Markdown file's text; a file saved in another encoding (Windows-1252, say) is a UserError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}, as "
+                        f"Windows-1252 writes curly quotes and dashes): save it as UTF-8 (in Notepad: File, Save As, "
+                        f"Encoding UTF-8), then run mp3kit report again.") from exc
 
 
 # ---------------------------------------------------------------- report.html

@@ -4,7 +4,7 @@ runs/<name>/
     config.json       the TrainConfig that made the run
     history.json      one dict per completed epoch
     metrics.json      the test evaluation (written when the run completes)
-    status.json       running | complete | stopped | failed, with a reason, and what the run trains on
+    status.json       running | complete | stopped | interrupted | failed, with a reason, and what the run trains on
     test_scores.npz   ids, scores (N, 20), targets, difficult of the test split
     checkpoint.pt     model, optimizer, gradient scaler, epoch, history, RNG states, config
     training.lock     only while fit trains the run: the owning process id, host and start time
@@ -130,9 +130,10 @@ def _read_json(path: Path, default):
     if not path.exists():
         return default
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}): delete the run folder {path.parent} and train it again.") from exc
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not JSON, or not even UTF-8 text
+        what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise UserError(f"{path} is not valid JSON ({what}): delete the run folder {path.parent} and train it again.") from exc
 
 
 def load_run(path) -> Run:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import platform
+import signal
 import threading
 import time
 import warnings
@@ -183,6 +184,44 @@ def load_data(data_root=None, max_images: int | None = None) -> Data:
 
 class TrainingStopped(Exception):
     """Raised inside the loop when the stop event is set."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, the kernel's interrupt button, SIGTERM); the message says where the run stands."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+    def _render_traceback_(self) -> list[str]:
+        """Return what IPython shows for it in a notebook: the sentence, not the traceback."""
+        return [f"\x1b[31mmp3kit:\x1b[0m {self}"]
+
+
+class _SigtermInterrupts:
+    """While fit trains in the main thread, make SIGTERM (a scheduler, a closing VM) interrupt it as Ctrl-C does.
+
+    Only the main thread can handle signals: fit in another thread (the widget panel's) leaves them alone.
+    """
+
+    def __init__(self):
+        self.installed, self.received = False, False
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self.previous = signal.signal(signal.SIGTERM, self._interrupt)
+                self.installed = True
+            except ValueError:  # not the main interpreter
+                pass
+
+    def _interrupt(self, signum, frame) -> None:
+        if not self.received:  # a second SIGTERM while the run is being recorded must not cut that short
+            self.received = True
+            raise Interrupted(signum=signum)
+
+    def restore(self) -> None:
+        if self.installed:
+            # None: the old handler was not set from Python; the default is the closest we can restore.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
 
 
 class NonFiniteLoss(UserError):
@@ -690,7 +729,7 @@ def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
 
 def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
     """Record run as failed on exc (where the disk lets us) and return the sentence that says what to do."""
-    first = "make that folder writable" if exc.read_only else "free that much space there"
+    first = exc.remedy
     if kept:
         fix = (f"{first} (or move the run folder to another RUNS_DIR), then resume the run (resume=True, or mp3kit "
                f"train --resume), which continues from its last good checkpoint (epoch {kept})")
@@ -699,6 +738,26 @@ def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
     error = exc.advise(fix)
     _end(run, "failed", str(error), write=runs.write_status)  # history.json may be what the disk refused
     return error
+
+
+def _interrupted(run: Run, writer: _CheckpointWriter, exc: KeyboardInterrupt) -> Interrupted:
+    """Record run as interrupted at its last good checkpoint and return the exception whose sentence says so."""
+    try:
+        writer.wait()  # a checkpoint being written when the interrupt came lands first
+    except WriteFailed:
+        pass  # then the one before it is the last good one
+    signum = getattr(exc, "signum", signal.SIGINT)
+    epochs = run.config["epochs"]
+    how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+    where = f"Run {run.name} was {how} during epoch {min(len(run.history) + 1, epochs)} of {epochs}"
+    if writer.kept:
+        message = (f"{where}; its last good checkpoint is epoch {writer.kept}: resume it (resume=True, or mp3kit train "
+                   f"--resume) to continue from there.")
+    else:
+        message = f"{where}, before its first checkpoint: resume it (resume=True, or mp3kit train --resume) to start again."
+    run.history = run.history[:writer.kept]  # what the checkpoint holds: the epochs a resumed run starts after
+    _end(run, "interrupted", message)
+    return Interrupted(message, signum)
 
 
 def _end(run: Run, status: str, reason: str, write=runs.write_progress) -> None:
@@ -741,8 +800,7 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     try:
         lock = runs.RunLock(run.path).acquire()
     except WriteFailed as exc:
-        first = "make that folder writable" if exc.read_only else "free some space there"
-        raise exc.advise(f"{first} or choose another RUNS_DIR (--runs-dir), then train the run again") from exc
+        raise exc.advise(f"{exc.remedy} or choose another RUNS_DIR (--runs-dir), then train the run again") from exc
     with lock:
         return _train(run, config, data, model, device, lock, resume=resume, reuse=reuse, progress=progress,
                       callback=callback, stop=stop, cache_dir=cache_dir)
@@ -771,7 +829,7 @@ def _train(run: Run, config: TrainConfig, data: Data, model, device, lock: runs.
     train_eval_loader, val_loader = eval_loader(training), held_out and eval_loader(held_out)
     step_kw = dict(amp=amp, scaler=scaler, pos_weight=_pos_weight(config, training.targets, device), stop=stop,
                    progress=progress)
-    t_run, writer = time.perf_counter(), _CheckpointWriter(kept=start)
+    t_run, writer, sigterm = time.perf_counter(), _CheckpointWriter(kept=start), _SigtermInterrupts()
     try:
         try:
             with writer:
@@ -810,6 +868,10 @@ def _train(run: Run, config: TrainConfig, data: Data, model, device, lock: runs.
             f"The GPU ran out of memory with batch size {config.batch_size}: use a smaller batch size "
             f"(e.g. {max(1, config.batch_size // 2)}) or a smaller image size."
         ) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, the kernel's interrupt button, or SIGTERM
+        raise _interrupted(run, writer, exc) from exc
+    finally:
+        sigterm.restore()
     if callback is not None:
         callback(run)
     return run

@@ -394,3 +394,15 @@ def test_map_conventions_gives_the_test_map_under_mp3kits_voc07s_and_the_course_
     assert course == pytest.approx(metrics.mean_average_precision(s["targets"], s["scores"], s["difficult"],
                                                                   count_difficult=True))
     assert len({round(ours, 6), round(voc07, 6), round(course, 6)}) == 3  # the synthetic test split has difficult labels
+
+
+def test_runs_and_figures_folders_given_with_a_tilde_are_in_the_home_folder(tmp_path, voc_root, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    # The notebooks' parameters cell passes $MP3KIT_RUNS_DIR and $MP3KIT_FIGURES_DIR as they are, ~ and all.
+    exp = Experiment("01_introduction", "smoke", None, "~/mp3/runs", "~/mp3/figures", quiet=True)
+    assert exp.figure("curve", "A curve") == home / "mp3" / "figures" / "curve.png"
+    assert exp.manifest_path.parent == home / "mp3" / "runs" and exp.manifest_path.is_file()
+    assert list(work.iterdir()) == []  # no folder literally named ~

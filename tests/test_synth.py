@@ -4,6 +4,7 @@ import hashlib
 import itertools
 import os
 import re
+import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -228,6 +229,17 @@ def test_ensure_synthetic_builds_once_and_rebuilds_an_interrupted_tree(tmp_path,
 def test_ensure_synthetic_defaults_to_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MP3KIT_CACHE", str(tmp_path))
     assert synth.ensure_synthetic(n_images=4) == tmp_path / "synthetic-voc" / "VOCdevkit"
+
+
+def test_the_tree_gets_the_mode_the_umask_gives_so_a_shared_cache_folder_serves_everyone(tmp_path):
+    old = os.umask(0o002)  # an instructor's cache folder shared with a group
+    try:
+        devkit = synth.ensure_synthetic(tmp_path, n_images=4)
+    finally:
+        os.umask(old)
+    folders = [devkit, *(p for p in devkit.rglob("*") if p.is_dir())]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {oct(0o775)}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in devkit.rglob("*") if p.is_file()} == {oct(0o664)}
 
 
 def test_failed_build_leaves_the_previous_tree_untouched(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -644,3 +645,124 @@ def test_cli_trains_a_narrow_network_and_the_run_loads_back_at_its_width(voc_roo
     assert model.features[0].out_channels == 8
     bad = _cli("train", "--data-root", str(voc_root), "--runs-dir", str(tmp_path), "--width", "-1")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "TrainConfig.width=-1.0" in bad.stderr
+
+
+# ---------------------------------------------------------------- Ctrl-C, the kernel's interrupt and SIGTERM
+
+
+def _cli_train_args(voc_root, runs_dir, name, epochs):
+    return ["train", "--data-root", str(voc_root), "--name", name, "--runs-dir", str(runs_dir), "--epochs", str(epochs),
+            "--model", json.dumps(TINY_NET), "--image-size", "64", "--max-images", "20", "--batch-size", "20", "--quiet"]
+
+
+def _wait_for(path: Path, process=None, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert process is None or process.poll() is None, process.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("sig, code, how", [(signal.SIGINT, 130, "was interrupted"),
+                                            (signal.SIGTERM, 143, "was stopped by SIGTERM")], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_mp3kit_train_marks_the_run_interrupted_at_its_checkpoint_and_resume_finishes_it(
+        voc_root, tmp_path, sig, code, how):
+    args = _cli_train_args(voc_root, tmp_path, "cut", epochs=15)
+    # A background job of a non-interactive shell ignores SIGINT, and its children inherit that: give it back the
+    # default, as a terminal has it, so that Python turns Ctrl-C into KeyboardInterrupt.
+    process = subprocess.Popen([sys.executable, "-m", "mp3kit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    folder = tmp_path / "cut"
+    _wait_for(folder / "checkpoint.pt", process)
+    config_before = (folder / "config.json").read_bytes()
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+
+    kept = train.load_checkpoint(folder / "checkpoint.pt")["epoch"]
+    assert 1 <= kept < 15
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"mp3kit: Run cut {how} during epoch ")
+    assert f"its last good checkpoint is epoch {kept}: resume it (resume=True, or mp3kit train --resume)" in lines[0]
+    interrupted = runs.load_run(folder)
+    assert interrupted.status == "interrupted" and interrupted.reason == lines[0].removeprefix("mp3kit: ")
+    assert len(interrupted.history) == kept  # what the checkpoint holds
+    assert (folder / "config.json").read_bytes() == config_before and not list(folder.glob(".*.tmp"))
+
+    resumed = _cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    done = runs.load_run(folder)
+    assert done.status == "complete" and len(done.history) == 15
+    assert done.history[:kept] == interrupted.history  # the epochs before the interrupt were not trained again
+
+
+def test_sigterm_lets_the_checkpoint_being_written_land_and_fit_restores_the_old_handler(voc_root, tmp_path, monkeypatch):
+    save, written = train._save_checkpoint, []
+
+    def slow_disk(path, state):
+        time.sleep(1.0)  # SIGTERM arrives while this epoch's checkpoint is still being written
+        save(path, state)
+        written.append(state["epoch"])
+
+    def terminate_after_epoch_2(run):
+        if len(run.history) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train, "_save_checkpoint", slow_disk)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = train.TrainConfig(**{**SMALL, "epochs": 4})
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train.fit(cfg, voc_root, name="term", runs_dir=tmp_path, progress=False, callback=terminate_after_epoch_2)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert isinstance(caught.value, train.Interrupted) and caught.value.signum == signal.SIGTERM
+    assert written == [1, 2] and "its last good checkpoint is epoch 2:" in str(caught.value)
+    assert train.load_checkpoint(tmp_path / "term" / "checkpoint.pt")["epoch"] == 2
+    assert runs.load_run(tmp_path / "term").status == "interrupted"
+
+    monkeypatch.undo()
+    # In a thread (the widget panel's), where no signal handler can be installed, fit trains and leaves them alone.
+    results = []
+    worker = threading.Thread(target=lambda: results.append(
+        train.fit(cfg, voc_root, name="term", runs_dir=tmp_path, progress=False, resume=True)))
+    worker.start()
+    worker.join()
+    assert results and results[0].status == "complete" and results[0].origin == "resumed"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_kernels_interrupt_button_marks_the_run_interrupted_in_one_line(voc_root, tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    folder = tmp_path / "nb"
+    code = (f"from mp3kit import train\n"
+            f"cfg = train.TrainConfig(model={TINY_NET!r}, image_size=64, max_images=20, batch_size=20, epochs=15)\n"
+            f"run = train.fit(cfg, {str(voc_root)!r}, name='nb', runs_dir={str(tmp_path)!r}, progress=False, "
+            f"resume=RESUME)\n")
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        msg_id = client.execute("RESUME = False\n" + code)
+        _wait_for(folder / "checkpoint.pt")
+        manager.interrupt_kernel()
+        errors = []
+        while True:
+            msg = client.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "error":
+                errors.append(msg["content"])
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        interrupted = runs.load_run(folder)
+        resumed = []
+        client.execute_interactive("RESUME = True\n" + code + "print(run.status, run.origin)", timeout=120,
+                                   output_hook=lambda m: resumed.append(m["content"].get("text", "")))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert len(errors) == 1 and errors[0]["ename"] == "Interrupted" and len(errors[0]["traceback"]) == 1
+    shown = errors[0]["traceback"][0]
+    assert "Traceback" not in shown and "Run nb was interrupted during epoch " in shown
+    assert interrupted.status == "interrupted" and interrupted.reason in shown
+    assert f"its last good checkpoint is epoch {len(interrupted.history)}:" in shown
+    assert "complete resumed" in "".join(resumed)
