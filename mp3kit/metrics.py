@@ -76,8 +76,8 @@ def average_precision(targets, scores, difficult=None, count_difficult=False, vo
 
     Each class's AP is scikit-learn's average_precision_score of its column (entries left out as weight 0);
     voc07=True interpolates the same precision-recall curve at recall 0, 0.1, ..., 1 as VOC 2007's devkit did.
-    scikit-learn takes about 2x the time of a vectorised hand-written AP, which is still a few tens of ms for a full
-    test split at evaluation time (README, "Speed"), so it is the one used.
+    scikit-learn is slower than a vectorised hand-written AP but costs a fraction of a second per evaluation of a full
+    split (README, "Speed"), so the well-kept library is the one used.
     """
     from sklearn.metrics import average_precision_score, precision_recall_curve  # slow to import: only when needed
 
