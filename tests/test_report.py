@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from mp3kit import experiment, findings, report, runs, settings, synth
+from mp3kit import ablation, experiment, findings, report, runs, settings, synth
 from mp3kit.util import UserError
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -138,7 +138,7 @@ def make_kit(tmp_path, synthetic=True, pretrained=False, chance=0.0726):
             {"kind": "table", "key": "final-architecture", "section": "final-architecture", "caption": "",
              "markdown": "| # | layer | params |\n|---:|---|---:|\n| 1 | Conv2d | 23,296 |\n\n"
                          "Total parameters: 23,296 (trainable 23,296, frozen 0)\n"},
-            {"kind": "ablation", "key": "ablation", "section": "ablation", "note": experiment.ABLATION_NOTE,
+            {"kind": "ablation", "key": "ablation", "section": "ablation", "note": ablation.NOTE,
              "rows": [{"serial": 1, "label": "BaseNet (SGD)", "key": "ablation-1"},
                       {"serial": 2, "label": "BaseNet (Adam) | + BatchNorm", "key": "ablation-2"},
                       {"serial": 3, "label": "+ 2 Conv", "key": "ablation-3",
