@@ -302,6 +302,19 @@ def test_report_items_keep_the_order_declared_and_a_declaration_made_again_repla
     assert run.status == "complete"
 
 
+def test_a_cell_run_again_leaves_the_manifest_as_it_was(exp):
+    def cell():
+        exp.figure("curves", "Loss and mAP", "simple-plots")
+        exp.note("data", exp.data_summary(), section="data")
+        exp.record("kaggle_score", 0.75)
+
+    cell()
+    written = exp.manifest_path.stat().st_ino  # every write renames a new file into place
+    cell()  # run again: nothing changes, so nothing is written
+    assert exp.manifest_path.stat().st_ino == written
+    assert [i["key"] for i in _manifest(exp)["report"]] == ["curves", "data"]
+
+
 def test_bad_keys_and_values_are_user_errors(exp):
     with pytest.raises(UserError, match="Run key"):
         exp.figure("../escape")
