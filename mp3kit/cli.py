@@ -44,12 +44,11 @@ def _cmd_data_check(args) -> int:
 class _Choices(Sequence):
     """The values a flag allows, read from a module's constant when argparse first needs them (keeps --help quick).
 
-    Old names in the module's aliases dict (if given) are accepted too, but not listed. Give the flag a metavar:
-    argparse lists the choices of a flag without one as soon as the flag is added.
+    Give the flag a metavar: argparse lists the choices of a flag without one as soon as the flag is added.
     """
 
-    def __init__(self, module: str, name: str, aliases: str | None = None):
-        self.module, self.name, self.aliases = module, name, aliases
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
 
     def _values(self) -> list:
         return list(getattr(importlib.import_module(f"mp3kit.{self.module}"), self.name))
@@ -61,8 +60,7 @@ class _Choices(Sequence):
         return len(self._values())
 
     def __contains__(self, value) -> bool:
-        old = getattr(importlib.import_module(f"mp3kit.{self.module}"), self.aliases) if self.aliases else {}
-        return value in self._values() or value in old
+        return value in self._values()
 
 
 _ONE_OF = dict(metavar="NAME", help="one of %(choices)s")
@@ -203,7 +201,7 @@ def _cmd_report(args) -> int:
 def _add_config_flags(t) -> None:
     """Add the flags that fill a TrainConfig (train and lr-find share them)."""
     t.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
-    t.add_argument("--model", default=None, help="a model name (mp3kit.models.MODEL_NAMES, e.g. simple, alexnet, "
+    t.add_argument("--model", default=None, help="a model name (mp3kit.models.MODELS, e.g. simple, alexnet, "
                                                  "alexnet-pretrained, alexnet-bn) or a JSON spec / .json file")
     t.add_argument("--epochs", type=int)
     t.add_argument("--lr", type=float)
@@ -216,7 +214,7 @@ def _add_config_flags(t) -> None:
     t.add_argument("--image-size", type=int)
     t.add_argument("--width", type=float, help="multiply the channels and hidden units of AlexNet and spec networks "
                                                "(e.g. 0.125, as the quick profile does); default 1")
-    t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
+    t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS"), **_ONE_OF)
     t.add_argument("--eval-every", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")

@@ -379,7 +379,7 @@ def _run_results(path: Path, label) -> dict:
         "device": metrics.get("device"),
         "synthetic": run.synthetic,
         "test_ap": dict(zip(classes, ap)) if ap else None,
-        "config": _current_names({**config, "model": model_label(config.get("model"))}),
+        "config": {**config, "model": model_label(config.get("model"))},
     })
 
 
@@ -388,13 +388,6 @@ def model_label(model) -> str:
     from mp3kit import models
 
     return models.label(model)
-
-
-def _current_names(config: dict) -> dict:
-    """Return a run's config with an augmentation preset name older versions wrote replaced by today's."""
-    from mp3kit import pipeline
-
-    return {**config, "augment": pipeline.canonical_augment(config["augment"])} if "augment" in config else config
 
 
 def _clean(value):

@@ -47,7 +47,7 @@ TTA_MODES = ("none", "flip")
 class TrainConfig:
     """Everything a run needs; the defaults are the course kit's."""
 
-    # A name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...), a models.build spec, or your own network: an
+    # A name in models.MODELS (simple, alexnet, alexnet-bn, ...), a models.build spec, or your own network: an
     # nn.Module class or a zero-argument callable returning one (mp3kit.usermodel; kept as a UserModel).
     model: object = "simple"
     pretrained_weights: str | None = None  # AlexNet ImageNet weights file (else settings.alexnet_weights() or the hub cache)
@@ -84,9 +84,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        # Names older versions wrote (e.g. model "seed", augment "seed") still load, as the names they stand for.
-        self.model = models.canonical_name(self.model)
-        self.augment = pipeline.canonical_augment(self.augment)
+        self.model = models.canonical(self.model)
         self.validate()
 
     def validate(self) -> None:
@@ -612,8 +610,8 @@ def _load_state(model, state: dict, path) -> None:
         ) from exc
 
 
-def build_model(config: TrainConfig):
-    """Build the network a config names (with pretrained weights when it asks for them).
+def build_model(config: TrainConfig, imagenet: bool = True):
+    """Build the network a config names (with pretrained weights when it asks for them; imagenet=False: without).
 
     The ImageNet AlexNet weights are downloaded only when settings.allow_download() says so; otherwise they must
     already be on disk (notebook 2's Colab cell puts them in torch's hub cache).
@@ -625,6 +623,7 @@ def build_model(config: TrainConfig):
         weights_path=config.pretrained_weights,
         freeze_features=config.freeze_features,
         width=config.width,
+        imagenet=imagenet,
     )
 
 
@@ -636,23 +635,20 @@ def load_model(run_or_path, device: str = "cpu", model=None):
     run = run_or_path if isinstance(run_or_path, Run) else runs.load_run(run_or_path)
     config = TrainConfig.from_dict(run.config)
     if model is not None:
-        given = models.canonical_name(model)
+        given = models.canonical(model)
         if given != config.model:
             raise UserError(f"The model given ({models.label(given)}) is not the network the run {run.path} was trained "
                             f"with ({config.model_label()}): pass the class or callable as it was when the run trained.")
         config = config.replace(model=given)
     ckpt = load_checkpoint(run.checkpoint_path)
-    if config.model in ("alexnet-pretrained", "alexnet-pretrained-frozen"):
-        # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file.
-        config = config.replace(model="alexnet", pretrained_weights=None)
-    model = build_model(config)
+    model = build_model(config, imagenet=False)  # the checkpoint carries every weight: no ImageNet file is needed
     _load_state(model, ckpt["model"], run.checkpoint_path)
     return model.to(pick_device(device)).eval()
 
 
 def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
-    # Read back as a TrainConfig, a run recorded by an older version means what it meant then: the old names
-    # (model "seed", augment "seed") become today's, and fields added since take the defaults that were in effect.
+    # Read back as a TrainConfig, a run recorded by an older version means what it meant then: fields added since take
+    # the defaults that were in effect.
     try:
         recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).identity()
     except (UserError, TypeError):

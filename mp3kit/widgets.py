@@ -23,16 +23,13 @@ import time
 from pathlib import Path
 
 import ipywidgets as widgets
-import torch
 
 from mp3kit import models, pipeline, runs, train
-from mp3kit.models import MODEL_NAMES
 from mp3kit.plots import SYNTHETIC_MARK, history_png
 from mp3kit.table import Table
 from mp3kit.train import TrainConfig
 from mp3kit.util import UserError
 
-MODEL_CHOICES = tuple(n for n in MODEL_NAMES if n != "alexnet-pretrained-frozen")
 LR_EXPONENTS = (-5.0, 0.0)  # the learning-rate slider spans 1e-5 .. 1
 MAX_EPOCHS = 100
 MAX_EVAL_EVERY = 20
@@ -147,7 +144,9 @@ class TrainPanel:
     def _build(self, extra_models: dict) -> None:
         base = self.base_config
         style = {"description_width": DESCRIPTION_WIDTH}  # wide enough that no description is cut
-        model_options = [(name, name) for name in MODEL_CHOICES if _takes(name, base)]
+        # The registry's names whose network takes the base config's images, the extra ones, and the base's own.
+        model_options = [(name, name) for name, entry in models.MODELS.items()
+                         if entry.offered and models.takes(name, base.image_size, base.width)]
         model_options += [(str(label), spec) for label, spec in extra_models.items()]
         if all(value != base.model for _, value in model_options):
             model_options.append((base.model_label(), base.model))
@@ -324,17 +323,6 @@ class TrainPanel:
 
 _COLUMNS = [("run", "left"), ("model", "left"), ("optimizer", "left"), ("lr", "right"), ("epochs", "right"),
             ("status", "left"), ("val mAP", "right"), ("test mAP", "right")]
-
-
-def _takes(name: str, config: TrainConfig) -> bool:
-    """Return True when the named network takes config's image size (the pretrained AlexNet: AlexNet's layers)."""
-    probe = "alexnet" if name.startswith("alexnet-pretrained") else name  # no weights file needed to check the size
-    try:
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            models.model_from_name(probe, image_size=config.image_size, width=1.0 if probe != name else config.width)
-    except UserError:
-        return False
-    return True
 
 
 def runs_table_html(recorded, runs_dir, current=None) -> str:
