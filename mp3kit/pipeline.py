@@ -30,11 +30,10 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from mp3kit import data, settings
+from mp3kit.config import AUGMENT_PRESETS, PIPELINES
 from mp3kit.util import UserError, atomic_write_json, pick_device, usual_mode
 
 CACHE_VERSION = 2  # 2: the sidecar holds the images' stamps and the data's checksum
-AUGMENT_PRESETS = ("none", "jitter-flip-rotate", "standard")
-PIPELINES = ("cached", "per-item")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

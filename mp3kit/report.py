@@ -68,7 +68,7 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
     to the report folder beside the runs (mp3kit.layout), the folders the notebooks use themselves.
     execute=False runs no notebook and rebuilds the report from the manifests, runs and figures in runs_dir.
     """
-    from mp3kit.experiment import PROFILES
+    from mp3kit.config import PROFILES
 
     if profile not in PROFILES:
         raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
