@@ -1,6 +1,6 @@
-"""Profiles and the Experiment helper behind the three notebooks.
+"""The Experiment helper behind the three notebooks.
 
-A notebook names a profile (how big its experiments are) and gives each of its runs a key;
+A notebook names a profile (how big its experiments are; mp3kit.config.PROFILES) and gives each of its runs a key;
 Experiment turns the profile plus a few changes into a TrainConfig, trains it with train.fit
 (reusing a run already complete on disk with the same config and data, resuming one that was
 interrupted), and keeps a manifest of runs, values and report items that `mp3kit report` reads
@@ -27,7 +27,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +36,10 @@ import torch
 from mp3kit import data as voc
 from mp3kit import findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
 from mp3kit.ablation import Ablation, run_ablation, worked_example_rows
+from mp3kit.config import TrainConfig, get_profile
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.table import Table
-from mp3kit.train import TrainConfig
 from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError
 
@@ -47,76 +47,6 @@ PROFILE_ENV = settings.PROFILE
 QUIET_ENV = settings.QUIET
 SPLIT_NAMES = ("train", "val", "test")
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How big a notebook's experiments are: TrainConfig fields every run gets, and the longer run lengths."""
-
-    name: str
-    about: str
-    train: dict = field(default_factory=dict)  # TrainConfig fields set for every run
-    long_epochs: int = 40  # "longer training" (the seed report: 40 epochs against 20)
-    final_epochs: int = 55  # notebook 3's final model (the seed report: 55)
-    real_data: bool = False  # True: refuse the synthetic dataset
-    # Per notebook ("01", "02", "03"): TrainConfig fields and run lengths that replace the ones above there.
-    notebooks: dict = field(default_factory=dict)
-
-    @property
-    def epochs(self) -> int:
-        """Return the epochs of an ordinary run."""
-        return int(self.train.get("epochs", TrainConfig.epochs))
-
-    def for_notebook(self, notebook: str) -> Profile:
-        """Return this profile as notebook (e.g. "01_introduction") runs it, with that notebook's overrides applied."""
-        changes = dict(self.notebooks.get(str(notebook).split("_", 1)[0], {}))
-        train_changes = changes.pop("train", {})
-        return replace(self, train={**self.train, **train_changes}, notebooks={}, **changes)
-
-
-PROFILES = {
-    "smoke": Profile(
-        "smoke",
-        "seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs, networks from scratch at 1/8 width",
-        train={"image_size": 64, "max_images": 40, "batch_size": 40, "epochs": 2, "eval_every": 1, "width": 0.125},
-        long_epochs=3,
-        final_epochs=3,
-    ),
-    # Sized for a 2-core CPU (README, "Profiles"): the course's 20 epochs (40 for longer training) at batch 10, so a
-    # run takes 1,000 steps, enough for the slow starters (SGD without BatchNorm) to begin to leave chance; the simple
-    # classifier gets 1,250 (batch 8), as its SGD run leaves chance late with some seeds. The networks trained from
-    # scratch are built at 1/8 width (TrainConfig.width) and the simple classifier sees 32 px, which makes a step
-    # cost milliseconds; AlexNet's layers need at least 63 px, so notebook 2 uses 64, and notebook 3 uses 128 because
-    # its ablation's extra convolution rows (models.SEED_ABLATION's last two) need at least 127.
-    "quick": Profile(
-        "quick",
-        "minutes on a laptop CPU: the embedded synthetic dataset, the course's 20 epochs (40 for longer training and "
-        "the final model); notebook 1 at 32 px, batch 8; notebook 2 at 64 px and notebook 3 at 128 px, batch 10, with "
-        "AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`)",
-        train={"image_size": 64, "epochs": 20, "batch_size": 10, "eval_every": 5, "width": 0.125},
-        long_epochs=40,
-        final_epochs=40,
-        notebooks={"01": {"train": {"image_size": 32, "batch_size": 8}}, "03": {"train": {"image_size": 128}}},
-    ),
-    "full": Profile(
-        "full",
-        "the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps)",
-        train={},
-        long_epochs=40,
-        final_epochs=55,
-        real_data=True,
-    ),
-}
-
-
-def get_profile(name) -> Profile:
-    """Return the Profile called name (smoke, quick or full)."""
-    if isinstance(name, Profile):
-        return name
-    key = str(name).strip().lower()
-    if key not in PROFILES:
-        raise UserError(f"PROFILE = {name!r} is not a profile: use one of {', '.join(PROFILES)}.")
-    return PROFILES[key]
 
 
 def default_profile() -> str:

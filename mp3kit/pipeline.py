@@ -30,13 +30,10 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from mp3kit import data, settings
+from mp3kit.config import AUGMENT_PRESETS, PIPELINES
 from mp3kit.util import UserError, atomic_write_json, pick_device, usual_mode
 
 CACHE_VERSION = 2  # 2: the sidecar holds the images' stamps and the data's checksum
-AUGMENT_PRESETS = ("none", "jitter-flip-rotate", "standard")
-# Preset names older versions used, still read (e.g. from a run's config.json) as the name they stand for.
-AUGMENT_ALIASES = {"seed": "jitter-flip-rotate"}
-PIPELINES = ("cached", "per-item")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -50,11 +47,6 @@ STANDARD_RATIO = (3 / 4, 4 / 3)
 # The augmenting presets crop image_size out of an image resized to image_size * 256 / 227
 # (256 for 227), the ImageNet convention of resizing to 256 before a 224 crop.
 _MARGIN = 256 / 227
-
-
-def canonical_augment(augment):
-    """Return augment with an old preset name replaced by the name it stands for (anything else unchanged)."""
-    return AUGMENT_ALIASES.get(augment, augment) if isinstance(augment, str) else augment
 
 
 def _check_augment(augment: str) -> None:

@@ -67,7 +67,7 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
     to the report folder beside the runs (mp3kit.layout), the folders the notebooks use themselves.
     execute=False runs no notebook and rebuilds the report from the manifests, runs and figures in runs_dir.
     """
-    from mp3kit.experiment import PROFILES
+    from mp3kit.config import PROFILES
 
     if profile not in PROFILES:
         raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
@@ -373,7 +373,7 @@ def _run_results(path: Path, label) -> dict:
         "device": metrics.get("device"),
         "synthetic": run.synthetic,
         "test_ap": dict(zip(classes, ap)) if ap else None,
-        "config": _current_names({**config, "model": model_label(config.get("model"))}),
+        "config": {**config, "model": model_label(config.get("model"))},
     })
 
 
@@ -382,13 +382,6 @@ def model_label(model) -> str:
     from mp3kit import models
 
     return models.label(model)
-
-
-def _current_names(config: dict) -> dict:
-    """Return a run's config with an augmentation preset name older versions wrote replaced by today's."""
-    from mp3kit import pipeline
-
-    return {**config, "augment": pipeline.canonical_augment(config["augment"])} if "augment" in config else config
 
 
 def _clean(value):

@@ -9,18 +9,14 @@ disconnect or a full disk.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
-import hashlib
-import json
 import math
 import platform
 import signal
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,123 +25,12 @@ import torch.nn.functional as F
 
 from mp3kit import data as voc
 from mp3kit import metrics, models, pipeline, runs
+from mp3kit.config import TrainConfig
 from mp3kit.runs import Run
-from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError, WriteFailed, atomic_write, pick_device, write_failure
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "step", "cosine")
-DIFFICULT_MODES = ("positive", "negative", "ignore")
-AMP_MODES = ("auto", "on", "off")  # mixed precision: auto = on for CUDA only
 CHECKPOINT_VERSION = 1  # later keys (history) are optional, so version 1 files still load
 RESUME_CHOICES = (False, True, "auto")
-TRAIN_SPLITS = ("train", "trainval")
-TTA_MODES = ("none", "flip")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; the defaults are the course kit's."""
-
-    # A name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...), a models.build spec, or your own network: an
-    # nn.Module class or a zero-argument callable returning one (mp3kit.usermodel; kept as a UserModel).
-    model: object = "simple"
-    pretrained_weights: str | None = None  # AlexNet ImageNet weights file (else settings.alexnet_weights() or the hub cache)
-    freeze_features: bool = False  # pretrained AlexNet: train the head only
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    epochs: int = 20
-    batch_size: int = 50
-    schedule: str = "none"
-    warmup_epochs: int = 0
-    step_size: int = 10  # schedule "step": multiply the lr by gamma every step_size epochs
-    gamma: float = 0.1
-    augment: str = "none"
-    image_size: int = 227
-    eval_every: int = 5  # evaluate at epoch 1, every eval_every-th epoch and the last one (the kit's test_frequency)
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # mixed precision: auto = on for CUDA only
-    pos_weight: object = "none"  # none | balanced | a list of 20 positive-class weights
-    difficult: str = "positive"  # how difficult-only labels count in training (the kit: positive)
-    pipeline: str = "cached"  # cached (decode once) | per-item (the kit's PIL path, for comparison)
-    max_images: int | None = None  # cap every split (smoke runs)
-    # train | trainval: train and val together, the VOC protocol for a final test number (choose the epochs on
-    # train/val first: a trainval run has no held-out val curve).
-    train_split: str = "train"
-    tta: str = "none"  # none | flip: evaluation scores averaged over each image and its mirror
-    # Multiplies the channels and hidden units of networks trained from scratch (AlexNet, specs; models.scaled);
-    # the simple classifier and the pretrained AlexNet keep their sizes.
-    width: float = 1.0
-
-    def __post_init__(self):
-        self.betas = tuple(self.betas)
-        # Names older versions wrote (e.g. model "seed", augment "seed") still load, as the names they stand for.
-        self.model = models.canonical_name(self.model)
-        self.augment = pipeline.canonical_augment(self.augment)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise UserError naming the first field with a value that cannot work."""
-        choices = {
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "augment": pipeline.AUGMENT_PRESETS,
-            "difficult": DIFFICULT_MODES,
-            "train_split": TRAIN_SPLITS,
-            "tta": TTA_MODES,
-            "pipeline": pipeline.PIPELINES,
-            "amp": AMP_MODES,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise UserError(f"TrainConfig.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}.")
-        positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size,
-                    "eval_every": self.eval_every, "width": self.width}
-        for key, value in positive.items():
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise UserError(f"TrainConfig.{key}={value!r} must be a positive number.")
-        if self.image_size < 32:
-            raise UserError(f"TrainConfig.image_size={self.image_size} is too small: use at least 32 pixels.")
-        if self.max_images is not None and self.max_images < 2:
-            raise UserError(f"TrainConfig.max_images={self.max_images} must be at least 2 (or None for every image).")
-
-    def to_dict(self) -> dict:
-        """Return the config as a JSON-ready dict (a student's network as its record: code, repr, digest)."""
-        d = asdict(dataclasses.replace(self, model=None))
-        d["model"] = self.model.to_dict() if isinstance(self.model, UserModel) else copy.deepcopy(self.model)
-        d["betas"] = list(self.betas)
-        return d
-
-    def identity(self) -> dict:
-        """Return what makes two runs the same: every field, a student's network by its digest (code and layers)."""
-        d = self.to_dict()
-        if isinstance(self.model, UserModel):
-            d["model"] = self.model.identity()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build a config from a dict, ignoring keys this version does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def replace(self, **changes) -> TrainConfig:
-        """Return a copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def model_label(self) -> str:
-        """Return a short readable name of the model (models.label)."""
-        return models.label(self.model)
-
-    def default_name(self) -> str:
-        """Return a run name derived from the model and a hash of the whole config."""
-        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.model_label()}-{digest}"
 
 
 @dataclass
@@ -280,10 +165,8 @@ def _pos_weight(config: TrainConfig, targets: np.ndarray, device) -> torch.Tenso
     if config.pos_weight == "balanced":
         pos = targets.sum(0).clip(min=1)
         w = (len(targets) - pos) / pos
-    else:
+    else:  # 20 weights (TrainConfig.validate checked them)
         w = np.asarray(config.pos_weight, dtype=np.float32)
-        if w.shape != (len(voc.VOC_CLASSES),):
-            raise UserError(f"TrainConfig.pos_weight has {w.size} values: give 20, 'balanced' or 'none'.")
     return torch.as_tensor(w, dtype=torch.float32, device=device)
 
 
@@ -612,8 +495,8 @@ def _load_state(model, state: dict, path) -> None:
         ) from exc
 
 
-def build_model(config: TrainConfig):
-    """Build the network a config names (with pretrained weights when it asks for them).
+def build_model(config: TrainConfig, imagenet: bool = True):
+    """Build the network a config names (with pretrained weights when it asks for them; imagenet=False: without).
 
     The ImageNet AlexNet weights are downloaded only when settings.allow_download() says so; otherwise they must
     already be on disk (notebook 2's Colab cell puts them in torch's hub cache).
@@ -625,6 +508,7 @@ def build_model(config: TrainConfig):
         weights_path=config.pretrained_weights,
         freeze_features=config.freeze_features,
         width=config.width,
+        imagenet=imagenet,
     )
 
 
@@ -636,23 +520,20 @@ def load_model(run_or_path, device: str = "cpu", model=None):
     run = run_or_path if isinstance(run_or_path, Run) else runs.load_run(run_or_path)
     config = TrainConfig.from_dict(run.config)
     if model is not None:
-        given = models.canonical_name(model)
+        given = models.canonical(model)
         if given != config.model:
             raise UserError(f"The model given ({models.label(given)}) is not the network the run {run.path} was trained "
                             f"with ({config.model_label()}): pass the class or callable as it was when the run trained.")
         config = config.replace(model=given)
     ckpt = load_checkpoint(run.checkpoint_path)
-    if config.model in ("alexnet-pretrained", "alexnet-pretrained-frozen"):
-        # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file.
-        config = config.replace(model="alexnet", pretrained_weights=None)
-    model = build_model(config)
+    model = build_model(config, imagenet=False)  # the checkpoint carries every weight: no ImageNet file is needed
     _load_state(model, ckpt["model"], run.checkpoint_path)
     return model.to(pick_device(device)).eval()
 
 
 def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
-    # Read back as a TrainConfig, a run recorded by an older version means what it meant then: the old names
-    # (model "seed", augment "seed") become today's, and fields added since take the defaults that were in effect.
+    # Read back as a TrainConfig, a run recorded by an older version means what it meant then: fields added since take
+    # the defaults that were in effect.
     try:
         recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).identity()
     except (UserError, TypeError):

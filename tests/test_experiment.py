@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from mp3kit import experiment, findings, metrics, models, synth, train
+from mp3kit import config, experiment, findings, metrics, models, synth, train
 from mp3kit.experiment import Experiment
 from mp3kit.util import UserError
 
@@ -52,7 +52,7 @@ def test_full_profile_without_real_voc_is_a_user_error(tmp_path, voc_root, where
 
 
 def test_quick_profile_sizes_each_notebook_and_says_so(tmp_path, voc_root, capsys):
-    quick = experiment.get_profile("quick")
+    quick = config.get_profile("quick")
     intro, scratch = quick.for_notebook("01_introduction"), quick.for_notebook("02_scratch_vs_pretrained")
     # The course's 20 and 40 epochs everywhere, at batch 8 for the simple classifier (32 px) and 10 for AlexNet's
     # layers (64 px, the smallest size they take, at 1/8 width; notebook 3 at 128 px, where every ablation row fits).
@@ -80,7 +80,7 @@ def test_config_is_the_profile_plus_changes_on_the_course_defaults(exp):
     cfg = exp.config(model="alexnet", optimizer="adam", lr=1e-4)
     assert (cfg.image_size, cfg.max_images, cfg.epochs, cfg.eval_every) == (64, 40, 2, 1)
     assert (cfg.model, cfg.optimizer, cfg.lr, cfg.momentum) == ("alexnet", "adam", 1e-4, 0.9)
-    full = experiment.PROFILES["full"].train
+    full = config.PROFILES["full"].train
     assert full == {}  # the full profile is the course's TrainConfig defaults, untouched
 
 

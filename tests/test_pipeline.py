@@ -464,7 +464,3 @@ def test_bench_reports_both_pipelines_and_ends_with_a_json_line(tmp_path, capsys
     assert any(line.startswith("input pipeline") for line in lines)
     assert not (tmp_path / "cache" / "images").exists()  # the bench's image cache is temporary
 
-
-def test_old_preset_name_reads_as_todays():
-    assert pipeline.canonical_augment("seed") == "jitter-flip-rotate" and pipeline.canonical_augment("none") == "none"
-    assert "seed" not in pipeline.AUGMENT_PRESETS  # listed under its new name only

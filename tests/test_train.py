@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from mp3kit import runs, synth, train
+from mp3kit import runs, settings, synth, train
 from mp3kit.util import UserError
 
 TINY_NET = {"name": "tiny", "blocks": [{"conv": 16, "s": 2, "bn": True}, {"conv": 32, "s": 2, "bn": True},
@@ -516,17 +517,55 @@ def test_a_user_error_in_a_notebook_shows_its_sentence_not_a_traceback():
     assert "Could not write checkpoint.pt (3.0 MB) in runs/x (No space left on device): free that much space there." in shown
 
 
-def test_a_run_recorded_under_the_old_names_seed_is_reused_under_the_new_ones(voc_root, tmp_path):
-    first = train.fit(train.TrainConfig(**{**SMALL, "epochs": 1}), voc_root, name="old", runs_dir=tmp_path, progress=False)
-    config_file = tmp_path / "old" / "config.json"
-    recorded = json.loads(config_file.read_text())
-    recorded.update(model="seed", augment="seed")  # what an older mp3kit wrote for alexnet-bn with its augmentation
-    config_file.write_text(json.dumps(recorded))
-    old_config = train.TrainConfig.from_dict(recorded)
-    assert (old_config.model, old_config.augment) == ("alexnet-bn", "jitter-flip-rotate")
-    cfg = train.TrainConfig(**{**SMALL, "epochs": 1, "model": "alexnet-bn", "augment": "jitter-flip-rotate"})
-    again = train.fit(cfg, voc_root, name="old", runs_dir=tmp_path, progress=False, reuse=True)
-    assert again.origin == "reused" and again.metrics == first.metrics
+# Configs that mp3kit 0.1.0's train.fit recorded, before TrainConfig's fields and the model registry were rewritten.
+RECORDED = json.loads((Path(__file__).parent / "data" / "configs-0.1.0.json").read_text())["runs"]
+
+
+@pytest.mark.parametrize("recorded", RECORDED, ids=[r["name"] for r in RECORDED])
+def test_a_config_recorded_by_0_1_0_reads_back_as_the_same_run_under_the_same_name(recorded):
+    config = train.TrainConfig(**recorded["kwargs"])
+    assert config.default_name() == recorded["name"]  # a run named by default is found under its name
+    assert config.to_dict() == recorded["config"]
+    assert train.TrainConfig.from_dict(recorded["config"]).identity() == config.identity()
+
+
+def test_a_run_recorded_by_0_1_0_is_reused_not_trained_again(voc_root, tmp_path, monkeypatch):
+    recorded = RECORDED[0]
+    first = train.fit(train.TrainConfig(**recorded["kwargs"]), voc_root, runs_dir=tmp_path, progress=False)
+    config_file = first.path / "config.json"
+    on_disk = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**recorded["config"], "data": on_disk["data"]}))  # as 0.1.0 wrote it
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("a recorded run was trained again"))
+    again = train.fit(train.TrainConfig(**recorded["kwargs"]), voc_root, runs_dir=tmp_path, progress=False, reuse=True)
+    assert again.name == recorded["name"] and again.origin == "reused" and again.metrics == first.metrics
+
+
+def test_an_old_name_is_refused_in_one_sentence_that_lists_the_known_ones(tmp_path):
+    with pytest.raises(UserError, match=r"^Unknown model 'seed': use one of simple, alexnet, alexnet-pretrained, "
+                                        r"alexnet-pretrained-frozen, alexnet-bn, basenet, a spec"):
+        train.TrainConfig(model="seed")
+    with pytest.raises(UserError, match=r"^TrainConfig.augment='seed' is not one of none, jitter-flip-rotate, standard\.$"):
+        train.TrainConfig(augment="seed")
+    out = _cli("train", "--model", "seed", "--runs-dir", str(tmp_path))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Unknown model 'seed'" in out.stderr
+    assert not (tmp_path / "seed").exists()
+
+
+def test_a_pretrained_run_at_the_quick_profiles_width_loads_back(voc_root, tmp_path, monkeypatch):
+    # The quick profile gives every run width 0.125; the pretrained AlexNet keeps ImageNet's sizes whatever the width,
+    # and load_model must rebuild it at those sizes (without the ImageNet file: the checkpoint holds every weight).
+    with torch.device("meta"):
+        shapes = torchvision.models.alexnet().state_dict()
+    torch.save({k: torch.randn(v.shape) * 0.01 for k, v in shapes.items()}, tmp_path / "imagenet.pth")
+    monkeypatch.setenv(settings.ALEXNET_WEIGHTS, str(tmp_path / "imagenet.pth"))
+    cfg = train.TrainConfig(model="alexnet-pretrained", width=0.125, image_size=64, max_images=20, epochs=1,
+                            eval_every=1, batch_size=20)
+    run = train.fit(cfg, voc_root, name="pretrained", runs_dir=tmp_path / "runs", progress=False)
+    monkeypatch.setenv(settings.ALEXNET_WEIGHTS, str(tmp_path / "gone.pth"))
+    model = train.load_model(run.path)
+    assert model.features[0].out_channels == 64 and model.classifier[6].out_features == 20
+    saved = torch.load(run.checkpoint_path, weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 # ---------------------------------------------------------------- recipes: trainval, flip TTA, the lr range test
