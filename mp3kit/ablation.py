@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from mp3kit import items, models, runs, train
-from mp3kit.table import Table
 from mp3kit.config import TrainConfig
+from mp3kit.table import Table
 from mp3kit.util import UserError
 
 NOTE = ("Each row is one run. \"Best mAP on test set\" is the test mAP of that row's run, measured once after its last "
