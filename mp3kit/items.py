@@ -29,10 +29,9 @@ from typing import ClassVar
 
 from mp3kit import findings
 from mp3kit import runs as run_records
-from mp3kit.table import Table
+from mp3kit.table import MISSING, Table
 from mp3kit.util import UserError, atomic_write_text
 
-MISSING = "–"  # a number the run records do not hold
 NEAR_CHANCE = 1.25  # a best test mAP under 1.25x chance is reported as "near chance", not as a winner
 
 

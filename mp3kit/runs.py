@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mp3kit.table import MISSING
 from mp3kit.util import UserError, atomic_write_bytes, atomic_write_json, write_failure
 
 RUN_FILES = ("config.json", "history.json", "metrics.json", "status.json", "test_scores.npz", "checkpoint.pt")
@@ -106,7 +107,7 @@ class Run:
         }
 
     def __repr__(self) -> str:
-        tm = f"{self.test_map:.4f}" if self.test_map is not None else "-"
+        tm = f"{self.test_map:.4f}" if self.test_map is not None else MISSING
         return f"Run({self.name!r}, status={self.status}, epochs={len(self.history)}, test_map={tm})"
 
 

@@ -31,7 +31,7 @@ import ipywidgets as widgets
 from mp3kit import models, runs, train
 from mp3kit.config import Setting, TrainConfig, settings_of
 from mp3kit.plots import SYNTHETIC_MARK, history_png
-from mp3kit.table import Table
+from mp3kit.table import MISSING, Table
 from mp3kit.util import UserError
 
 DESCRIPTION_WIDTH = "110px"
@@ -338,7 +338,7 @@ def runs_table_html(recorded, runs_dir, current=None) -> str:
     rows = []
     for run in recorded:
         c = run.config
-        val_map, test_map = (f"{v:.3f}" if v is not None else "\u2013" for v in (run.val_map, run.test_map))
+        val_map, test_map = (f"{v:.3f}" if v is not None else MISSING for v in (run.val_map, run.test_map))
         rows.append([run.name, models.label(c.get("model")), str(c.get("optimizer", "")), f"{c.get('lr', float('nan')):.3g}",
                      f"{len(run.history)}/{c.get('epochs', '?')}", run.status, val_map, test_map])
     table = Table(rows, [h for h, _ in _COLUMNS], align=[a for _, a in _COLUMNS])

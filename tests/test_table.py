@@ -1,7 +1,7 @@
 """The one table renderer: markdown for notebooks and the report, aligned text for the CLI, HTML for the panel."""
 
 from mp3kit.experiment import Table as ExperimentTable
-from mp3kit.table import Table, format_cell
+from mp3kit.table import MISSING, Table, format_cell
 
 
 def test_markdown_aligns_numbers_right_and_escapes_cells():
@@ -32,5 +32,6 @@ def test_html_escapes_cells_and_bolds_the_rows_asked_for():
 
 
 def test_cells_and_the_experiment_re_export():
-    assert [format_cell(v) for v in (None, float("nan"), True, 12345, 0.5, "x")] == ["-", "-", "True", "12,345", "0.5000", "x"]
+    assert [format_cell(v) for v in (None, float("nan"), True, 12345, 0.5, "x")] == [MISSING, MISSING, "True", "12,345", "0.5000", "x"]
+    assert MISSING == "–"  # one mark for a missing value everywhere (tables, report, panel)
     assert ExperimentTable is Table
