@@ -6,7 +6,7 @@ from mp3kit.table import MISSING, Table, format_cell
 
 def test_markdown_aligns_numbers_right_and_escapes_cells():
     table = Table([{"run": "a|b", "epochs": 1200, "mAP": 0.12345, "loss": None}], note="A note.")
-    assert table.to_markdown() == ("| run | epochs | mAP | loss |\n|---|---:|---:|---|\n| a\\|b | 1,200 | 0.1235 | - |\n"
+    assert table.to_markdown() == ("| run | epochs | mAP | loss |\n|---|---:|---:|---|\n| a\\|b | 1,200 | 0.1235 | – |\n"
                                    "\nA note.\n")
     assert table._repr_markdown_() == table.to_markdown()
 
@@ -18,7 +18,7 @@ def test_text_is_aligned_and_explicit_alignment_applies_to_every_format():
         "name      status    epochs  test mAP  best val",
         "--------  --------  ------  --------  --------",
         "simple-1  complete       3    0.5000         -",
-        "b         stopped       12         -    0.2500",
+        "b         stopped       12         –    0.2500",
     ]
     assert table.to_markdown().splitlines()[1] == "|---|---|---:|---:|---:|"
     assert repr(table) == table.to_text()
