@@ -17,7 +17,7 @@ def test_text_is_aligned_and_explicit_alignment_applies_to_every_format():
     assert table.to_text().splitlines() == [
         "name      status    epochs  test mAP  best val",
         "--------  --------  ------  --------  --------",
-        "simple-1  complete       3    0.5000         -",
+        "simple-1  complete       3    0.5000         –",
         "b         stopped       12         –    0.2500",
     ]
     assert table.to_markdown().splitlines()[1] == "|---|---|---:|---:|---:|"
