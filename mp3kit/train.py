@@ -1,15 +1,16 @@
 """Training: one TrainConfig, one fit(), one Run record on disk.
 
 A notebook parameter, a widget and a CLI flag all fill the same TrainConfig; fit() is the only training loop.
-Like torchvision's classification reference, fit() keeps the run's bookkeeping (reuse, resume or start afresh;
-records; errors) around visible seams: train_one_epoch (whose train_step bench.py times too), the evaluation
-functions and the checkpoint helpers. Every completed epoch is checkpointed, so a run can be resumed after a
-disconnect or a full disk.
+start_session builds what training needs (network, optimizer, precision, loaders) for fit, lr_range_test and
+bench.py alike. Like torchvision's classification reference, fit() keeps the run's bookkeeping around visible
+seams: one decision how to start (_start_point: reuse, resume or afresh), one place that records how training
+ends (_recorded), train_one_epoch, the evaluation functions and the checkpoint helpers. Every completed epoch is
+checkpointed, so a run can be resumed after a disconnect or a full disk.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
 import platform
 import signal
@@ -258,6 +259,68 @@ def precision_line(info: dict) -> str:
     return f"training on {info['device']} ({where}) {how}"
 
 
+@dataclass
+class Session:
+    """What training a config needs, built in one place (start_session): fit, lr_range_test and bench.py share it."""
+
+    config: TrainConfig
+    device: torch.device
+    training: voc.VOCSplit  # the split it trains on: train, or train and val together (trainval)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    amp: torch.dtype | None  # the autocast dtype; None trains in float32
+    scaler: torch.amp.GradScaler | None  # float16's gradient scaler
+    pos_weight: torch.Tensor | None  # (20,) weights of the positive labels in the loss
+    cache_dir: str | Path | None = None  # where the decode-once image cache lives (pipeline.cache_images)
+    progress: bool = False
+
+    @property
+    def precision(self) -> dict:
+        """Return what the session computes on (precision_info)."""
+        return precision_info(self.device, self.amp)
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, x, y) -> torch.Tensor:
+        """Take one optimizer step on the batch (x, y) (train_step); return the loss, left on the device."""
+        return train_step(self.model, self.optimizer, x, y, amp=self.amp, scaler=self.scaler, pos_weight=self.pos_weight)
+
+    def _loader(self, split: voc.VOCSplit, **options):
+        config = self.config
+        return pipeline.make_loader(split, image_size=config.image_size, seed=config.seed, device=self.device,
+                                    pipeline=config.pipeline, cache_dir=self.cache_dir, progress=self.progress, **options)
+
+    def train_loader(self):
+        """Return the shuffled, augmented loader of the training split, its targets as config.difficult says."""
+        return self._loader(self.training, train=True, batch_size=self.config.batch_size, augment=self.config.augment,
+                            targets=training_targets(self.training, self.config.difficult))
+
+    def eval_loader(self, split: voc.VOCSplit):
+        """Return the loader that evaluates split: in order, unaugmented, at twice the training batch."""
+        # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
+        # and AlexNet-sized layers run faster on bigger batches (README, "Speed").
+        return self._loader(split, train=False, batch_size=2 * self.config.batch_size)
+
+
+def start_session(config: TrainConfig, training: voc.VOCSplit, *, device=None, cache_dir=None,
+                  progress: bool = False) -> Session:
+    """Seed, build and place config's network, its optimizer, precision and backends, to train on training.
+
+    device defaults to the one config names. The loaders are made on demand (Session.train_loader, eval_loader):
+    building the image cache can wait until fit knows it trains.
+    """
+    device = pick_device(config.device) if device is None else device
+    _set_seed(config.seed)
+    model = place_model(build_model(config), device).train()
+    amp = amp_dtype(config, device)
+    configure_backends(device)
+    return Session(config, device, training, model, make_optimizer(config, model.parameters()), amp, grad_scaler(amp),
+                   _pos_weight(config, training.targets, device), cache_dir=cache_dir, progress=progress)
+
+
 def train_step(model, optimizer, x, y, *, amp=None, scaler=None, pos_weight=None) -> torch.Tensor:
     """Take one optimizer step on the batch (x, y); return the loss, detached and left on the device."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
@@ -274,22 +337,21 @@ def train_step(model, optimizer, x, y, *, amp=None, scaler=None, pos_weight=None
     return loss.detach()
 
 
-def train_one_epoch(model, optimizer, loader, epoch: int, *, amp=None, scaler=None, pos_weight=None, stop=None,
-                    progress: bool = False) -> dict:
-    """Train model for one pass over loader (0-based epoch); return the epoch's history record.
+def train_one_epoch(session: Session, loader, epoch: int, stop=None) -> dict:
+    """Train the session's model for one pass over loader (0-based epoch); return the epoch's history record.
 
     Raises TrainingStopped when stop is set (checked before every batch) and NonFiniteLoss when a loss is not finite.
     """
-    model.train()
+    session.model.train()
     loader.set_epoch(epoch)
-    lr = optimizer.param_groups[0]["lr"]
+    lr = session.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     losses, seen = [], 0
-    for x, y in _progress(loader, progress, leave=False, desc=f"epoch {epoch + 1}"):
+    for x, y in _progress(loader, session.progress, leave=False, desc=f"epoch {epoch + 1}"):
         if stop is not None and stop.is_set():
             raise TrainingStopped
         # Kept on the device: a .item() per batch would make the CPU wait for every GPU step.
-        losses.append(train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight))
+        losses.append(session.step(x, y))
         seen += x.shape[0]
     losses = torch.stack(losses).float()  # (batches,)
     finite = torch.isfinite(losses)
@@ -326,12 +388,13 @@ def evaluate(model, loader, device, amp_dtype=None, tta: str = "none") -> tuple[
     return total / max(count, 1), torch.cat(scores).numpy()
 
 
-def evaluate_epoch(model, train_loader, val_loader, train_split: voc.VOCSplit, val_split: voc.VOCSplit | None, device,
-                   amp, epoch: int, tta: str = "none") -> dict:
+def evaluate_epoch(session: Session, train_loader, val_loader, val_split: voc.VOCSplit | None, epoch: int) -> dict:
     """Return the train mAP, val mAP and val loss after 0-based epoch; NonFiniteLoss when the outputs are not finite.
 
-    val_loader None (a run that trains on val too) gives no val figures.
+    train_loader evaluates the session's training split; val_loader None (a run that trains on val too) gives no val
+    figures.
     """
+    model, device, amp, tta, train_split = session.model, session.device, session.amp, session.config.tta, session.training
     _, train_scores = evaluate(model, train_loader, device, amp, tta)
     val_loss, val_scores = evaluate(model, val_loader, device, amp, tta) if val_loader is not None else (None, None)
     if not (np.isfinite(train_scores).all() and (val_scores is None or np.isfinite(val_scores).all())):
@@ -558,45 +621,44 @@ def _reusable(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) ->
     return old
 
 
-def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> tuple[Run | None, dict | None]:
-    """Decide how fit starts: (the complete run to reuse, None), (None, the checkpoint to resume) or (None, None).
+@dataclass(frozen=True)
+class Start:
+    """How fit starts a run: reuse the complete one, resume one from its checkpoint, or train afresh."""
 
-    On resume, run takes the history of the checkpoint's epochs. (None, None) starts afresh: the run in the folder,
-    if any, moves aside.
-    """
+    how: str  # "reuse", "resume" or "fresh" (the run in the folder, if any, moves aside)
+    reused: Run | None = None  # reuse: the complete run, returned as it is
+    checkpoint: dict | None = None  # resume: the checkpoint to continue from
+    history: tuple = ()  # resume: the checkpoint's epochs, the records the resumed run starts with
+
+    @property
+    def origin(self) -> str:
+        """Return the Run's origin this start gives: reused, resumed or trained."""
+        return {"reuse": "reused", "resume": "resumed", "fresh": "trained"}[self.how]
+
+
+def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> Start:
+    """Decide how fit starts run, from what its folder holds and what was asked; change nothing."""
     reused = _reusable(run, config, data, resume, reuse)
     if reused is not None:
-        return reused, None
+        return Start("reuse", reused=reused)
     if not (run.path / "config.json").exists():
-        return None, None
+        return Start("fresh")
     old = runs.load_run(run.path)
     if old.complete or not resume:
-        return None, None
+        return Start("fresh")
     same = _same_config(old, config, data)
     if resume == "auto" and not same:
-        return None, None
+        return Start("fresh")
     if not same:
         raise UserError(
             f"Cannot resume {run.path}: it was trained with another config or data; use the same settings, or another --name."
         )
     if not old.checkpoint_path.exists():
-        return None, None
+        return Start("fresh")
     ckpt = load_checkpoint(old.checkpoint_path)
     # Checkpoints written before they carried the history: history.json holds at least the checkpoint's epochs.
-    run.history = ckpt["history"] if "history" in ckpt else old.history[: ckpt["epoch"]]
-    return None, ckpt
-
-
-def _loaders(config: TrainConfig, training: voc.VOCSplit, device, cache_dir, progress: bool):
-    """Return the loader of the training split and a function that makes the evaluation loader of a split."""
-    loader_kw = dict(batch_size=config.batch_size, image_size=config.image_size, seed=config.seed, device=device,
-                     pipeline=config.pipeline, cache_dir=cache_dir, progress=progress)
-    train_loader = pipeline.make_loader(training, train=True, augment=config.augment,
-                                        targets=training_targets(training, config.difficult), **loader_kw)
-    # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
-    # and AlexNet-sized layers run faster on bigger batches (README, "Speed").
-    eval_kw = {**loader_kw, "batch_size": 2 * config.batch_size}
-    return train_loader, functools.partial(pipeline.make_loader, train=False, **eval_kw)
+    history = ckpt["history"] if "history" in ckpt else old.history[: ckpt["epoch"]]
+    return Start("resume", checkpoint=ckpt, history=tuple(history))
 
 
 def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
@@ -608,26 +670,77 @@ def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
             print(f"{run.name}: the earlier run in {run.path} moved to {aside} (kept, listed by mp3kit runs).", flush=True)
 
 
-def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
-    """Record run as failed on exc (where the disk lets us) and return the sentence that says what to do."""
-    first = exc.remedy
-    if kept:
-        fix = (f"{first} (or move the run folder to another RUNS_DIR), then resume the run (resume=True, or mp3kit "
-               f"train --resume), which continues from its last good checkpoint (epoch {kept})")
-    else:
-        fix = f"{first} or choose another RUNS_DIR (--runs-dir), then train the run again"
-    error = exc.advise(fix)
-    _end(run, "failed", str(error), write=runs.write_status)  # history.json may be what the disk refused
-    return error
-
-
-def _interrupted(run: Run, writer: _CheckpointWriter, exc: KeyboardInterrupt) -> Interrupted:
-    """Record run as interrupted at its last good checkpoint and return the exception whose sentence says so."""
+def _lock(run: Run) -> runs.RunLock:
+    """Lock run's folder, or say in one sentence why it cannot be written."""
     try:
-        writer.wait()  # a checkpoint being written when the interrupt came lands first
+        return runs.RunLock(run.path).acquire()
+    except WriteFailed as exc:
+        raise exc.advise(_write_fix(exc, kept=0)) from exc
+
+
+def _write_fix(exc: WriteFailed, kept: int) -> str:
+    """Return what to do when a run's file could not be written (exc): fix the cause, then resume from epoch kept."""
+    if kept:
+        return (f"{exc.remedy} (or move the run folder to another RUNS_DIR), then resume the run (resume=True, or mp3kit "
+                f"train --resume), which continues from its last good checkpoint (epoch {kept})")
+    return f"{exc.remedy} or choose another RUNS_DIR (--runs-dir), then train the run again"
+
+
+def _record(run: Run, status: str, reason: str, write=runs.write_progress) -> None:
+    """Set run's status and reason and record them, as far as the disk allows (the failure may be the disk's)."""
+    run.status, run.reason = status, reason
+    try:
+        write(run)
+    except WriteFailed:
+        pass
+
+
+@contextlib.contextmanager
+def _recorded(run: Run, writer: _CheckpointWriter, batch_size: int):
+    """Record on run how the training inside ends, the one place that does; raise what the user must read.
+
+    Complete, or stopped by the user (TrainingStopped): recorded, nothing raised. Interrupted (Ctrl-C, the kernel's
+    interrupt button, SIGTERM): recorded at its last good checkpoint, raised as Interrupted. A non-finite loss, a
+    write the disk refused and CUDA out of memory: recorded as failed, raised as one sentence (a UserError).
+    """
+    sigterm = _SigtermInterrupts()
+    try:
+        try:
+            with writer:  # however training ends, the checkpoint being written lands first
+                yield
+            run.status = "complete"
+        except TrainingStopped:
+            run.status = "stopped"
+            run.reason = f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
+        runs.write_progress(run)
+    except NonFiniteLoss as exc:
+        _record(run, "failed", str(exc))
+        raise
+    except WriteFailed as exc:
+        error = exc.advise(_write_fix(exc, writer.kept))
+        _record(run, "failed", str(error), write=runs.write_status)  # history.json may be what the disk refused
+        raise error from exc
+    except torch.cuda.OutOfMemoryError as exc:
+        _record(run, "failed", "CUDA out of memory")
+        raise UserError(
+            f"The GPU ran out of memory with batch size {batch_size}: use a smaller batch size "
+            f"(e.g. {max(1, batch_size // 2)}) or a smaller image size."
+        ) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, the kernel's interrupt button, or SIGTERM
+        error = _interrupted(run, writer, getattr(exc, "signum", signal.SIGINT))
+        run.history = run.history[:writer.kept]  # what the checkpoint holds: the epochs a resumed run starts after
+        _record(run, "interrupted", str(error))
+        raise error from exc
+    finally:
+        sigterm.restore()
+
+
+def _interrupted(run: Run, writer: _CheckpointWriter, signum: int) -> Interrupted:
+    """Return the Interrupted whose sentence says where run stands, once a checkpoint being written has landed."""
+    try:
+        writer.wait()
     except WriteFailed:
         pass  # then the one before it is the last good one
-    signum = getattr(exc, "signum", signal.SIGINT)
     epochs = run.config["epochs"]
     how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
     where = f"Run {run.name} was {how} during epoch {min(len(run.history) + 1, epochs)} of {epochs}"
@@ -636,18 +749,7 @@ def _interrupted(run: Run, writer: _CheckpointWriter, exc: KeyboardInterrupt) ->
                    f"--resume) to continue from there.")
     else:
         message = f"{where}, before its first checkpoint: resume it (resume=True, or mp3kit train --resume) to start again."
-    run.history = run.history[:writer.kept]  # what the checkpoint holds: the epochs a resumed run starts after
-    _end(run, "interrupted", message)
     return Interrupted(message, signum)
-
-
-def _end(run: Run, status: str, reason: str, write=runs.write_progress) -> None:
-    """Set run's status and reason and record them, as far as the disk allows (the failure may be the disk's)."""
-    run.status, run.reason = status, reason
-    try:
-        write(run)
-    except WriteFailed:
-        pass
 
 
 def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_dir="runs", resume=False,
@@ -672,87 +774,49 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     reused = _reusable(run, config, data, resume, reuse)  # reading a finished run needs no lock
     if reused is not None:
         return reused
-    # Build the model before touching the run folder: a missing weights file must not leave a half run behind.
-    device = pick_device(config.device)
-    _set_seed(config.seed)
-    model = place_model(build_model(config), device)
+    # Built before the run folder is touched: a missing weights file must not leave a half run behind.
+    session = start_session(config, data.training(config.train_split), cache_dir=cache_dir, progress=progress)
     # Locked before anything in the folder is moved or written: a second fit of this run (another process, or the
     # training panel's thread) stops here with a sentence instead of mixing its files with this one's.
-    try:
-        lock = runs.RunLock(run.path).acquire()
-    except WriteFailed as exc:
-        raise exc.advise(f"{exc.remedy} or choose another RUNS_DIR (--runs-dir), then train the run again") from exc
-    with lock:
-        return _train(run, config, data, model, device, lock, resume=resume, reuse=reuse, progress=progress,
-                      callback=callback, stop=stop, cache_dir=cache_dir)
+    with _lock(run) as lock:
+        start = _start_point(run, config, data, resume, reuse)  # under the lock: another fit may have finished it
+        if start.how == "reuse":
+            return start.reused
+        if start.how == "fresh":
+            _move_aside(run, lock, progress)
+        return _train(run, session, data, start, callback=callback, stop=stop)
 
 
-def _train(run: Run, config: TrainConfig, data: Data, model, device, lock: runs.RunLock, *, resume, reuse: bool,
-           progress: bool, callback, stop, cache_dir) -> Run:
-    """Reuse, resume or start run afresh under its lock, then train, test and record it."""
-    name = run.name
-    # Decided under the lock: another process may have finished the run since fit first looked.
-    reused, ckpt = _start_point(run, config, data, resume, reuse)
-    if reused is not None:
-        return reused
-    if ckpt is None:
-        _move_aside(run, lock, progress)
-    amp = amp_dtype(config, device)
-    optimizer, scaler = make_optimizer(config, model.parameters()), grad_scaler(amp)
-    start, best = restore(ckpt, model, optimizer, scaler, run.checkpoint_path) if ckpt else (0, None)
-    configure_backends(device)
-    run.device_info, run.origin = precision_info(device, amp), "resumed" if ckpt else "trained"
-    if progress:
-        print(f"{name}: {precision_line(run.device_info)}", flush=True)
-    training = data.training(config.train_split)
+def _train(run: Run, session: Session, data: Data, start: Start, *, callback, stop) -> Run:
+    """Train run from start to its last epoch, checkpointing each, then test and record it; return it."""
+    config, model, optimizer, scaler = session.config, session.model, session.optimizer, session.scaler
+    first, best = restore(start.checkpoint, model, optimizer, scaler, run.checkpoint_path) if start.checkpoint else (0, None)
+    run.history, run.origin, run.device_info = list(start.history), start.origin, session.precision
+    if session.progress:
+        print(f"{run.name}: {precision_line(run.device_info)}", flush=True)
     held_out = data.val if config.train_split == "train" else None  # trainval: val is trained on, not held out
-    train_loader, eval_loader = _loaders(config, training, device, cache_dir, progress)
-    train_eval_loader, val_loader = eval_loader(training), held_out and eval_loader(held_out)
-    step_kw = dict(amp=amp, scaler=scaler, pos_weight=_pos_weight(config, training.targets, device), stop=stop,
-                   progress=progress)
-    t_run, writer, sigterm = time.perf_counter(), _CheckpointWriter(kept=start), _SigtermInterrupts()
-    try:
-        try:
-            with writer:
-                runs.write_config(run)
-                runs.write_progress(run)
-                for epoch in _progress(range(start, config.epochs), progress, desc=name, initial=start,
-                                       total=config.epochs):
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * lr_factor(config, epoch)
-                    record = train_one_epoch(model, optimizer, train_loader, epoch, **step_kw)
-                    if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                        record.update(evaluate_epoch(model, train_eval_loader, val_loader, training, held_out, device,
-                                                     amp, epoch, config.tta))
-                        if record["val_map"] is not None:
-                            best = record["val_map"] if best is None else max(best, record["val_map"])
-                    run.history.append(record)
-                    if epoch + 1 < config.epochs:  # the last epoch's weights are saved with the test results
-                        writer.save(run.checkpoint_path,
-                                    checkpoint_state(model, optimizer, scaler, epoch + 1, config, best, run.history))
-                    runs.write_progress(run)
-                    if callback is not None:
-                        callback(run)
-                _finish(run, model, eval_loader(data.test), data, device, amp, config, best, writer, t_run)
-        except TrainingStopped:
-            run.status = "stopped"
-            run.reason = f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
+    train_loader = session.train_loader()
+    train_eval_loader, val_loader = session.eval_loader(session.training), held_out and session.eval_loader(held_out)
+    t_run, writer = time.perf_counter(), _CheckpointWriter(kept=first)
+    with _recorded(run, writer, config.batch_size):
+        runs.write_config(run)
+        runs.write_progress(run)
+        for epoch in _progress(range(first, config.epochs), session.progress, desc=run.name, initial=first,
+                               total=config.epochs):
+            session.set_lr(config.lr * lr_factor(config, epoch))
+            record = train_one_epoch(session, train_loader, epoch, stop)
+            if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                record.update(evaluate_epoch(session, train_eval_loader, val_loader, held_out, epoch))
+                if record["val_map"] is not None:
+                    best = record["val_map"] if best is None else max(best, record["val_map"])
+            run.history.append(record)
+            if epoch + 1 < config.epochs:  # the last epoch's weights are saved with the test results
+                writer.save(run.checkpoint_path, checkpoint_state(model, optimizer, scaler, epoch + 1, config, best,
+                                                                  run.history))
             runs.write_progress(run)
-    except NonFiniteLoss as exc:
-        _end(run, "failed", str(exc))
-        raise
-    except WriteFailed as exc:
-        raise _write_failed(run, exc, writer.kept) from exc
-    except torch.cuda.OutOfMemoryError as exc:
-        _end(run, "failed", "CUDA out of memory")
-        raise UserError(
-            f"The GPU ran out of memory with batch size {config.batch_size}: use a smaller batch size "
-            f"(e.g. {max(1, config.batch_size // 2)}) or a smaller image size."
-        ) from exc
-    except KeyboardInterrupt as exc:  # Ctrl-C, the kernel's interrupt button, or SIGTERM
-        raise _interrupted(run, writer, exc) from exc
-    finally:
-        sigterm.restore()
+            if callback is not None:
+                callback(run)
+        _finish(run, session, data, best, writer, t_run)
     if callback is not None:
         callback(run)
     return run
@@ -771,21 +835,14 @@ def lr_range_test(config: TrainConfig, data_root=None, *, data: Data | None = No
         raise UserError(f"lr_range_test needs 0 < start_lr < end_lr and at least 10 steps (got {start_lr:g}, "
                         f"{end_lr:g}, {steps}).")
     data = data or load_data(data_root, config.max_images)
-    device = pick_device(config.device)
-    _set_seed(config.seed)
-    model = place_model(build_model(config), device).train()
-    amp = amp_dtype(config, device)
-    optimizer, scaler = make_optimizer(config.replace(lr=start_lr), model.parameters()), grad_scaler(amp)
-    training = data.training(config.train_split)
-    loader, _ = _loaders(config, training, device, cache_dir, progress)
-    pos_weight = _pos_weight(config, training.targets, device)
+    session = start_session(config.replace(lr=start_lr), data.training(config.train_split), cache_dir=cache_dir,
+                            progress=progress)
     growth = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs, losses, running, average = [], [], [], 0.0
-    for x, y in _endless(loader):
+    for x, y in _endless(session.train_loader()):
         lr = start_lr * growth ** len(lrs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight).item()
+        session.set_lr(lr)
+        loss = session.step(x, y).item()
         if not math.isfinite(loss):
             break
         average = 0.9 * average + 0.1 * loss  # an exponential moving average, bias-corrected below
@@ -839,9 +896,11 @@ def suggest_lr(lrs, smoothed) -> dict:
     return {"suggested_lr": float(lrs[best]), "range": [float(lrs[low]), float(lrs[high])]}
 
 
-def _finish(run: Run, model, test_loader, data: Data, device, amp, config: TrainConfig, best, writer, t_run) -> None:
-    """Test the trained model, keep its weights, record the test results and mark the run complete."""
-    test_metrics, scores = evaluate_test(model, test_loader, data.test, device, amp, config.tta)
+def _finish(run: Run, session: Session, data: Data, best, writer: _CheckpointWriter, t_run: float) -> None:
+    """Test the trained model, keep its weights and record the test results (_recorded marks the run complete)."""
+    config, model = session.config, session.model
+    test_metrics, scores = evaluate_test(model, session.eval_loader(data.test), data.test, session.device, session.amp,
+                                         config.tta)
     run.metrics = {**test_metrics, "best_val_map": best, "epochs_done": len(run.history), "synthetic": data.synthetic,
                    **run.device_info, "seconds": time.perf_counter() - t_run}
     # The finished run's checkpoint keeps weights and config, not the optimizer state (AlexNet's is 2x the weights):
@@ -849,5 +908,3 @@ def _finish(run: Run, model, test_loader, data: Data, device, amp, config: Train
     writer.write_now(run.checkpoint_path, checkpoint_state(model, None, None, config.epochs, config, best, run.history))
     runs.write_test_scores(run, data.test.ids, scores, data.test.targets, data.test.difficult)
     runs.write_metrics(run)
-    run.status = "complete"
-    runs.write_progress(run)

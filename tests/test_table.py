@@ -32,6 +32,7 @@ def test_html_escapes_cells_and_bolds_the_rows_asked_for():
 
 
 def test_cells_and_the_experiment_re_export():
-    assert [format_cell(v) for v in (None, float("nan"), True, 12345, 0.5, "x")] == [MISSING, MISSING, "True", "12,345", "0.5000", "x"]
+    cells = [format_cell(v) for v in (None, float("nan"), True, 12345, 0.5, "x")]
+    assert cells == [MISSING, MISSING, "True", "12,345", "0.5000", "x"]
     assert MISSING == "–"  # one mark for a missing value everywhere (tables, report, panel)
     assert ExperimentTable is Table
