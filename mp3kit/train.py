@@ -555,7 +555,8 @@ class _CheckpointWriter:
 
     def wait(self) -> None:
         if self._thread is not None:
-            self._thread.join()
+            if self._thread.ident is not None:  # a signal may land between making the writer thread and starting it
+                self._thread.join()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None

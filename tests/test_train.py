@@ -856,6 +856,17 @@ def test_sigterm_lets_the_checkpoint_being_written_land_and_fit_restores_the_old
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_signal_before_the_checkpoint_writer_starts_ends_the_run_as_that_signal(tmp_path, monkeypatch):
+    # fit's SIGTERM handler raises where the main thread is; here, between making the writer thread and starting it.
+    def signalled(self):
+        raise train.Interrupted(signum=signal.SIGTERM)
+
+    monkeypatch.setattr(threading.Thread, "start", signalled)
+    with pytest.raises(train.Interrupted), train._CheckpointWriter() as writer:
+        writer.save(tmp_path / "checkpoint.pt", {"epoch": 1})
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_the_kernels_interrupt_button_marks_the_run_interrupted_in_one_line(voc_root, tmp_path):
     from jupyter_client.manager import start_new_kernel
 
