@@ -604,8 +604,9 @@ def load_model(run_or_path, device: str = "cpu", model=None):
         config = config.replace(model=given)
     ckpt = load_checkpoint(run.checkpoint_path)
     if config.model in ("alexnet-pretrained", "alexnet-pretrained-frozen"):
-        # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file.
-        config = config.replace(model="alexnet", pretrained_weights=None)
+        # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file. It is
+        # full-width AlexNet whatever the profile's width, which only the networks trained from scratch follow.
+        config = config.replace(model="alexnet", pretrained_weights=None, width=1.0)
     model = build_model(config)
     _load_state(model, ckpt["model"], run.checkpoint_path)
     return model.to(pick_device(device)).eval()
@@ -794,7 +795,7 @@ def _train(run: Run, config: TrainConfig, data: Data, model, device, lock: runs.
                     runs.write_progress(run)
                     if callback is not None:
                         callback(run)
-                _finish(run, model, eval_loader(data.test), data, device, amp, config, best, writer, t_run)
+                _finish(run, model, eval_loader, data, device, amp, config, best, writer, t_run)
         except TrainingStopped:
             run.status = "stopped"
             run.reason = f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
@@ -896,15 +897,19 @@ def suggest_lr(lrs, smoothed) -> dict:
     return {"suggested_lr": float(lrs[best]), "range": [float(lrs[low]), float(lrs[high])]}
 
 
-def _finish(run: Run, model, test_loader, data: Data, device, amp, config: TrainConfig, best, writer, t_run) -> None:
-    """Test the trained model, keep its weights, record the test results and mark the run complete."""
-    test_metrics, scores = evaluate_test(model, test_loader, data.test, device, amp, config.tta)
+def _finish(run: Run, model, eval_loader, data: Data, device, amp, config: TrainConfig, best, writer, t_run) -> None:
+    """Test the trained model, keep its weights, record the test results and val scores and mark the run complete."""
+    test_metrics, scores = evaluate_test(model, eval_loader(data.test), data.test, device, amp, config.tta)
     run.metrics = {**test_metrics, "best_val_map": best, "epochs_done": len(run.history), "synthetic": data.synthetic,
                    **run.device_info, "seconds": time.perf_counter() - t_run}
     # The finished run's checkpoint keeps weights and config, not the optimizer state (AlexNet's is 2x the weights):
     # resuming it, should a write below fail, only tests it again.
     writer.write_now(run.checkpoint_path, checkpoint_state(model, None, None, config.epochs, config, best, run.history))
     runs.write_test_scores(run, data.test.ids, scores, data.test.targets, data.test.difficult)
+    # The final weights' val scores, for explanations without the model (mp3kit.explain): one pass over val.
+    _, val_scores = evaluate(model, eval_loader(data.val), device, amp, config.tta)
+    runs.write_val_scores(run, data.val.ids, val_scores, data.val.targets, data.val.difficult,
+                          held_out=config.train_split == "train")
     runs.write_metrics(run)
     run.status = "complete"
     runs.write_progress(run)
