@@ -372,7 +372,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, cls, layer: str | None = None) -
 
 def peak_in_box(cam: np.ndarray, view, boxes) -> tuple[bool, float]:
     """Return whether a (S, S) map's highest point falls inside one of boxes (VOC boxes in the image's pixels, 1-based
-    and inclusive) and the share of the view the boxes cover: the chance that a point drawn at random does."""
+    and inclusive; a map of zeros has no highest point) and the share of the view the boxes cover: the chance that a
+    point drawn at random does."""
     size = cam.shape[-1]
     x0, y0, x1, y1 = view
     centres_x = x0 + (np.arange(size) + 0.5) * (x1 - x0) / size  # continuous coordinates: pixel i spans [i, i + 1)
@@ -380,6 +381,8 @@ def peak_in_box(cam: np.ndarray, view, boxes) -> tuple[bool, float]:
     inside = np.zeros((size, size), dtype=bool)
     for xmin, ymin, xmax, ymax in boxes:
         inside |= ((centres_y >= ymin - 1) & (centres_y < ymax))[:, None] & ((centres_x >= xmin - 1) & (centres_x < xmax))
+    if not np.any(cam > 0):
+        return False, float(inside.mean())  # a flat map (the class's score does not depend on the image) points nowhere
     py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
     return bool(inside[py, px]), float(inside.mean())
 

@@ -183,14 +183,16 @@ def _make_grad_cam(split, picks, cls, rows, synthetic):
                         xmin, ymin, xmax, ymax = obj.bbox
                         ax.add_patch(Rectangle((xmin - 1.5, ymin - 1.5), xmax - xmin + 1, ymax - ymin + 1, fill=False,
                                                edgecolor="white", linewidth=1.5))
-                py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
-                size = cam.shape[-1]
-                ax.plot(x0 + (px + 0.5) * (x1 - x0) / size, y0 + (py + 0.5) * (y1 - y0) / size, marker="+",
-                        color="white", markersize=12, markeredgewidth=2)
+                flat = not np.any(cam > 0)  # the class's score does not depend on the image: nothing to point at
+                if not flat:
+                    py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
+                    size = cam.shape[-1]
+                    ax.plot(x0 + (px + 0.5) * (x1 - x0) / size, y0 + (py + 0.5) * (y1 - y0) / size, marker="+",
+                            color="white", markersize=12, markeredgewidth=2)
                 ax.set_xlim(x0, x1)
                 ax.set_ylim(y1, y0)
-                ax.set_title("peak in a box" if hit else "peak outside the boxes", fontsize=8,
-                             color=_TRUTH_COLOURS["yes" if hit else "no"])
+                ax.set_title("flat map: no peak" if flat else "peak in a box" if hit else "peak outside the boxes",
+                             fontsize=8, color=_TRUTH_COLOURS["yes" if hit else "no"])
                 if j == 0:
                     ax.set_ylabel(label, fontsize=8)
         fig.suptitle(_title(f"Grad-CAM for {cls!r}: where each network looks (red: most; +: the peak; white: the {cls} "

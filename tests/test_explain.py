@@ -309,3 +309,11 @@ def test_the_notebook_cells_give_the_report_their_figures_tables_and_sentences(t
         assert (tmp_path / "figures" / f"{key}.png").stat().st_size > 10_000
     caption = next(i["caption"] for i in items if i["key"] == "03-predictions")
     assert "chosen per class on val for the best F1 (never on test)" in caption
+
+
+def test_a_flat_map_points_nowhere():
+    hit, share = explain.peak_in_box(np.zeros((8, 8)), (0, 0, 8, 8), [(1, 1, 4, 4)])  # the top-left cell is in the box
+    assert not hit and share == pytest.approx(0.25)
+    cam = np.zeros((8, 8))
+    cam[1, 1] = 0.5
+    assert explain.peak_in_box(cam, (0, 0, 8, 8), [(1, 1, 4, 4)])[0]
