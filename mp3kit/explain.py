@@ -125,13 +125,13 @@ def prediction_marks(scores, targets, difficult, thresholds) -> np.ndarray:
 
 
 def prediction_lines(scores_row, marks_row, top: int = 3) -> list[tuple[str, float, str]]:
-    """Return the (class, score, mark) lines shown under an image: its true and predicted classes, then its top scores
-    below threshold up to top lines, highest score first."""
+    """Return the (class, score, mark) lines shown under an image, highest score first: every class it holds, its false
+    positives (the highest, up to MAX_LINES lines in all), then its top scores below threshold up to top lines."""
     order = np.argsort(-np.asarray(scores_row), kind="stable")
-    shown = [c for c in order if marks_row[c] != "absent"]
+    shown = [c for c in order if marks_row[c] in ("present", "missed", "difficult")]
+    shown += [c for c in order if marks_row[c] == "false positive"][:max(0, MAX_LINES - len(shown))]
     shown += [c for c in order if marks_row[c] == "absent"][:max(0, top - len(shown))]
-    shown = sorted(shown, key=lambda c: -scores_row[c])[:MAX_LINES]
-    return [(CLASSES[c], float(scores_row[c]), marks_row[c]) for c in shown]
+    return [(CLASSES[c], float(scores_row[c]), marks_row[c]) for c in sorted(shown, key=lambda c: -scores_row[c])]
 
 
 def pick_images(split: voc.VOCSplit, n: int, seed: int = 0) -> list[int]:
@@ -441,8 +441,8 @@ def show_grad_cam(runs_, cls, split: voc.VOCSplit | None = None, *, n: int = 4, 
             for run in runs_]
     chance = float(np.mean(rows[0][1]["chances"]))
     plots.show_grad_cam(split, picks, name, rows, path=path, synthetic=any(r.synthetic for r in runs_) or split.synthetic)
-    counts = ", ".join(f"{label} {sum(found['hits'])} of {len(picks)}" for label, found in rows)
-    return (f"Grad-CAM for {name} on {len(picks)} val images holding one: the map's peak falls inside a {name} box for "
+    counts = "; ".join(f"{sum(found['hits'])} of {len(picks)} ({label})" for label, found in rows)
+    return (f"Grad-CAM for {name} on {len(picks)} val images holding one: the map's peak falls inside a {name} box in "
             f"{counts}; a point drawn at random in what the network sees would fall inside one {chance:.0%} of the time.")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 import warnings
 from contextlib import contextmanager
 
@@ -133,7 +134,7 @@ def _make_predictions(split, picks, rows, title, synthetic):
                     ax.annotate(f"{name} {score:.2f} {word}", xy=(0, 0), xycoords="axes fraction", xytext=(0, -3 - 10 * k),
                                 textcoords="offset points", color=colour, fontsize=7.5, va="top", ha="left")
                 if j == 0:
-                    ax.set_ylabel(label, fontsize=8)
+                    ax.set_ylabel(_wrap(label), fontsize=8)
         fig.suptitle(_title(f"{title} (dashed: the square the network sees)", synthetic))
         return fig
 
@@ -192,9 +193,9 @@ def _make_grad_cam(split, picks, cls, rows, synthetic):
                 ax.set_xlim(x0, x1)
                 ax.set_ylim(y1, y0)
                 ax.set_title("flat map: no peak" if flat else "peak in a box" if hit else "peak outside the boxes",
-                             fontsize=8, color=_TRUTH_COLOURS["yes" if hit else "no"])
+                             fontsize=8, color="0.45" if flat else _TRUTH_COLOURS["yes" if hit else "no"])
                 if j == 0:
-                    ax.set_ylabel(label, fontsize=8)
+                    ax.set_ylabel(_wrap(label), fontsize=8)
         fig.suptitle(_title(f"Grad-CAM for {cls!r}: where each network looks (red: most; +: the peak; white: the {cls} "
                             f"boxes)", synthetic))
         return fig
@@ -479,6 +480,11 @@ def _in_notebook() -> bool:
 def _title(text, synthetic) -> str:
     """Return text with the synthetic-data mark appended when synthetic."""
     return f"{text} {SYNTHETIC_MARK}" if synthetic else text
+
+
+def _wrap(label: str, width: int = 30) -> str:
+    """Return a run's label broken into lines of at most width characters, to fit beside a row of panels."""
+    return "\n".join(textwrap.wrap(label, width)) or label
 
 
 def _as_list(value) -> list:
