@@ -56,8 +56,16 @@ def _cmd_train(args) -> int:
     if args.name is not None:
         runs.check_name(args.name)  # before the data loads: a bad --name is refused at once
     config = config_from_args(args)
-    run = train.fit(config, args.data_root, name=args.name, runs_dir=args.runs_dir, resume=args.resume,
-                    progress=not args.quiet)
+    data = train.load_data(args.data_root, config.max_images)
+    name = args.name or config.default_name()
+    if not args.quiet:  # how long it will take, timed here, before the time is spent
+        from mp3kit import estimate
+
+        expected = estimate.estimate_run(config, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False)
+        if expected.timing is not None:
+            print(expected.line(name), flush=True)
+    run = train.fit(config, args.data_root, name=name, runs_dir=args.runs_dir, resume=args.resume,
+                    progress=not args.quiet, data=data)
     if run.moved_aside and args.quiet:  # with progress on, fit has said so
         print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
     if run.status != "complete":

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mp3kit import data as voc
-from mp3kit import findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
+from mp3kit import estimate, findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
 from mp3kit.ablation import Ablation, run_ablation, worked_example_rows
 from mp3kit.config import TrainConfig, get_profile
 from mp3kit.metrics import NoPositivesWarning
@@ -95,6 +95,7 @@ class Experiment:
         self._data: dict = {}
         self.data = self._data_for(self.profile.train.get("max_images"))
         self.runs: dict[str, Run] = {}
+        self._timings: dict = {}  # estimate.Timing per kind of training step (estimate.timing_key), measured once
         self.manifest = items.Manifest(self.runs_dir / f"{self.notebook}.manifest.json", self.notebook, self.profile.name,
                                        synthetic=self.synthetic, data_root=str(self.data_root),
                                        figures_dir=str(self.figures_dir.absolute()), worked_example=self.worked_example)
@@ -187,6 +188,10 @@ class Experiment:
         """Train config as run key (reusing a complete run with the same config), record it, print its numbers, return it."""
         config = self._as_config(config)
         name = self.run_name(key)
+        if self.progress:  # a person is watching: say how long it will take before the time is spent
+            expected = self._estimate(config, name)
+            if expected.timing is not None:
+                print(expected.line(key), flush=True)
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -209,6 +214,36 @@ class Experiment:
             label = f"{WORKED_EXAMPLE}: {label}"
         self.manifest.add_run(key, name, label)
         return run
+
+    def _estimate(self, config: TrainConfig, name: str) -> estimate.Estimate:
+        """Return how long fit will take for config as run name here, measuring each kind of step once."""
+        data = self._data_for(config.max_images)
+        expected = estimate.estimate_run(config, data, path=self.runs_dir / name, resume=False if self.retrain else "auto",
+                                         reuse=not self.retrain, timing=self._timings.get(estimate.timing_key(config)))
+        if expected.timing is not None:
+            self._timings[estimate.timing_key(config)] = expected.timing
+        return expected
+
+    def estimate(self, plan: dict) -> float:
+        """Print how long the runs of plan ({key: config}) will take on this device and return the total in seconds.
+
+        Finished runs with the same settings cost nothing (they are reused); an interrupted one costs its remaining
+        epochs. A few steps of each kind of network are timed here (mp3kit.estimate); past an hour, a plain warning
+        says what to do about Colab's sessions.
+        """
+        rows, total = [], 0.0
+        for key, config in plan.items():
+            config = self._as_config(config)
+            expected = self._estimate(config, self.run_name(key))
+            total += expected.seconds
+            what = "finished: reused" if expected.timing is None else f"{expected.steps:,} steps"
+            rows.append({"run": key, "what happens": what,
+                         "estimate": estimate.duration(expected.seconds) if expected.timing else "0 s"})
+        devices = sorted({t.device for t in self._timings.values()}) or ["this machine"]
+        print(Table(rows, ["run", "what happens", "estimate"], align=["left", "left", "right"]).to_text())
+        print(f"This notebook's runs still to train: about {estimate.duration(total)} on {', '.join(devices)}. "
+              + estimate.long_warning(total))
+        return total
 
     def _as_config(self, config) -> TrainConfig:
         """Return config as a TrainConfig: None is the profile's, a dict holds changes to it."""

@@ -661,6 +661,23 @@ def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool)
     return Start("resume", checkpoint=ckpt, history=tuple(history))
 
 
+def epochs_to_train(config: TrainConfig, data: Data, path, resume="auto", reuse: bool = True) -> int:
+    """Return how many epochs fit(config, name=path.name, runs_dir=path.parent, resume=..., reuse=...) would train:
+    0 when it would reuse the complete run there, those after the last checkpoint when it would resume one, else all.
+
+    Reads the folder's records only (no checkpoint, no lock) and changes nothing.
+    """
+    run = Run(name=Path(path).name, path=Path(path), config={})
+    if _reusable(run, config, data, resume, reuse) is not None:
+        return 0
+    if not resume or not (run.path / "config.json").exists():
+        return config.epochs
+    old = runs.load_run(run.path)
+    if old.complete or not _same_config(old, config, data) or not old.checkpoint_path.exists():
+        return config.epochs
+    return max(0, config.epochs - len(old.history))  # the history holds the checkpoint's epochs (an interrupt trims it)
+
+
 def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
     """Move the run already in run's folder aside (never delete it), saying where on run and, with progress, aloud."""
     aside = lock.move_aside()

@@ -6,6 +6,7 @@ run in a second virtualenv with Colab's ipywidgets 7.7.1 and ipykernel 6.17.1 (t
 
 import importlib.util
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -108,6 +109,18 @@ def test_train_click_records_a_run_and_shows_it(tmp_path, data):
     again = TrainPanel(FakeExperiment(data, tmp_path / "runs", SMOKE))
     assert run.name in again.runs_table.value
     assert again._next_name(again.config()) == "panel-2-simple"
+
+
+def test_the_panel_says_how_long_a_run_will_take_and_then_how_long_is_left(tmp_path, data, monkeypatch):
+    shown = []
+    monkeypatch.setattr(TrainPanel, "_set_status", lambda self, text, kind: (shown.append(text),
+                                                                               setattr(self, "status_text", text)))
+    panel = TrainPanel(FakeExperiment(data, tmp_path / "runs", SMOKE.replace(epochs=3)))
+    panel.train_button.click()
+    assert panel.wait(120)
+    assert panel.estimate.epochs == 3 and panel.estimate.timing.device == "the CPU"
+    assert any(text.startswith("starting panel-1-simple: about ") and "on the CPU" in text for text in shown), shown
+    assert any(re.search(r"training epoch 3/3 .*, about \d+ s left$", text) for text in shown), shown
 
 
 def test_stop_ends_as_stopped_and_resume_completes(tmp_path, voc_root):
