@@ -47,6 +47,7 @@ def test_epochs_to_train_follows_fits_decision(data, tmp_path):
     assert estimate.estimate_run(config, data, path=path).seconds == 0.0
 
 
+@pytest.mark.slow
 def test_timing_a_run_changes_nothing_it_then_trains(data, tmp_path):
     config = TrainConfig(**{**SMALL, "epochs": 2, "augment": "jitter-flip-rotate"})
     torch.manual_seed(123)
@@ -62,6 +63,7 @@ def test_timing_a_run_changes_nothing_it_then_trains(data, tmp_path):
         h["train_loss"] for h in plain.history]
 
 
+@pytest.mark.slow
 def test_the_estimate_is_within_a_factor_of_3_of_the_time_the_run_takes(data, tmp_path):
     # The README states the factor measured on the quick profile (tools/measure_eta.py); a tiny run here must stay
     # within 3x either way, or the schedule's arithmetic or the timing is wrong.
@@ -95,6 +97,7 @@ def test_duration_reads_as_a_person_says_it():
         "0 s", "42 s", "3 min 20 s", "59 min 59 s", "1 h 00 min", "2 h 03 min"]
 
 
+@pytest.mark.slow
 def test_mp3kit_train_says_how_long_before_it_trains(tmp_path, capsys):
     from mp3kit import cli
 

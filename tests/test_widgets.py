@@ -188,6 +188,7 @@ def colab_venv() -> Path:
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow
 def test_compat_check_passes_under_colabs_ipywidgets_7(tmp_path, voc_root):
     venv = colab_venv()
     expected = _load_compat_script().COLAB_IPYWIDGETS
