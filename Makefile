@@ -30,7 +30,7 @@ bench: setup
 
 # Before a release, not in CI (it downloads about 4 GB): Colab's stack in a Python 3.13 virtualenv, with the versions
 # Colab publishes (tests/data/colab; tools/colab_env.py constraints), mp3kit installed from this checkout as the set-up
-# cell installs it, then the three notebooks under nbval in the smoke profile.
+# cell installs it, then the three notebooks under nbval in the smoke profile, training afresh in a temporary runs folder.
 COLAB_PYTHON ?= python3.13
 COLAB_VENV ?= .venv-colab
 
@@ -40,5 +40,5 @@ colab-check:
 	$(COLAB_VENV)/bin/python -m pip install --quiet -c $(COLAB_VENV)/colab-constraints.txt . nbval pytest
 	$(COLAB_VENV)/bin/python -c "import sys, IPython, ipykernel, ipywidgets, torch; print('colab-check:', sys.version.split()[0], \
 		'ipykernel', ipykernel.__version__, 'ipython', IPython.__version__, 'ipywidgets', ipywidgets.__version__, 'torch', torch.__version__)"
-	cd notebooks && MP3KIT_PROFILE=smoke MPLBACKEND=Agg ../$(COLAB_VENV)/bin/python -m pytest -q --nbval-lax --nbval-current-env \
+	cd notebooks && MP3KIT_RUNS_DIR=$$(mktemp -d) MP3KIT_PROFILE=smoke MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1 ../$(COLAB_VENV)/bin/python -m pytest -q --nbval-lax --nbval-current-env \
 		-p no:cacheprovider --rootdir . 01_introduction.ipynb 02_scratch_vs_pretrained.ipynb 03_develop_classifier.ipynb

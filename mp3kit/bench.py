@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mp3kit import data, models, pipeline, settings, synth, train
+from mp3kit import data, pipeline, settings, synth, train
 from mp3kit.util import pick_device
 
 DEFAULT_IMAGES = 1000  # synthetic images in the tree; the bench reads its trainval split (about half)
@@ -55,44 +56,31 @@ def _drain(loader, device: torch.device, passes: int = 1, min_seconds: float = 0
     return best
 
 
-class _Trainer:
-    """One model, optimiser and precision, stepping on (x, y) batches with training's own train_step."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device):
-        config = train.TrainConfig()  # the course's SGD; mixed precision as training decides it (CUDA only)
-        train.configure_backends(device)
-        self.model = train.place_model(model, device).train()
-        self.device = device
-        self.amp_dtype = train.amp_dtype(config, device)
-        self.optimizer = train.make_optimizer(config, self.model.parameters())
-        self.scaler = train.grad_scaler(self.amp_dtype)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return train.train_step(self.model, self.optimizer, x, y, amp=self.amp_dtype, scaler=self.scaler)
-
-    def images_per_s(self, batches, max_images: int | None = None, min_seconds: float = 0.0) -> float:
-        """Return training images per second over passes of batches (up to max_images), repeated until min_seconds."""
-        seen, start = 0, time.perf_counter()
-        while True:
-            for x, y in batches:
-                if max_images is not None and seen >= max_images:
-                    break
-                self.step(x, y)
-                seen += x.shape[0]
-            _sync(self.device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds or (max_images is not None and seen >= max_images):
-                return seen / elapsed
+def _images_per_s(session: train.Session, batches, max_images: int | None = None, min_seconds: float = 0.0) -> float:
+    """Return training images per second over passes of batches (up to max_images), repeated until min_seconds."""
+    seen, start = 0, time.perf_counter()
+    while True:
+        for x, y in batches:
+            if max_images is not None and seen >= max_images:
+                break
+            session.step(x, y)
+            seen += x.shape[0]
+        _sync(session.device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds or (max_images is not None and seen >= max_images):
+            return seen / elapsed
 
 
-def _fresh(make_model, device: torch.device, warm_batch) -> _Trainer:
-    """Return a trainer on a model with seed-0 weights; on an accelerator, after one untimed step (kernel choice)."""
-    torch.manual_seed(0)
-    trainer = _Trainer(make_model(), device)
+def _fresh(model: str, split, image_size: int, device: torch.device, warm_batch) -> train.Session:
+    """Return training's session of a named model with seed-0 weights; on an accelerator, after one untimed step.
+
+    The course's SGD, mixed precision as training decides it (CUDA only); the untimed step lets cuDNN choose its kernels.
+    """
+    session = train.start_session(train.TrainConfig(model=model, image_size=image_size), split, device=device)
     if device.type != "cpu":
-        trainer.step(*warm_batch)
+        session.step(*warm_batch)
         _sync(device)
-    return trainer
+    return session
 
 
 def run_bench(root=None, n_images: int | None = None, image_size: int = 227, batch_size: int = 50, device="auto",
@@ -131,29 +119,27 @@ def run_bench(root=None, n_images: int | None = None, image_size: int = 227, bat
         result["simple_train_images"] = min(train_images or len(split), len(split))
         warm_batch = next(iter(cached))
         say(f"SimpleClassifier training on {result['simple_train_images']} images, fed by each pipeline")
-        make_simple = lambda: models.SimpleClassifier(image_size=image_size)  # noqa: E731
+        fresh = functools.partial(_fresh, split=split, image_size=image_size, device=device, warm_batch=warm_batch)
         # Alternating rounds, the fastest of each kept: a burst of load elsewhere then hits both alike.
         for _ in range(1 if quick else 2):
             for key, loader in (("simple_per_item_img_s", per_item), ("simple_cached_img_s", cached)):
-                speed = _fresh(make_simple, device, warm_batch).images_per_s(loader, train_images)
+                speed = _images_per_s(fresh("simple"), loader, train_images)
                 result[key] = max(result.get(key, 0.0), speed)
         result["simple_epoch_ratio"] = result["simple_cached_img_s"] / result["simple_per_item_img_s"]
 
         if device.type != "cpu":
             say("AlexNet training: real cached pipeline against batches already on the device")
             staged = [(x.clone(), y.clone()) for x, y in cached]  # the same batches, resident on the device
-            result["alexnet_on_device_img_s"] = _fresh(models.alexnet, device, warm_batch).images_per_s(
-                staged, min_seconds=min_seconds)
-            result["alexnet_pipeline_img_s"] = _fresh(models.alexnet, device, warm_batch).images_per_s(
-                cached, min_seconds=min_seconds)
+            result["alexnet_on_device_img_s"] = _images_per_s(fresh("alexnet"), staged, min_seconds=min_seconds)
+            result["alexnet_pipeline_img_s"] = _images_per_s(fresh("alexnet"), cached, min_seconds=min_seconds)
             result["alexnet_pipeline_fraction"] = result["alexnet_pipeline_img_s"] / result["alexnet_on_device_img_s"]
             del staged
             augmented = pipeline.BatchLoader(
                 pipeline.cache_images(split, pipeline.cache_size_for(image_size, "standard"), cache_dir=cache_dir,
                                       progress=False),
                 split.targets, batch_size, augment="standard", **options)
-            result["alexnet_standard_augment_img_s"] = _fresh(models.alexnet, device, warm_batch).images_per_s(
-                augmented, min_seconds=min_seconds)
+            result["alexnet_standard_augment_img_s"] = _images_per_s(fresh("alexnet"), augmented,
+                                                                     min_seconds=min_seconds)
     return result
 
 

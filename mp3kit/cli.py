@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
+from mp3kit.config import PROFILES, Setting, TrainConfig, settings_of
 from mp3kit.util import UserError
 
 
@@ -39,53 +40,14 @@ def _cmd_data_check(args) -> int:
     return 0 if report["ok"] and (result.ok or result.synthetic) else 1
 
 
-class _Choices(Sequence):
-    """The values a flag allows, read from a module's constant when argparse first needs them (keeps --help quick).
-
-    Old names in the module's aliases dict (if given) are accepted too, but not listed. Give the flag a metavar:
-    argparse lists the choices of a flag without one as soon as the flag is added.
-    """
-
-    def __init__(self, module: str, name: str, aliases: str | None = None):
-        self.module, self.name, self.aliases = module, name, aliases
-
-    def _values(self) -> list:
-        return list(getattr(importlib.import_module(f"mp3kit.{self.module}"), self.name))
-
-    def __getitem__(self, i):
-        return self._values()[i]
-
-    def __len__(self) -> int:
-        return len(self._values())
-
-    def __contains__(self, value) -> bool:
-        old = getattr(importlib.import_module(f"mp3kit.{self.module}"), self.aliases) if self.aliases else {}
-        return value in self._values() or value in old
-
-
-_ONE_OF = dict(metavar="NAME", help="one of %(choices)s")
-
-
-def _parse_model(value: str):
-    """Return --model as a model name, or the spec its JSON text or .json file gives (checked by models.parse_spec)."""
-    from mp3kit import models
-
-    return models.spec_or_name(value)
-
-
 def config_from_args(args):
-    """Fill a TrainConfig from the train subcommand's flags (unset flags keep the course defaults)."""
-    from mp3kit.train import TrainConfig
-
-    fields = ("epochs", "lr", "optimizer", "batch_size", "image_size", "augment", "seed", "momentum", "weight_decay",
-              "schedule", "warmup_epochs", "eval_every", "device", "amp", "pipeline", "max_images", "pretrained_weights",
-              "difficult", "train_split", "tta", "width")
-    changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    if args.model is not None:
-        changes["model"] = _parse_model(args.model)
-    if args.freeze_features:
-        changes["freeze_features"] = True
-    return TrainConfig(**changes)
+    """Fill a TrainConfig (or the subclass build_parser was given) from the flags given; the rest keep the defaults."""
+    changes = {}
+    for s in settings_of(args.config_class):
+        value = getattr(args, s.name, None)
+        if value is not None:
+            changes[s.name] = s.parse(value) if s.parse else value
+    return args.config_class(**changes)
 
 
 def _cmd_train(args) -> int:
@@ -94,8 +56,16 @@ def _cmd_train(args) -> int:
     if args.name is not None:
         runs.check_name(args.name)  # before the data loads: a bad --name is refused at once
     config = config_from_args(args)
-    run = train.fit(config, args.data_root, name=args.name, runs_dir=args.runs_dir, resume=args.resume,
-                    progress=not args.quiet)
+    data = train.load_data(args.data_root, config.max_images)
+    name = args.name or config.default_name()
+    if not args.quiet:  # how long it will take, timed here, before the time is spent
+        from mp3kit import estimate
+
+        expected = estimate.estimate_run(config, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False)
+        if expected.timing is not None:
+            print(expected.line(name), flush=True)
+    run = train.fit(config, args.data_root, name=name, runs_dir=args.runs_dir, resume=args.resume,
+                    progress=not args.quiet, data=data)
     if run.moved_aside and args.quiet:  # with progress on, fit has said so
         print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
     if run.status != "complete":
@@ -207,41 +177,37 @@ def _cmd_report(args) -> int:
                        settings_given=args.set)
 
 
-def _add_config_flags(t) -> None:
-    """Add the flags that fill a TrainConfig (train and lr-find share them)."""
+def _add_config_flags(t, config_class) -> None:
+    """Add a flag for every setting of config_class (train and lr-find share them); config_from_args reads them."""
     t.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
-    t.add_argument("--model", default=None, help="a model name (mp3kit.models.MODEL_NAMES, e.g. simple, alexnet, "
-                                                 "alexnet-pretrained, alexnet-bn) or a JSON spec / .json file")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=_Choices("train", "OPTIMIZERS"), **_ONE_OF)
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--schedule", choices=_Choices("train", "SCHEDULES"), **_ONE_OF)
-    t.add_argument("--warmup-epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--width", type=float, help="multiply the channels and hidden units of AlexNet and spec networks "
-                                               "(e.g. 0.125, as the quick profile does); default 1")
-    t.add_argument("--augment", choices=_Choices("pipeline", "AUGMENT_PRESETS", "AUGMENT_ALIASES"), **_ONE_OF)
-    t.add_argument("--eval-every", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    t.add_argument("--amp", choices=_Choices("train", "AMP_MODES"), **_ONE_OF)
-    t.add_argument("--pipeline", choices=_Choices("pipeline", "PIPELINES"), **_ONE_OF)
-    t.add_argument("--difficult", choices=_Choices("train", "DIFFICULT_MODES"), **_ONE_OF)
-    t.add_argument("--max-images", type=int, help="use at most N images per split (quick checks)")
-    t.add_argument("--pretrained-weights", help="AlexNet ImageNet weights file (alexnet-pretrained)")
-    t.add_argument("--freeze-features", action="store_true", help="pretrained AlexNet: train the head only")
-    t.add_argument("--train-split", choices=_Choices("train", "TRAIN_SPLITS"), metavar="NAME",
-                   help="%(choices)s: train (val held out), or train + val, the VOC protocol for a final test number "
-                        "(choose the epochs on train first)")
-    t.add_argument("--tta", choices=_Choices("train", "TTA_MODES"), metavar="NAME",
-                   help="%(choices)s: flip evaluates each image as the mean over it and its mirror")
+    for s in settings_of(config_class):
+        t.add_argument(s.flag, dest=s.name, default=None, help=_help(s).replace("%", "%%"), **_flag_options(s))
+    t.set_defaults(config_class=config_class)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argparse parser for every subcommand."""
+def _flag_options(s: Setting) -> dict:
+    """Return how argparse reads a setting: a choice, a switch, a number, a tuple's numbers, or text."""
+    if s.choices:
+        return dict(choices=s.choices, metavar="NAME")
+    if s.kind is bool:
+        return dict(action=argparse.BooleanOptionalAction)
+    if s.kind is tuple:
+        return dict(nargs=len(s.items), type=s.items[0])
+    return dict(type=s.kind) if s.kind in (int, float) else {}
+
+
+def _help(s: Setting) -> str:
+    """Return a flag's help: the setting's, its choices and its default."""
+    notes = [f"one of {', '.join(s.choices)}"] if s.choices else []
+    if isinstance(s.default, bool):
+        notes.append(f"default {'on' if s.default else 'off'}")
+    elif s.default is not None:
+        notes.append(f"default {' '.join(map(str, s.default)) if isinstance(s.default, tuple) else s.default}")
+    return f"{s.help} ({'; '.join(notes)})" if notes else s.help
+
+
+def build_parser(config_class=TrainConfig) -> argparse.ArgumentParser:
+    """Build the argparse parser for every subcommand; train and lr-find get a flag for each of config_class's fields."""
     p = argparse.ArgumentParser(prog="mp3kit", description="Multi-label classification on PASCAL VOC 2007, for coursework.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -274,14 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one run and record it under the runs folder")
     t.add_argument("--name", default=None, help="run name (default: model plus a hash of the config)")
     t.add_argument("--runs-dir", default="runs")
-    _add_config_flags(t)
+    _add_config_flags(t, config_class)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
     lf = sub.add_parser("lr-find", help="learning-rate range test: the loss while the lr rises, and the lrs where it "
                                         "falls fastest (trains a throwaway copy; records nothing)")
-    _add_config_flags(lf)
+    _add_config_flags(lf, config_class)
     lf.add_argument("--steps", type=int, default=200, help="batches to train (default 200)")
     lf.add_argument("--start-lr", type=float, default=1e-6)
     lf.add_argument("--end-lr", type=float, default=1.0)
@@ -323,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     rep = sub.add_parser("report", help="run your notebooks with papermill and rebuild report/ from their runs")
-    rep.add_argument("--profile", choices=_Choices("experiment", "PROFILES"), default="quick", metavar="NAME",
+    rep.add_argument("--profile", choices=tuple(PROFILES), default="quick", metavar="NAME",
                      help="one of %(choices)s (default %(default)s)")
     rep.add_argument("--data-root", default=None, help="VOC tree (default: the embedded synthetic dataset)")
     rep.add_argument("--only", default=None, help="run one notebook (e.g. 01_introduction)")
@@ -343,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _file_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception types besides OSError that a user's file can raise past the checks that name the file.
+
+    Looked up in sys.modules, not imported: a module never imported raised none, and --help stays quick.
+    """
+    names = (("builtins", "UnicodeDecodeError"), ("builtins", "EOFError"), ("json", "JSONDecodeError"),
+             ("zipfile", "BadZipFile"), ("tarfile", "TarError"), ("zlib", "error"), ("pickle", "UnpicklingError"),
+             ("xml.etree.ElementTree", "ParseError"), ("PIL.Image", "DecompressionBombError"))
+    return tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
+
+
 def main(argv=None) -> int:
     """Run the mp3kit command line; return the exit status."""
     parser = build_parser()
@@ -354,12 +331,21 @@ def main(argv=None) -> int:
             raise
         print(f"mp3kit: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM while training; the message, if any, says where the run stands
+        print(f"mp3kit: {exc}" if str(exc) else "mp3kit: interrupted.", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    except Exception as exc:
         if args.debug:
             raise
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"mp3kit: {exc.strerror or exc}{where}: check the path, free space and permissions.", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("mp3kit: interrupted.", file=sys.stderr)
-        return 130
+        if isinstance(exc, OSError) and exc.errno is not None:
+            print(f"mp3kit: {exc.strerror or exc}{where}: check the path, free space and permissions.", file=sys.stderr)
+            return 1
+        if not isinstance(exc, (OSError, *_file_errors())):
+            raise  # a bug, not a file: the traceback is what a report needs
+        # A file's content that no check anticipated (an OSError without errno is PIL's or gzip's "not this format").
+        command = shlex.join(["mp3kit", "--debug", *(sys.argv[1:] if argv is None else argv)])
+        detail = (str(exc).splitlines() or [""])[0]
+        print(f"mp3kit: a file could not be read{where} ({type(exc).__name__}: {detail}): check or replace it "
+              f"(`{command}` shows which file).", file=sys.stderr)
+        return 2

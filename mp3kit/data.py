@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -159,13 +160,20 @@ def find_voc_dir(root, split: str | None = None) -> Path:
 
 def _read_ids(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8", errors="strict").splitlines()
+        # utf-8-sig: Windows Notepad starts the file with a byte-order mark, which would stick to the first id.
+        lines = path.read_text(encoding="utf-8-sig", errors="strict").splitlines()
     except UnicodeDecodeError as exc:
         raise UserError(f"Split file {path} is not UTF-8 text: rewrite it with one image id per line.") from exc
     ids = [line.split()[0] for line in lines if line.strip()]
     if not ids:
         raise UserError(f"Split file {path} lists no image ids: write one image id per line, "
                         f"or rebuild the tree with `mp3kit data fetch` or `mp3kit data synth`.")
+    seen = set()
+    for image_id in ids:  # an image listed twice would be trained on, and scored, twice
+        if image_id in seen:
+            raise UserError(f"Split file {path} lists image {image_id} more than once: delete the repeated lines, so "
+                            f"that each image appears once.")
+        seen.add(image_id)
     return ids
 
 
@@ -173,7 +181,8 @@ def _labels_from_class_files(files: list[Path], ids: list[str]) -> tuple[np.ndar
     flags = np.empty((len(ids), len(VOC_CLASSES)), dtype=np.int8)  # (N, 20) in {-1, 0, 1}
     wanted = [image_id.encode() for image_id in ids]
     for c, path in enumerate(files):
-        tokens = path.read_bytes().split()  # CRLF, LF and any alignment are all just whitespace
+        # CRLF, LF and any alignment are all just whitespace; a byte-order mark (Notepad) is no part of the first id.
+        tokens = path.read_bytes().removeprefix(codecs.BOM_UTF8).split()
         if len(tokens) % 2:
             raise UserError(f"Label file {path} is malformed (a line without its flag): "
                             f"each line must read `<image id> <1|-1|0>`.")
@@ -282,6 +291,8 @@ def open_image(path) -> Image.Image:
         raise UserError(f"Image {path} is missing: re-extract the VOC tars (`mp3kit data fetch`) or rebuild "
                         f"the synthetic set (`mp3kit data synth`); `mp3kit data check` lists what else is "
                         f"missing.") from exc
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"Image {path} is too large to decode safely ({exc}): replace it with a smaller copy.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"Image {path} is corrupt or truncated ({exc}): delete it and re-extract the VOC tars "
                         f"(`mp3kit data fetch`) or rebuild the synthetic set (`mp3kit data synth`).") from exc

@@ -1,29 +1,19 @@
-"""Profiles and the Experiment helper behind the three notebooks.
+"""The Experiment helper behind the three notebooks.
 
-A notebook names a profile (how big its experiments are) and gives each of its runs a key;
+A notebook names a profile (how big its experiments are; mp3kit.config.PROFILES) and gives each of its runs a key;
 Experiment turns the profile plus a few changes into a TrainConfig, trains it with train.fit
 (reusing a run already complete on disk with the same config and data, resuming one that was
-interrupted), and keeps a manifest of runs, values and report content that `mp3kit report` reads:
-
-    <runs_dir>/<notebook>.manifest.json
-    {"notebook", "profile", "synthetic", "data_root", "figures_dir" (absolute),
-     "runs": {key: {"run": run name, "label": readable label}}, "values": {key: JSON value},
-     "report": [{"kind", "key", "section", ...}, ...]}
+interrupted), and keeps a manifest of runs, values and report items that `mp3kit report` reads
+(mp3kit.items.Manifest: <runs_dir>/<notebook>.manifest.json).
 
 The runs folder and the figures folder default to the profile's (mp3kit.layout: <project>/runs/<profile> and its
 figures/), the folders `mp3kit report` reads, so a report built from the runs folder alone (Experiment.build_report,
 `mp3kit report --no-execute`) finds every run and figure the notebook made.
 
 A notebook declares what it gives the report where it makes it (Experiment.figure, table, result, note, ablation,
-kaggle_csv, check_pretrained); each item goes to the report template's marker named by its section (default: its
-own key), in the order declared. The kinds and what they hold:
-    figure    caption, file (under figures_dir)
-    table     caption, markdown (a table fixed when it was made, e.g. an architecture)
-    runs      caption, runs (run keys), columns ("settings" or "ap": AP per class), best (name the highest test mAP)
-    result    caption (what the run is): the headline of run key, its test mAP and average test loss
-    ablation  rows ({"serial", "label", "key", "skipped"?}), note
-    note      text (markdown)
-The report draws every number of runs, result and ablation items from the run records, when it is built.
+finding, kaggle_csv, check_pretrained); each item (mp3kit.items: one class per kind) goes to the report template's
+marker named by its section (default: its own key), in the order declared. The report draws every number of runs,
+result and ablation items from the run records, when it is built.
 
 Environment variables (named in mp3kit.settings): settings.PROFILE gives the notebooks' default PROFILE (nbval
 runs them with smoke); settings.QUIET hides (1) or shows (0) progress bars. With it unset, bars show in an
@@ -33,100 +23,30 @@ with stdin disallowed. `mp3kit report` sets it to 1.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mp3kit import data as voc
-from mp3kit import explain, findings, kaggle, layout, metrics, models, plots, runs, settings, synth, train
+from mp3kit import estimate, explain, findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
+from mp3kit.ablation import Ablation, run_ablation, worked_example_rows
+from mp3kit.config import TrainConfig, get_profile
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
 from mp3kit.table import Table
-from mp3kit.train import TrainConfig
 from mp3kit.usermodel import UserModel
-from mp3kit.util import UserError, atomic_write_json
+from mp3kit.util import UserError
 
 PROFILE_ENV = settings.PROFILE
 QUIET_ENV = settings.QUIET
 SPLIT_NAMES = ("train", "val", "test")
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How big a notebook's experiments are: TrainConfig fields every run gets, and the longer run lengths."""
-
-    name: str
-    about: str
-    train: dict = field(default_factory=dict)  # TrainConfig fields set for every run
-    long_epochs: int = 40  # "longer training" (the seed report: 40 epochs against 20)
-    final_epochs: int = 55  # notebook 3's final model (the seed report: 55)
-    real_data: bool = False  # True: refuse the synthetic dataset
-    # Per notebook ("01", "02", "03"): TrainConfig fields and run lengths that replace the ones above there.
-    notebooks: dict = field(default_factory=dict)
-
-    @property
-    def epochs(self) -> int:
-        """Return the epochs of an ordinary run."""
-        return int(self.train.get("epochs", TrainConfig.epochs))
-
-    def for_notebook(self, notebook: str) -> Profile:
-        """Return this profile as notebook (e.g. "01_introduction") runs it, with that notebook's overrides applied."""
-        changes = dict(self.notebooks.get(str(notebook).split("_", 1)[0], {}))
-        train_changes = changes.pop("train", {})
-        return replace(self, train={**self.train, **train_changes}, notebooks={}, **changes)
-
-
-PROFILES = {
-    "smoke": Profile(
-        "smoke",
-        "seconds per run, for tests: 40 synthetic images per split at 64 px, 2 epochs, networks from scratch at 1/8 width",
-        train={"image_size": 64, "max_images": 40, "batch_size": 40, "epochs": 2, "eval_every": 1, "width": 0.125},
-        long_epochs=3,
-        final_epochs=3,
-    ),
-    # Sized for a 2-core CPU (README, "Profiles"): the course's 20 epochs (40 for longer training) at batch 10, so a
-    # run takes 1,000 steps, enough for the slow starters (SGD without BatchNorm) to begin to leave chance; the simple
-    # classifier gets 1,250 (batch 8), as its SGD run leaves chance late with some seeds. The networks trained from
-    # scratch are built at 1/8 width (TrainConfig.width) and the simple classifier sees 32 px, which makes a step
-    # cost milliseconds; AlexNet's layers need at least 63 px, so notebook 2 uses 64, and notebook 3 uses 128 because
-    # its ablation's extra convolution rows (models.SEED_ABLATION's last two) need at least 127.
-    "quick": Profile(
-        "quick",
-        "minutes on a laptop CPU: the embedded synthetic dataset, the course's 20 epochs (40 for longer training and "
-        "the final model); notebook 1 at 32 px, batch 8; notebook 2 at 64 px and notebook 3 at 128 px, batch 10, with "
-        "AlexNet and your own networks built at 1/8 of their width (`TrainConfig.width`)",
-        train={"image_size": 64, "epochs": 20, "batch_size": 10, "eval_every": 5, "width": 0.125},
-        long_epochs=40,
-        final_epochs=40,
-        notebooks={"01": {"train": {"image_size": 32, "batch_size": 8}}, "03": {"train": {"image_size": 128}}},
-    ),
-    "full": Profile(
-        "full",
-        "the course settings on real VOC 2007: 227 px, batch 50, 20 epochs, evaluation every 5 (a GPU helps)",
-        train={},
-        long_epochs=40,
-        final_epochs=55,
-        real_data=True,
-    ),
-}
-
-
-def get_profile(name) -> Profile:
-    """Return the Profile called name (smoke, quick or full)."""
-    if isinstance(name, Profile):
-        return name
-    key = str(name).strip().lower()
-    if key not in PROFILES:
-        raise UserError(f"PROFILE = {name!r} is not a profile: use one of {', '.join(PROFILES)}.")
-    return PROFILES[key]
 
 
 def default_profile() -> str:
@@ -135,18 +55,13 @@ def default_profile() -> str:
 
 
 def show_progress() -> bool:
-    """Return True when progress bars help: an interactive notebook or terminal, unless settings.quiet() says otherwise."""
+    """Return True when progress bars help: settings.quiet() when set (mp3kit report and the test suite set it for the
+    notebooks they run), else in a notebook or IPython, and in a terminal."""
     quiet = settings.quiet()
     if quiet is not None:
         return not quiet
     shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
-    if not shell:
-        return sys.stderr.isatty()
-    kernel = getattr(shell, "kernel", None)
-    if kernel is None:
-        return True  # the IPython terminal
-    # papermill and nbval send every cell with stdin disallowed; a person's front end allows it.
-    return bool(getattr(kernel, "_allow_stdin", True))
+    return bool(shell) or sys.stderr.isatty()
 
 
 def _has_voc_tree(root) -> bool:
@@ -180,11 +95,11 @@ class Experiment:
         self._data: dict = {}
         self.data = self._data_for(self.profile.train.get("max_images"))
         self.runs: dict[str, Run] = {}
+        self._timings: dict = {}  # estimate.Timing per kind of training step (estimate.timing_key), measured once
         self._networks: dict[str, UserModel] = {}  # run folder name -> the student's network that trained it
-        # The absolute figures folder lets a report built elsewhere copy each declared figure from where it was saved.
-        self.manifest = {"notebook": self.notebook, "profile": self.profile.name, "synthetic": self.synthetic,
-                         "data_root": str(self.data_root), "figures_dir": str(self.figures_dir.absolute()),
-                         "worked_example": self.worked_example, "runs": {}, "values": {}, "report": []}
+        self.manifest = items.Manifest(self.runs_dir / f"{self.notebook}.manifest.json", self.notebook, self.profile.name,
+                                       synthetic=self.synthetic, data_root=str(self.data_root),
+                                       figures_dir=str(self.figures_dir.absolute()), worked_example=self.worked_example)
         self.chance_map = self.record("chance_map", metrics.chance_map(self.data.test.targets, self.data.test.difficult))
         print(self.notice())
 
@@ -274,6 +189,10 @@ class Experiment:
         """Train config as run key (reusing a complete run with the same config), record it, print its numbers, return it."""
         config = self._as_config(config)
         name = self.run_name(key)
+        if self.progress:  # a person is watching: say how long it will take before the time is spent
+            expected = self._estimate(config, name)
+            if expected.timing is not None:
+                print(expected.line(key), flush=True)
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -296,9 +215,38 @@ class Experiment:
         label = label or key
         if self.worked_example and not label.startswith(WORKED_EXAMPLE):
             label = f"{WORKED_EXAMPLE}: {label}"
-        self.manifest["runs"][key] = {"run": name, "label": label}
-        self._save()
+        self.manifest.add_run(key, name, label)
         return run
+
+    def _estimate(self, config: TrainConfig, name: str) -> estimate.Estimate:
+        """Return how long fit will take for config as run name here, measuring each kind of step once."""
+        data = self._data_for(config.max_images)
+        expected = estimate.estimate_run(config, data, path=self.runs_dir / name, resume=False if self.retrain else "auto",
+                                         reuse=not self.retrain, timing=self._timings.get(estimate.timing_key(config)))
+        if expected.timing is not None:
+            self._timings[estimate.timing_key(config)] = expected.timing
+        return expected
+
+    def estimate(self, plan: dict) -> float:
+        """Print how long the runs of plan ({key: config}) will take on this device and return the total in seconds.
+
+        Finished runs with the same settings cost nothing (they are reused); an interrupted one costs its remaining
+        epochs. A few steps of each kind of network are timed here (mp3kit.estimate); past an hour, a plain warning
+        says what to do about Colab's sessions.
+        """
+        rows, total = [], 0.0
+        for key, config in plan.items():
+            config = self._as_config(config)
+            expected = self._estimate(config, self.run_name(key))
+            total += expected.seconds
+            what = "finished: reused" if expected.timing is None else f"{expected.steps:,} steps"
+            rows.append({"run": key, "what happens": what,
+                         "estimate": estimate.duration(expected.seconds) if expected.timing else "0 s"})
+        devices = sorted({t.device for t in self._timings.values()}) or ["this machine"]
+        print(Table(rows, ["run", "what happens", "estimate"], align=["left", "left", "right"]).to_text())
+        print(f"This notebook's runs still to train: about {estimate.duration(total)} on {', '.join(devices)}. "
+              + estimate.long_warning(total))
+        return total
 
     def _as_config(self, config) -> TrainConfig:
         """Return config as a TrainConfig: None is the profile's, a dict holds changes to it."""
@@ -344,7 +292,7 @@ class Experiment:
             key = by_name.get(item.name) if isinstance(item, Run) else item
             if key not in self.runs:
                 continue  # a run this notebook skipped (e.g. the pretrained one without weights)
-            out.append(replace(self.runs[key], name=self.manifest["runs"][key]["label"]))
+            out.append(replace(self.runs[key], name=self.manifest.label(key)))
         return out
 
     def runs_table(self, keys=None) -> Table:
@@ -356,12 +304,12 @@ class Experiment:
         rows = []
         for key in keys:
             run = self.runs[key]
-            rows.append({"run": self.manifest["runs"][key]["label"], "epochs": len(run.history), "val mAP": run.val_map,
+            rows.append({"run": self.manifest.label(key), "epochs": len(run.history), "val mAP": run.val_map,
                          "test mAP": run.test_map, "avg test loss": run.test_loss, "status": run.status})
         note = f"Chance (a network that learned nothing): test mAP {self.chance_map:.4f}."
         best = runs.best_by_val({key: self.runs[key] for key in keys})
         if best is not None and len(keys) > 1:
-            note = (f"Best by val mAP (the last epoch's; test mAP only reports): {self.manifest['runs'][best]['label']}. "
+            note = (f"Best by val mAP (the last epoch's; test mAP only reports): {self.manifest.label(best)}. "
                     + note)
         if self.synthetic:
             note += " Synthetic data: the numbers compare settings on generated shapes, not on VOC."
@@ -376,43 +324,9 @@ class Experiment:
         network cannot take this profile's images is skipped and says so. The best row is the one with the highest
         val mAP after its last epoch; test mAP is measured and shown, never used to choose.
         """
-        base = self.config(epochs=epochs or self.epochs)
-        table, recorded, chosen, widths, sizes = [], [], {}, set(), set()
-        for serial, row in enumerate(rows, start=1):
-            label, network, recipe = _ablation_row(row, serial)
-            config = base.replace(**{**recipe, "model": network})
-            key = f"ablation-{serial}"
-            sizes.add(config.image_size)
-            if models.scales_with_width(config.model):
-                widths.add(config.width)
-            try:
-                with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
-                    params = sum(p.numel() for p in train.build_model(config).parameters())
-            except UserError as exc:
-                # A network too deep for this profile's small images (the full profile's 227 px fit them all).
-                reason = str(exc).split(" (")[0]
-                print(f"{key} ({label}): skipped, {reason}.")
-                recorded.append({"serial": serial, "label": label, "key": key, "skipped": reason})
-                table.append({"serial": serial, "architecture": label, "params": None, "val mAP": None,
-                              "test mAP": None, "note": "skipped: needs larger images"})
-                continue
-            run = self.run(key, config, label=label)
-            chosen[key] = run
-            recorded.append({"serial": serial, "label": label, "key": key})
-            table.append({"serial": serial, "architecture": label, "params": params, "val mAP": run.val_map,
-                          "test mAP": run.test_map, "note": "" if run.complete else run.status})
-        best = runs.best_by_val(chosen)
-        for entry in table:
-            if best is not None and f"ablation-{entry['serial']}" == best:
-                entry["note"] = "best by val mAP"
-        built = " ".join(filter(None, [size_note(sizes), width_note(widths)]))
-        self._declare("ablation", "ablation", section, rows=recorded, note=" ".join(filter(None, [ABLATION_NOTE, built])))
-        note = (f"The best row is chosen by val mAP after the last epoch; test mAP is measured once on the finished run "
-                f"and chooses nothing. Chance: test mAP {self.chance_map:.4f}.")
-        note = " ".join(filter(None, [note, built]))
-        shown = Table(table, ["serial", "architecture", "params", "val mAP", "test mAP", "note"], note)
-        return Ablation(shown, {key: entry for key, entry in zip([r["key"] for r in recorded], recorded)}, chosen, best,
-                        base, rows)
+        ablation = run_ablation(rows, self.config(epochs=epochs or self.epochs), self.run, self.chance_map)
+        self._declare(items.AblationItem, "ablation", section, rows=ablation.recorded, note=ablation.note)
+        return ablation
 
     def worked_example_rows(self, adam_lr: float = 1e-4, augment: str = "jitter-flip-rotate") -> list:
         """Return the seed report's ablation as (label, network, recipe) rows: a worked example, not an answer."""
@@ -450,9 +364,10 @@ class Experiment:
             models.alexnet(pretrained=True)
         except UserError as exc:
             reason = str(exc)
-            self.record("pretrained_unavailable", reason)
-            for i, section in enumerate(sections):
-                self.note("pretrained-unavailable", pretrained_notice(reason, full=i == 0), section)
+            with self.manifest.changes():
+                self.record("pretrained_unavailable", reason)
+                for i, section in enumerate(sections):
+                    self.note("pretrained-unavailable", pretrained_notice(reason, full=i == 0), section)
             print(f"Skipping the ImageNet-pretrained AlexNet. {reason}")
             return reason
         return None
@@ -488,11 +403,12 @@ class Experiment:
             return None
         path = kaggle.write_kaggle_csv(Path(path) if path is not None else run.path / "kaggle.csv", aps)
         score = kaggle.kaggle_score(path)
-        self.record("kaggle_csv", str(path))
-        self.record("kaggle_score", score)
-        self.record("kaggle_convention", "course" if count_difficult else "voc")
-        if section:
-            self.note("kaggle", kaggle_notice(path, score, self.synthetic, count_difficult), section)
+        with self.manifest.changes():
+            self.record("kaggle_csv", str(path))
+            self.record("kaggle_score", score)
+            self.record("kaggle_convention", "course" if count_difficult else "voc")
+            if section:
+                self.note("kaggle", kaggle_notice(path, score, self.synthetic, count_difficult), section)
         kind = " on SYNTHETIC data, not a leaderboard number" if self.synthetic else ""
         print(f"Wrote {path}: Kaggle score (1 - mAP) {score:.5f}, {kaggle.convention(count_difficult)}{kind}.")
         return path
@@ -502,7 +418,7 @@ class Experiment:
     def figure(self, key: str, caption: str = "", section: str | None = None) -> Path:
         """Return the PNG path of figure key under figures_dir; the report shows it with caption in section."""
         self.figures_dir.mkdir(parents=True, exist_ok=True)
-        self._declare("figure", key, section, caption=caption or key, file=f"{key}.png")
+        self._declare(items.FigureItem, key, section, caption=caption or key, file=f"{key}.png")
         return self.figures_dir / f"{key}.png"
 
     def table(self, key: str, table, caption: str = "", section: str | None = None, *, per_class: bool = False,
@@ -514,22 +430,22 @@ class Experiment:
         (or saying that every run is near chance).
         """
         if isinstance(table, (list, tuple)):
-            self._declare("runs", key, section, caption=caption, runs=list(table),
+            self._declare(items.RunsItem, key, section, caption=caption, runs=list(table),
                           columns="ap" if per_class else "settings", best=best)
             return self.runs_table(table)
         markdown = table if isinstance(table, str) else table.to_markdown()
         if getattr(table, "code", ""):  # a student's network: its code beside its layers
             markdown = markdown.rstrip() + f"\n\nThe network's code, as recorded with its runs:\n\n```python\n{table.code}\n```\n"
-        self._declare("table", key, section, caption=caption, markdown=markdown)
+        self._declare(items.TableItem, key, section, caption=caption, markdown=markdown)
         return table
 
     def result(self, key: str, caption: str, section: str | None = None) -> None:
         """Give the report the headline of run key in section: caption, its label, test mAP and average test loss."""
-        self._declare("result", key, section, caption=caption)
+        self._declare(items.ResultItem, key, section, caption=caption)
 
     def note(self, key: str, text: str, section: str | None = None) -> None:
         """Give the report a markdown paragraph in section."""
-        self._declare("note", key, section, text=text)
+        self._declare(items.NoteItem, key, section, text=text)
 
     def lr_find(self, config=None, steps: int | None = None, key: str = "lr-find", section: str | None = None) -> dict:
         """Run an lr range test of config on this notebook's data, plot it, print the suggested lr and range, return it.
@@ -541,12 +457,13 @@ class Experiment:
         config = self._as_config(config)
         steps = steps or (30 if self.profile.name == "smoke" else 200)
         found = train.lr_range_test(config, data=self._data_for(config.max_images), steps=steps, progress=self.progress)
-        plots.plot_lr_find(found, path=self.figure(key, f"Learning-rate range test ({config.optimizer})", section),
-                           title=f"Learning-rate range test, {config.model_label()} with {config.optimizer}",
-                           synthetic=self.synthetic)
+        with self.manifest.changes():
+            plots.plot_lr_find(found, path=self.figure(key, f"Learning-rate range test ({config.optimizer})", section),
+                               title=f"Learning-rate range test, {config.model_label()} with {config.optimizer}",
+                               synthetic=self.synthetic)
+            self.record(key, {k: found[k] for k in ("suggested_lr", "range")})
         line = train.suggestion_line(found, f"{key} ({config.optimizer})")
         print(line if found["suggested_lr"] is None else f"{line}: try lrs in that range.")
-        self.record(key, {k: found[k] for k in ("suggested_lr", "range")})
         return found
 
     # ------------------------------------------------------------------ why a network scores what it scores
@@ -555,7 +472,7 @@ class Experiment:
         """Return the complete runs another notebook recorded under keys in this runs folder, renamed to their labels;
         a key it has not run (yet) is left out and named."""
         manifest = self.runs_dir / f"{Path(str(notebook)).stem}.manifest.json"
-        recorded = json.loads(manifest.read_text()).get("runs", {}) if manifest.exists() else {}
+        recorded = items.Manifest.load(manifest).runs if manifest.exists() else {}
         found = {key: runs.load_run(self.runs_dir / recorded[key]["run"]) for key in keys if key in recorded
                  and (self.runs_dir / recorded[key]["run"] / "config.json").exists()}
         found = {key: run for key, run in found.items() if run.complete}
@@ -566,11 +483,11 @@ class Experiment:
 
     def _explained(self, runs_or_keys) -> list[Run]:
         """Return runs given by key (this notebook's, labelled) or as Runs; keys this notebook did not run are left out."""
-        items = runs_or_keys if isinstance(runs_or_keys, (list, tuple)) else [runs_or_keys]
-        shown = [run for item in items
+        given = runs_or_keys if isinstance(runs_or_keys, (list, tuple)) else [runs_or_keys]
+        shown = [run for item in given
                  for run in (self.labelled(item) if isinstance(item, str) or item.path.name in self._names() else [item])]
         if not shown:
-            raise UserError(f"None of the runs {list(items)} is complete in this notebook: run their cells first.")
+            raise UserError(f"None of the runs {list(given)} is complete in this notebook: run their cells first.")
         return shown
 
     def _names(self) -> set[str]:
@@ -603,12 +520,13 @@ class Experiment:
         split = self._val(shown)
         errors = explain.context_errors(shown, split, k=k, model=self._networks.get(shown.path.name))
         what = f"{shown.name}: the classes held by the val images without a class that it scores highest for it"
-        explain.show_context_errors(errors, split, path=self.figure(key, what, section), synthetic=self.synthetic)
-        if expect is not None:
-            text = errors.statement(*expect)
-            print(text)
-            self.note(f"{key}-statement", text, section)
-        return self.table(key, errors.table(), f"Errors that come with another class ({shown.name})", section)
+        with self.manifest.changes():
+            explain.show_context_errors(errors, split, path=self.figure(key, what, section), synthetic=self.synthetic)
+            if expect is not None:
+                text = errors.statement(*expect)
+                print(text)
+                self.note(f"{key}-statement", text, section)
+            return self.table(key, errors.table(), f"Errors that come with another class ({shown.name})", section)
 
     def grad_cam(self, runs_or_keys, cls, n: int = 4, layer: str | None = None, key: str | None = None,
                  section: str | None = None) -> None:
@@ -621,10 +539,11 @@ class Experiment:
         if why:
             print(why)
         caption = f"Grad-CAM for {name}: where each network looks on val images holding one"
-        text = explain.show_grad_cam(shown, name, split, n=n, layer=layer, models=self._networks,
-                                     path=self.figure(key, caption, section))
-        print(text)
-        self.note(f"{key}-peaks", text, section)
+        with self.manifest.changes():
+            text = explain.show_grad_cam(shown, name, split, n=n, layer=layer, models=self._networks,
+                                         path=self.figure(key, caption, section))
+            print(text)
+            self.note(f"{key}-peaks", text, section)
 
     def finding(self, number, text: str, claims, *, seed: str = "", published: str = "",
                 section: str = "findings") -> str:
@@ -635,44 +554,25 @@ class Experiment:
         the seed report's and published figures, shown beside this report's on the full profile. The report
         checks the finding again from results.json, by the rule in findings.RULE.
         """
-        claims = tuple(c if isinstance(c, findings.Claim) else _claim(c, number) for c in claims)
-        finding = findings.Finding(str(number), text, claims, seed, published)
-        maps = {key: run.test_map for key, run in self.runs.items() if run.complete}
-        labels = {key: self.manifest["runs"][key]["label"] for key in self.runs}
-        verdict = findings.check(finding, maps, self.chance_map)
-        print(f"Finding {finding.number} ({text}): {verdict.upper()}; "
-              f"{findings.evidence(finding, maps, labels, self.chance_map)}.")
-        self._declare("finding", f"finding-{finding.number}", section, finding=finding.to_dict(), rule=findings.RULE)
+        finding = as_finding(number, text, claims, seed, published)
+        verdict, line = verdict_line(finding, self.runs, self.manifest.labels(), self.chance_map)
+        print(line)
+        self._declare(items.FindingItem, f"finding-{finding.number}", section, finding=finding, rule=findings.RULE)
         return verdict
 
     def data_summary(self) -> str:
         """Return the sentence saying which data this notebook uses and its chance level, for the report."""
         return data_notice(self.synthetic, self.data_root, self.chance_map)
 
-    def _declare(self, kind: str, key: str, section: str | None, **content) -> None:
-        """Add a report item to the manifest, replacing one of the same kind, key and section."""
+    def _declare(self, kind: type[items.Item], key: str, section: str | None, **content) -> None:
+        """Give the report an item of kind (in section, default key), replacing one of the same kind, key and section."""
         self.run_name(key)  # the same rules for every key
-        section = section or key
-        self.run_name(section)
-        item = {"kind": kind, "key": key, "section": section, **content}
-        items = self.manifest["report"]
-        same = [i for i, old in enumerate(items) if (old["kind"], old["key"], old["section"]) == (kind, key, section)]
-        if same:
-            items[same[0]] = item
-        else:
-            items.append(item)
-        self._save()
+        self.run_name(section or key)
+        self.manifest.declare(kind(key, section or key, **content))
 
     def record(self, key: str, value):
         """Record a JSON value (a number, string, list or dict) under key for the report, and return it."""
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"The value recorded as {key!r} is not JSON ({exc}): record numbers, strings, lists or "
-                            f"dicts.") from exc
-        self.manifest["values"][key] = value
-        self._save()
-        return value
+        return self.manifest.record(key, value)
 
     def build_report(self, report_dir=None, *, download: bool = True) -> Path | None:
         """Build report.md, report.html and figures/ from the runs in runs_dir (nothing is trained), zip them; return the zip.
@@ -706,77 +606,24 @@ class Experiment:
 
     @property
     def manifest_path(self) -> Path:
-        return self.runs_dir / f"{self.notebook}.manifest.json"
-
-    def _save(self) -> None:
-        atomic_write_json(self.manifest_path, self.manifest)
+        return self.manifest.path
 
     def __repr__(self) -> str:
         return f"Experiment({self.notebook!r}, profile={self.profile.name!r}, runs={list(self.runs)})"
 
 
-class Ablation:
-    """An ablation's runs and table (shown in a notebook), and its best row, chosen by val mAP."""
-
-    def __init__(self, table: Table, rows: dict, runs_by_key: dict, best: str | None, base: TrainConfig, given: list):
-        self.table, self.rows, self.runs, self.best = table, rows, runs_by_key, best
-        self._base, self._given = base, given
-
-    def _best_row(self) -> tuple[int, str, object, dict]:
-        if self.best is None:
-            raise UserError("No ablation row has a val mAP to choose by (every row was skipped, failed or trained on "
-                            "trainval): fix the rows, or give the final model's network and recipe yourself.")
-        serial = self.rows[self.best]["serial"]
-        return (serial, *_ablation_row(self._given[serial - 1], serial))
-
-    @property
-    def best_network(self):
-        """Return the network (class, callable, spec or name) of the best row by val mAP."""
-        return self.best_config().model
-
-    def best_config(self, **changes) -> TrainConfig:
-        """Return the TrainConfig of the best row by val mAP, with changes applied (e.g. epochs=exp.final_epochs)."""
-        _, _, network, recipe = self._best_row()
-        return self._base.replace(**{**recipe, "model": network, **changes})
-
-    def best_label(self, config: TrainConfig | None = None) -> str:
-        """Return a label naming the best row, and how config (the final model's) trains it."""
-        serial, label, _, _ = self._best_row()
-        text = f"row {serial} ({label}), best by val mAP"
-        if config is not None:
-            text += f", {config.epochs} epochs" + (", on trainval" if config.train_split == "trainval" else "")
-            text += ", flip TTA" if config.tta == "flip" else ""
-        return text
-
-    def _repr_markdown_(self) -> str:
-        return self.table.to_markdown()
-
-    def __repr__(self) -> str:
-        return self.table.to_text()
+def as_finding(number, text: str, claims, seed: str = "", published: str = "") -> findings.Finding:
+    """Return one of the seed report's findings, its claims given as (kind, run key, ...) tuples or findings.Claim."""
+    claims = tuple(c if isinstance(c, findings.Claim) else _claim(c, number) for c in claims)
+    return findings.Finding(str(number), text, claims, seed, published)
 
 
-def _ablation_row(row, serial: int) -> tuple[str, object, dict]:
-    """Return an ablation row's (label, network, recipe), or a UserError saying how to write it."""
-    if not (isinstance(row, (tuple, list)) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], dict)):
-        raise UserError(f"Ablation row {serial} is {row!r}: write it as (\"label\", network, recipe), e.g. "
-                        f"(\"+ BatchNorm\", lambda: Classifier(bn=True), {{\"optimizer\": \"adam\", \"lr\": 1e-4}}).")
-    label, network, recipe = row
-    unknown = sorted((set(recipe) - set(TrainConfig.__dataclass_fields__)) | ({"model"} & set(recipe)))
-    if unknown:
-        raise UserError(f"Ablation row {serial} ({label}): the recipe sets {unknown[0]!r}, which is not a recipe "
-                        "field: give TrainConfig fields such as {\"optimizer\": \"adam\", \"lr\": 1e-4}, and the "
-                        "network as the row's second item.")
-    return label, network, recipe
-
-
-def worked_example_rows(adam_lr: float = 1e-4, augment: str = "jitter-flip-rotate") -> list:
-    """Return the seed report's ablation as (label, network, recipe) rows: BaseNet with SGD, then Adam, then
-    augmentation, then its network steps (models.SEED_ABLATION: BatchNorm step by step, extra convolutions)."""
-    sgd, adam = {"optimizer": "sgd", "lr": 0.01}, {"optimizer": "adam", "lr": adam_lr}
-    augmented = {**adam, "augment": augment}
-    rows = [("BaseNet (SGD)", models.BASENET, sgd), ("BaseNet (Adam)", models.BASENET, adam),
-            ("BaseNet (Adam) + data augmentation", models.BASENET, augmented)]
-    return rows + [(label, spec, augmented) for label, spec in models.SEED_ABLATION[1:]]
+def verdict_line(finding: findings.Finding, runs_by_key: dict, labels: dict, chance: float) -> tuple[str, str]:
+    """Return a finding's verdict on runs (Runs by key, by findings.RULE) and the line saying it with their numbers."""
+    maps = {key: run.test_map for key, run in runs_by_key.items() if run.complete}
+    verdict = findings.check(finding, maps, chance)
+    return verdict, (f"Finding {finding.number} ({finding.text}): {verdict.upper()}; "
+                     f"{findings.evidence(finding, maps, labels, chance)}.")
 
 
 def _claim(claim, number) -> findings.Claim:
@@ -790,36 +637,10 @@ def _claim(claim, number) -> findings.Claim:
         raise UserError(f"Finding {number}: {exc}.") from exc
 
 
-# The sentences below are written into the manifest by the Experiment methods that know their facts.
-
-ABLATION_NOTE = ("Each row is one run. \"Best mAP on test set\" is the test mAP of that row's run, measured once after "
-                 "its last epoch; the best row is chosen by val mAP (after the last epoch), never by its test score, "
-                 "so its test mAP still predicts how it does on unseen images.")
 WORKED_EXAMPLE = "worked example"
 # The code digest (mp3kit.usermodel.code_digest) of notebook 3's starter Classifier as handed out: a final network
 # with this code is the starter unchanged. tests/test_experiment.py keeps it equal to the notebook's class.
 STARTER_CODE = {"2ad328a0c212"}
-
-
-def size_note(sizes) -> str:
-    """Return the sentence saying which image size an ablation's rows train and test on ("" for no rows)."""
-    sizes = sorted(sizes)
-    if not sizes:
-        return ""
-    return (f"Every row trains and tests on {sizes[0]} px images." if len(sizes) == 1
-            else "The rows train and test on images of " + ", ".join(f"{s} px" for s in sizes) + ".")
-
-
-def width_note(widths) -> str:
-    """Return the sentence saying that an ablation's networks are built narrower than its labels say ("" at width 1)."""
-    scaled = sorted(w for w in widths if w != 1)
-    if not scaled:
-        return ""
-    w = scaled[0] if len(scaled) == 1 else None
-    built = f"at width {w:g}" if w else "at widths " + ", ".join(f"{x:g}" for x in scaled)
-    example = f" (a convolution written with 384 channels has {max(1, round(384 * w))})" if w else ""
-    return (f"The networks trained from scratch are built {built}: the labels give the full-width channel counts"
-            f"{example}; the params column and the layer tables count the layers as built.")
 
 
 def data_notice(synthetic: bool, data_root, chance: float | None) -> str:

@@ -65,9 +65,9 @@ def val_scores(run: Run, split: voc.VOCSplit | None = None, *, model=None, devic
     config = train.TrainConfig.from_dict(run.config)
     device = pick_device(device)
     network = train.load_model(run, device, model=model)
-    loader = pipeline.make_loader(split, batch_size=2 * config.batch_size, image_size=config.image_size,
-                                  augment=config.augment, train=False, device=device, pipeline=config.pipeline,
-                                  progress=False)
+    # As fit's evaluation loader (train.Session.eval_loader) makes it: in order, never augmented.
+    loader = pipeline.make_loader(split, batch_size=2 * config.batch_size, image_size=config.image_size, train=False,
+                                  device=device, pipeline=config.pipeline, progress=False)
     _, scores = train.evaluate(network, loader, device, None, config.tta)
     held_out = config.train_split == "train"
     try:
@@ -195,8 +195,7 @@ def show_predictions(runs_, split: voc.VOCSplit | None = None, *, n: int = 6, se
         marks = prediction_marks(scores["scores"][at], scores["targets"][at], scores["difficult"][at], chosen)
         lines = [prediction_lines(scores["scores"][j], m) for j, m in zip(at, marks)]
         config = train.TrainConfig.from_dict(run.config)
-        rows.append((run.name, lines, [network_view(*_image_size(split, r), config.image_size, config.augment)
-                                          for r in picks]))
+        rows.append((run.name, lines, [network_view(*_image_size(split, r), config.image_size) for r in picks]))
     plots.show_predictions(split, picks, rows, path=path, synthetic=any(r.synthetic for r in runs_) or split.synthetic,
                            title=title or f"Predictions on {len(picks)} val images")
 
@@ -309,26 +308,23 @@ def show_context_errors(errors: ContextErrors, split: voc.VOCSplit, *, classes: 
 # ---------------------------------------------------------------- where the network looks
 
 
-def network_view(width: int, height: int, image_size: int, augment: str = "none") -> tuple[float, float, float, float]:
+def network_view(width: int, height: int, image_size: int) -> tuple[float, float, float, float]:
     """Return the part of a width x height image a network sees at evaluation, (x0, y0, x1, y1) in the image's pixel
-    coordinates: the central square that the pipeline's resize (shorter side) and centre crops keep."""
-    cache = pipeline.cache_size_for(image_size, augment)
-    # torchvision's resize: the shorter side becomes cache, the longer one is scaled and truncated.
+    coordinates: the central square that the evaluation loader's resize (shorter side) and centre crop keep."""
+    # torchvision's resize: the shorter side becomes image_size, the longer one is scaled and truncated.
     if width <= height:
-        resized_w, resized_h = cache, int(cache * height / width)
+        resized_w, resized_h = image_size, int(image_size * height / width)
     else:
-        resized_w, resized_h = int(cache * width / height), cache
-    inner = int(round((cache - image_size) / 2.0))
-    left, top = int(round((resized_w - cache) / 2.0)) + inner, int(round((resized_h - cache) / 2.0)) + inner
+        resized_w, resized_h = int(image_size * width / height), image_size
+    left, top = int(round((resized_w - image_size) / 2.0)), int(round((resized_h - image_size) / 2.0))
     sx, sy = width / resized_w, height / resized_h
     return left * sx, top * sy, (left + image_size) * sx, (top + image_size) * sy
 
 
-def network_inputs(split: voc.VOCSplit, rows, image_size: int, augment: str = "none") -> torch.Tensor:
-    """Return the (B, 3, S, S) normalised evaluation inputs of split's rows, as the evaluation loader makes them."""
-    cache = pipeline.cache_size_for(image_size, augment)
-    u8 = torch.from_numpy(np.stack([pipeline.load_resized(split.image_path(r), cache) for r in rows]))  # (B, C, C, 3)
-    x = pipeline.center_crop_batch(u8.permute(0, 3, 1, 2), image_size).float() / 255.0  # (B, 3, S, S)
+def network_inputs(split: voc.VOCSplit, rows, image_size: int) -> torch.Tensor:
+    """Return the (B, 3, S, S) normalised inputs of split's rows as the evaluation loader makes them (never augmented)."""
+    u8 = torch.from_numpy(np.stack([pipeline.load_resized(split.image_path(r), image_size) for r in rows]))  # (B, S, S, 3)
+    x = u8.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
     mean = torch.tensor(pipeline.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(pipeline.IMAGENET_STD).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
@@ -412,11 +408,11 @@ def cam_rows(run: Run, split: voc.VOCSplit, rows, cls, *, model=None, layer: str
     whether its peak falls inside a box of cls and the chance of that."""
     config = train.TrainConfig.from_dict(run.config)
     network = train.load_model(run, "cpu", model=model)
-    maps = grad_cam(network, network_inputs(split, rows, config.image_size, config.augment), cls, layer)
+    maps = grad_cam(network, network_inputs(split, rows, config.image_size), cls, layer)
     c = _class_index(cls)
     views, hits, chances = [], [], []
     for cam, r in zip(maps, rows):
-        views.append(network_view(*_image_size(split, r), config.image_size, config.augment))
+        views.append(network_view(*_image_size(split, r), config.image_size))
         boxes = [o.bbox for o in split.annotation(r) if o.name == CLASSES[c]]
         hit, chance = peak_in_box(cam, views[-1], boxes)
         hits.append(hit)

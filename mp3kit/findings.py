@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mp3kit.table import MISSING
+
 MARGIN = 0.01
 CHANCE_MARGIN = 0.02
 NEAR_CHANCE = 0.05
@@ -120,7 +122,7 @@ def rows(findings: list, maps: dict, labels: dict, chance: float, references: bo
         row = {"#": f.number, "finding (seed report)": f.text, "this report's runs (test mAP)": evidence(f, maps, labels, chance),
                "verdict": check(f, maps, chance)}
         if references:
-            row["seed report"] = f.seed or "-"
-            row["published"] = f.published or "-"
+            row["seed report"] = f.seed or MISSING
+            row["published"] = f.published or MISSING
         out.append(row)
     return out

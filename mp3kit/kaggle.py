@@ -158,22 +158,3 @@ def kaggle_score(path) -> float:
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)][1:]
     return float(np.mean([float(value) for _, value in rows]))
-
-
-def write_predictions_csv(path, ids, scores, classes=None) -> Path:
-    """Write one row per image (its id and one score per class) to path."""
-    path = Path(path)
-    classes = tuple(classes) if classes is not None else _voc_classes()
-    scores = _to_numpy(scores)
-    ids = [str(i) for i in ids]
-    if scores.ndim != 2 or scores.shape[1] != len(classes):
-        raise UserError(f"Cannot write {path}: scores have shape {scores.shape}; expected (N, {len(classes)}), one "
-                        f"column per class.")
-    if len(ids) != scores.shape[0]:
-        raise UserError(f"Cannot write {path}: {len(ids)} ids but {scores.shape[0]} score rows; pass one id per image.")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", *classes])
-    for image_id, row in zip(ids, scores):
-        writer.writerow([image_id, *(f"{v:.6g}" for v in row)])
-    return atomic_write_text(path, buf.getvalue())

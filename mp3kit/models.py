@@ -1,4 +1,8 @@
-"""The course's networks, a builder that turns a small JSON spec into a network, and architecture tables.
+"""The course's networks, their registry of names, a builder that turns a small JSON spec into a network, and tables.
+
+MODELS holds one ModelEntry per model name (how to build it, whether it starts from ImageNet weights, whether
+TrainConfig.width scales it, whether the training panel offers it); entry() answers the same questions for a spec and
+for a student's own network, so no other module compares model names.
 
 A spec is a plain dict (or its JSON text, or a .json file), so it can sit in TrainConfig.model and
 config.json:
@@ -28,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +41,6 @@ from torch import nn
 
 from mp3kit import settings, usermodel
 from mp3kit.table import Table
-from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError
 
 # --------------------------------------------------------------------------------------------------
@@ -277,7 +281,11 @@ def parse_spec(spec) -> dict:
             if not path.is_file():
                 raise UserError(f"Model spec {text!r} is neither JSON nor an existing .json file; write it like "
                                 f"'{{\"blocks\": [{{\"conv\": 64}}]}}'.")
-            text, source = path.read_text(encoding="utf-8"), f"Model spec file {path}"
+            source = f"Model spec file {path}"
+            try:
+                text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: the byte-order mark Notepad writes is no JSON
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8.") from exc
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -470,34 +478,99 @@ SEED_ABLATION.append((
 # --------------------------------------------------------------------------------------------------
 # Names -> networks
 
-MODEL_NAMES = ("simple", "alexnet", "alexnet-pretrained", "alexnet-pretrained-frozen", "alexnet-bn", "basenet")
-# Names older versions used, still read (e.g. from a run's config.json) as the name they stand for.
-MODEL_ALIASES = {"seed": "alexnet-bn"}
-_NAMED_SPECS = {"alexnet-bn": ALEXNET_BN, "basenet": BASENET}
+@dataclass(frozen=True)
+class ModelEntry:
+    """What mp3kit knows of a network: how to build it, whether it starts from ImageNet weights, whether width scales it.
+
+    The registry (MODELS) holds one per model name; entry() makes one for a spec or a student's own network, so every
+    form of TrainConfig.model answers the same questions.
+    """
+
+    label: str  # the short name run names, tables and the report show
+    make: Callable[[int, int, float], nn.Module]  # (num_classes, image_size, width) -> the network, fresh weights
+    # (num_classes, weights_path, allow_download) -> the same network with ImageNet weights; None: trained from scratch
+    imagenet: Callable[[int, object, bool | None], nn.Module] | None = None
+    # TrainConfig.width resizes it; False: its sizes are fixed (by the course, by the ImageNet weights, by a student's code)
+    scales_with_width: bool = True
+    frozen: bool = False  # trains the head only
+    offered: bool = True  # the training panel lists it
+
+    @property
+    def pretrained(self) -> bool:
+        return self.imagenet is not None
 
 
-def canonical_name(model):
-    """Return model as TrainConfig keeps it: an old name replaced by the name it stands for, a student's class or
-    callable (or its record from a run's config.json) as a UserModel, anything else unchanged."""
-    if isinstance(model, str):
-        return MODEL_ALIASES.get(model.strip().lower(), model)
+def _spec_maker(spec: dict) -> Callable[[int, int, float], nn.Module]:
+    return lambda num_classes, image_size, width: build(scaled(spec, width), num_classes)
+
+
+def _scratch_alexnet(num_classes: int, image_size: int, width: float) -> nn.Module:
+    # torchvision's definition has no width: at another width than 1, AlexNet is its own layers written as a spec
+    # (BaseNet, with the same state-dict keys and shapes at width 1), scaled.
+    if width == 1:
+        return alexnet(num_classes=num_classes)
+    return build(scaled(with_changes(BASENET, name="alexnet"), width), num_classes)
+
+
+def _imagenet_alexnet(num_classes: int, weights_path, allow_download: bool | None) -> nn.Module:
+    return alexnet(True, weights_path, num_classes=num_classes, allow_download=allow_download)
+
+
+def _alexnet_layers(num_classes: int, image_size: int, width: float) -> nn.Module:
+    return alexnet(num_classes=num_classes)
+
+
+MODELS = {e.label: e for e in (
+    ModelEntry("simple", lambda num_classes, image_size, width: SimpleClassifier(num_classes, image_size),
+               scales_with_width=False),
+    ModelEntry("alexnet", _scratch_alexnet),
+    ModelEntry("alexnet-pretrained", _alexnet_layers, _imagenet_alexnet, scales_with_width=False),
+    ModelEntry("alexnet-pretrained-frozen", _alexnet_layers, _imagenet_alexnet, scales_with_width=False, frozen=True,
+               offered=False),
+    ModelEntry("alexnet-bn", _spec_maker(ALEXNET_BN)),
+    ModelEntry("basenet", _spec_maker(BASENET)),
+)}
+
+
+def entry(model) -> ModelEntry:
+    """Return the registry entry of a model name, or an entry for a spec (dict, JSON text, .json path) or a student's
+    network (an nn.Module class, a callable, a UserModel or its record); refuse anything else in one sentence."""
+    if isinstance(model, str) and not is_spec_text(model):
+        found = MODELS.get(model.strip().lower())
+        if found is None:
+            raise UserError(f"Unknown model {model!r}: use one of {', '.join(MODELS)}, a spec (a dict, JSON text or a "
+                            f".json file) or your own nn.Module class.")
+        return found
+    if isinstance(model, (type, nn.Module)) or usermodel.is_user_model(model) or usermodel.is_record(model):
+        network = usermodel.as_user_model(model)
+        return ModelEntry(network.name, lambda num_classes, image_size, width: network.build(num_classes),
+                          scales_with_width=False, offered=False)
+    if isinstance(model, (str, Path, dict)):
+        spec = parse_spec(model)
+        return ModelEntry(str(spec.get("name", "custom")), _spec_maker(spec), offered=False)
+    raise UserError(f"Model {model!r} is not a network: use one of {', '.join(MODELS)}, a spec (a dict, JSON text or a "
+                    f".json file) or your own nn.Module class.")
+
+
+def canonical(model):
+    """Return model as TrainConfig keeps it: a name as the registry spells it, a student's class or callable (or its
+    record from a run's config.json) as a UserModel, a spec as given."""
+    if isinstance(model, str) and not is_spec_text(model):
+        return entry(model).label
     if isinstance(model, (type, nn.Module)) or usermodel.is_user_model(model) or usermodel.is_record(model):
         return usermodel.as_user_model(model)
     return model
 
 
 def label(model) -> str:
-    """Return the short readable name of a model: its name (old names updated), a spec's "name", the class name of a
-    student's network, else "custom"."""
-    if isinstance(model, str):
-        return canonical_name(model)
-    if isinstance(model, UserModel):
-        return model.name
-    if usermodel.is_record(model):
-        return str(model[usermodel.RECORD_KEY])
-    if isinstance(model, dict):
-        return str(model.get("name", "custom"))
-    return "custom"
+    """Return the short readable name of a model: its name, a spec's "name", the class name of a student's network;
+    a name or spec this version does not know (a run's config.json) as it is written, else "custom"."""
+    try:
+        return entry(model).label
+    except UserError:
+        if isinstance(model, str):
+            return model
+        return str(model.get("name", "custom")) if isinstance(model, dict) else "custom"
 
 
 def is_spec_text(value) -> bool:
@@ -507,12 +580,12 @@ def is_spec_text(value) -> bool:
 
 
 def spec_or_name(value):
-    """Return a model name as given (old names updated), a student's network as a UserModel, or the checked spec
-    dict of a dict, JSON text or .json path."""
+    """Return a model name as the registry spells it, a student's network as a UserModel, or the checked spec dict of
+    a dict, JSON text or .json path."""
     if isinstance(value, str) and not is_spec_text(value):
-        return canonical_name(value)
+        return canonical(value)
     if not isinstance(value, (str, Path, dict)) or usermodel.is_record(value):
-        return canonical_name(value)
+        return canonical(value)
     return parse_spec(value)
 
 
@@ -548,50 +621,41 @@ def _check_image_size(model: nn.Module, image_size: int, label: str, num_classes
                         f"{num_classes}), one score per VOC class; end it with a Linear layer of {num_classes} outputs.")
 
 
-def scales_with_width(name_or_spec) -> bool:
-    """Return True when TrainConfig.width resizes this network: AlexNet and every spec, not simple, pretrained nor a
-    student's own class (its sizes are its code's)."""
-    spec = spec_or_name(name_or_spec)
-    if isinstance(spec, UserModel):
+def scales_with_width(model) -> bool:
+    """Return True when TrainConfig.width resizes this network (its registry entry says: AlexNet and every spec, not
+    simple, the pretrained AlexNet nor a student's own class, whose sizes are its code's)."""
+    return entry(model).scales_with_width
+
+
+def takes(model, image_size: int, width: float = 1.0) -> bool:
+    """Return True when the network can take image_size images (shapes only: built on the meta device, no weights)."""
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            model_from_name(model, image_size=image_size, width=width, imagenet=False)
+    except UserError:
         return False
-    return not (isinstance(spec, str) and spec.strip().lower() in ("simple", "alexnet-pretrained",
-                                                                    "alexnet-pretrained-frozen"))
+    return True
 
 
 def model_from_name(name_or_spec, num_classes=20, image_size=227, weights_path=None, freeze_features=False,
-                    allow_download=None, width: float = 1.0) -> nn.Module:
-    """Return the network for a name (see MODEL_NAMES), a spec dict, a JSON string, a .json path, or a student's
-    nn.Module class or callable (a UserModel).
+                    allow_download=None, width: float = 1.0, imagenet: bool = True) -> nn.Module:
+    """Return the network for a name (see MODELS), a spec dict, a JSON string, a .json path, or a student's nn.Module
+    class or callable (a UserModel).
 
-    width scales the networks trained from scratch (AlexNet and every spec; see scaled): AlexNet at a width other
-    than 1 is BaseNet, its layers written as a spec, scaled. The simple classifier (the course's network) and the
-    pretrained AlexNet (whose ImageNet weights fix its sizes) are built as they are whatever the width.
+    width scales the networks whose entry says so (AlexNet and every spec; see scaled). A pretrained network starts
+    from the ImageNet weights; imagenet=False builds its layers alone, for a checkpoint's weights to replace.
     """
-    spec = spec_or_name(name_or_spec)
-    name = spec.strip().lower() if isinstance(spec, str) else None
-    pretrained = name in ("alexnet-pretrained", "alexnet-pretrained-frozen")
-    if weights_path is not None and not pretrained:
-        raise UserError(f"weights_path={weights_path} is only used by alexnet-pretrained; drop it or choose that model.")
-    if isinstance(spec, UserModel):
-        model = spec.build(num_classes)
-    elif name == "simple":
-        model = SimpleClassifier(num_classes, image_size)
-    elif name == "alexnet" and width == 1:
-        model = alexnet(num_classes=num_classes)
-    elif name == "alexnet":
-        model = build(scaled(with_changes(BASENET, name="alexnet"), width), num_classes)
-    elif pretrained:
-        model = alexnet(True, weights_path, num_classes=num_classes, allow_download=allow_download)
-        freeze_features = freeze_features or name == "alexnet-pretrained-frozen"
-    elif name in _NAMED_SPECS:
-        model = build(scaled(_NAMED_SPECS[name], width), num_classes)
-    elif isinstance(spec, dict):
-        model = build(scaled(spec, width), num_classes)
+    found = entry(name_or_spec)
+    if weights_path is not None and not found.pretrained:
+        names = [name for name, e in MODELS.items() if e.pretrained]
+        raise UserError(f"weights_path={weights_path} is only used by {' and '.join(names)}; drop it or choose one of them.")
+    if found.pretrained and imagenet:
+        model = found.imagenet(num_classes, weights_path, allow_download)
     else:
-        raise UserError(f"Unknown model {name_or_spec!r}: use one of {', '.join(MODEL_NAMES)}, or a JSON spec.")
-    if freeze_features:
+        model = found.make(num_classes, image_size, width if found.scales_with_width else 1.0)
+    if freeze_features or found.frozen:
         freeze_feature_layers(model)
-    _check_image_size(model, image_size, repr(label(spec)), num_classes)
+    _check_image_size(model, image_size, repr(found.label), num_classes)
     return model
 
 

@@ -3,17 +3,22 @@
 The course kit decodes each JPEG with PIL on one worker every epoch; on a GPU that, not the model,
 sets the pace. Here the first use of a split at an image size stores the resized images in one
 memory-mapped file; every later epoch gathers a batch with one numpy indexing call, sends uint8
-(4x fewer bytes than float32) to the device and converts, normalises and augments there.
+(4x fewer bytes than float32) to the device and converts, normalises and augments there. A cache belongs to its
+split's ids and to every image's size and modification time, and its bytes are checked against the checksum written
+with it whenever it is opened; any mismatch rebuilds it, with one line saying why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import queue
+import sys
 import tempfile
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -25,13 +30,10 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from mp3kit import data, settings
-from mp3kit.util import UserError, atomic_write_json, pick_device
+from mp3kit.config import AUGMENT_PRESETS, PIPELINES
+from mp3kit.util import UserError, atomic_write_json, pick_device, usual_mode
 
-CACHE_VERSION = 1
-AUGMENT_PRESETS = ("none", "jitter-flip-rotate", "standard")
-# Preset names older versions used, still read (e.g. from a run's config.json) as the name they stand for.
-AUGMENT_ALIASES = {"seed": "jitter-flip-rotate"}
-PIPELINES = ("cached", "per-item")
+CACHE_VERSION = 2  # 2: the sidecar holds the images' stamps and the data's checksum
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,11 +47,6 @@ STANDARD_RATIO = (3 / 4, 4 / 3)
 # The augmenting presets crop image_size out of an image resized to image_size * 256 / 227
 # (256 for 227), the ImageNet convention of resizing to 256 before a 224 crop.
 _MARGIN = 256 / 227
-
-
-def canonical_augment(augment):
-    """Return augment with an old preset name replaced by the name it stands for (anything else unchanged)."""
-    return AUGMENT_ALIASES.get(augment, augment) if isinstance(augment, str) else augment
 
 
 def _check_augment(augment: str) -> None:
@@ -71,15 +68,48 @@ def _cache_paths(identity: str, size: int, cache_dir) -> tuple[Path, Path]:
     return folder / f"{identity}-{size}.u8", folder / f"{identity}-{size}.json"
 
 
-def _valid_cache(path: Path, meta_path: Path, expected: dict) -> bool:
-    """Return True when the sidecar matches what is expected and the data file has exactly the right length."""
+def _image_stamps(split) -> str:
+    """Return a digest of the size and modification time of every image of split (one stat per file, no read)."""
+    digest = hashlib.sha1()
+    for i in range(len(split)):
+        try:
+            st = os.stat(split.image_path(i))
+            digest.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(b"missing\n")  # the rebuild names the file
+    return digest.hexdigest()
+
+
+def _checksum(path) -> int:
+    """Return the CRC-32 of a file's bytes: it catches any changed byte and is the cheapest such check to repeat."""
+    crc, block = 0, bytearray(1 << 24)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            crc = zlib.crc32(view[:n], crc)
+    return crc
+
+
+def _cache_problem(path: Path, meta_path: Path, expected: dict) -> str | None:
+    """Return why the cache at path cannot be used ("" when there is none yet), or None when it can."""
     try:
         meta = json.loads(meta_path.read_text())
         size_on_disk = path.stat().st_size
+    except FileNotFoundError:
+        return ""
     except (OSError, ValueError):
-        return False
-    keys = ("version", "identity", "size", "shape")
-    return all(meta.get(k) == expected[k] for k in keys) and size_on_disk == math.prod(expected["shape"])
+        return f"its description {meta_path.name} cannot be read"
+    if not isinstance(meta, dict) or meta.get("version") != expected["version"]:
+        return "another version of mp3kit wrote it"
+    if any(meta.get(k) != expected[k] for k in ("identity", "size", "shape")):
+        return f"its description {meta_path.name} is for other images"
+    if meta.get("images") != expected["images"]:
+        return "an image of the split was replaced or changed (its size or modification time) since the cache was built"
+    if size_on_disk != math.prod(expected["shape"]):
+        return f"the file holds {size_on_disk:,} bytes instead of {math.prod(expected['shape']):,} (cut short or padded)"
+    if _checksum(path) != meta.get("crc32"):
+        return "its content does not match the checksum written with it (a disk error, or another program wrote there)"
+    return None
 
 
 def load_resized(path, size: int) -> np.ndarray:
@@ -115,6 +145,7 @@ def _reserve(folder: Path, name: str, nbytes: int) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise UserError(f"Cannot reserve {nbytes / 2**20:,.0f} MB for the image cache in {folder} ({exc.strerror}): "
                         f"free disk space or set {settings.CACHE} to another folder.") from exc
+    os.fchmod(fd, usual_mode())  # mkstemp makes 0600 files; a shared cache folder must be readable like its sidecars
     os.close(fd)
     return tmp
 
@@ -143,11 +174,12 @@ def _build_cache(split, size: int, path: Path, meta_path: Path, expected: dict, 
                 raise
         images.flush()
         images = None  # release the map before the rename (the workers are done with it)
+        crc = _checksum(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    atomic_write_json(meta_path, expected)
+    atomic_write_json(meta_path, {**expected, "crc32": crc})
 
 
 def cache_images(split, size: int, cache_dir=None, progress: bool = True) -> np.ndarray:
@@ -155,15 +187,18 @@ def cache_images(split, size: int, cache_dir=None, progress: bool = True) -> np.
     size = int(size)
     if size < 1:
         raise UserError(f"Image size {size} is not valid: use a positive number of pixels such as 227.")
+    if len(split) == 0:
+        empty = np.empty((0, size, size, 3), dtype=np.uint8)
+        empty.flags.writeable = False
+        return empty
     identity = split.identity()
     path, meta_path = _cache_paths(identity, size, cache_dir)
     expected = {"version": CACHE_VERSION, "identity": identity, "size": size, "shape": [len(split), size, size, 3],
-                "split": split.name, "voc_dir": str(split.voc_dir)}
-    if len(split) == 0:
-        empty = np.empty(tuple(expected["shape"]), dtype=np.uint8)
-        empty.flags.writeable = False
-        return empty
-    if not _valid_cache(path, meta_path, expected):
+                "images": _image_stamps(split), "split": split.name, "voc_dir": str(split.voc_dir)}
+    problem = _cache_problem(path, meta_path, expected)
+    if problem is not None:
+        if problem:
+            print(f"Rebuilding the image cache {path}: {problem}.", file=sys.stderr, flush=True)
         _build_cache(split, size, path, meta_path, expected, progress)
     return np.memmap(path, dtype=np.uint8, mode="r", shape=tuple(expected["shape"]))
 

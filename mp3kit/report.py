@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 import math
 import mimetypes
 import os
@@ -22,11 +21,11 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
-from mp3kit import __version__, findings, layout, settings
+from mp3kit import __version__, items, layout, settings
 from mp3kit import runs as run_records
-from mp3kit.table import Table
 from mp3kit.util import UserError, atomic_write_json, atomic_write_text, temporary_environ
 
 NOTEBOOK_TIMEOUT_S = {"smoke": 600, "quick": 1800, "full": 24 * 3600}
@@ -68,7 +67,7 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
     to the report folder beside the runs (mp3kit.layout), the folders the notebooks use themselves.
     execute=False runs no notebook and rebuilds the report from the manifests, runs and figures in runs_dir.
     """
-    from mp3kit.experiment import PROFILES
+    from mp3kit.config import PROFILES
 
     if profile not in PROFILES:
         raise UserError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
@@ -139,7 +138,7 @@ def build(profile="quick", data_root=None, *, only=None, report_dir=None, notebo
         results = collect_results(runs_dir, profile, staging, seconds, notebook_names(notebooks_dir, runs_dir), how)
         atomic_write_json(staging / "results.json", results)
         existing = _read_existing(report_dir / "report.md")
-        template_text = template.read_text(encoding="utf-8")
+        template_text = _read_utf8(template)
         keys = marker_keys(template_text) | marker_keys(existing or "")
         text = merge_sections(template_text, existing, render_sections(results, keys))
         atomic_write_text(staging / "report.md", text)
@@ -315,32 +314,27 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
     manifest_path = runs_dir / f"{name}.manifest.json"
     if not manifest_path.exists():
         return {"missing": True, "manifest": str(manifest_path)}
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{manifest_path} is not valid JSON ({exc.msg}): delete it and run mp3kit report again.") from exc
-    runs = {key: _run_results(runs_dir / entry["run"], entry.get("label"))
-            for key, entry in manifest.get("runs", {}).items()}
+    manifest = items.Manifest.load(manifest_path)
+    runs = {key: _run_results(runs_dir / entry["run"], entry.get("label")) for key, entry in manifest.runs.items()}
     # Where the notebook saved its figures, then the runs folder's own figures/ (a runs folder moved from Drive).
-    saved = [Path(manifest["figures_dir"])] if manifest.get("figures_dir") else []
-    items = []
-    for item in manifest.get("report", []):
-        if item.get("kind") == "figure":
-            _copy_figure(item["file"], [*saved, runs_dir / "figures"], staging / "figures")
-            item = {**item, "path": f"figures/{Path(item['file']).as_posix()}",
-                    "present": (staging / "figures" / item["file"]).exists()}
-        items.append(item)
+    saved = [Path(manifest.figures_dir)] if manifest.figures_dir else []
+    declared = []
+    for item in manifest.items:
+        if isinstance(item, items.FigureItem):
+            _copy_figure(item.file, [*saved, runs_dir / "figures"], staging / "figures")
+            item = replace(item, present=(staging / "figures" / item.file).exists())
+        declared.append(item.to_dict())
     executed = staging / "executed" / f"{name}.ipynb"
     return {
         "manifest": str(manifest_path),
         "executed": f"executed/{name}.ipynb" if executed.exists() else None,
         "seconds": seconds,
-        "synthetic": bool(manifest.get("synthetic")),
-        "worked_example": bool(manifest.get("worked_example")),
-        "data_root": manifest.get("data_root"),
+        "synthetic": manifest.synthetic,
+        "worked_example": manifest.worked_example,
+        "data_root": manifest.data_root,
         "runs": runs,
-        "values": _clean(manifest.get("values", {})),
-        "report": _clean(items),
+        "values": _clean(manifest.values),
+        "report": _clean(declared),
     }
 
 
@@ -379,7 +373,7 @@ def _run_results(path: Path, label) -> dict:
         "device": metrics.get("device"),
         "synthetic": run.synthetic,
         "test_ap": dict(zip(classes, ap)) if ap else None,
-        "config": _current_names({**config, "model": model_label(config.get("model"))}),
+        "config": {**config, "model": model_label(config.get("model"))},
     })
 
 
@@ -388,13 +382,6 @@ def model_label(model) -> str:
     from mp3kit import models
 
     return models.label(model)
-
-
-def _current_names(config: dict) -> dict:
-    """Return a run's config with an augmentation preset name older versions wrote replaced by today's."""
-    from mp3kit import pipeline
-
-    return {**config, "augment": pipeline.canonical_augment(config["augment"])} if "augment" in config else config
 
 
 def _clean(value):
@@ -409,48 +396,34 @@ def _clean(value):
 
 
 # ---------------------------------------------------------------- report.md sections
-# The notebooks declare the items (see mp3kit.experiment); each goes to the marker its section names, in the order
-# declared. Every number written below goes through one of these formatters, straight from results.json.
+# The notebooks declare the items (mp3kit.items); each goes to the marker its section names, in the order declared,
+# and renders itself from results.json.
 
 HEADER, APPENDIX = "header", "more-figures"  # the report's own sections; the notebooks fill every other marker
-NEAR_CHANCE = 1.25  # a best test mAP under 1.25x chance is reported as "near chance", not as a winner
-
-
-def _f4(x) -> str:
-    return "–" if x is None else f"{x:.4f}"
-
-
-def _lr(x) -> str:
-    return "–" if x is None else f"{x:g}"
-
-
-def _cell(text) -> str:
-    """Return text safe inside a markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render_sections(results: dict, keys) -> dict[str, str]:
     """Return the generated markdown of every marker key; items placed under no marker go to the appendix."""
     placed = {key: [] for key in keys if key not in (HEADER, APPENDIX)}
-    appendix, found = [], {}
+    appendix, groups = [], {}
     chance = _chance(results)
     for name, nb in results["notebooks"].items():
-        for item in [] if nb.get("missing") else nb["report"]:
-            if item["kind"] == "finding":  # every notebook's findings make one table in their section
-                found.setdefault(item["section"], []).append((item, nb))
+        if nb.get("missing"):
+            continue
+        context = items.Context(name, nb["runs"], results["profile"], chance)
+        for item in (items.from_dict(d, nb["manifest"]) for d in nb["report"]):
+            if item.grouped:  # e.g. every notebook's findings make one table in their section
+                groups.setdefault((type(item), item.section), []).append((item, context))
                 continue
-            text = _render_item(item, name, nb, results["profile"], chance)
+            text = item.render(context)
             if not text:
                 continue
-            if item["section"] in placed:
-                placed[item["section"]].append(text)
-            elif item["kind"] == "figure":
-                appendix.append(text.rsplit("\n\n", 1)[0] + f"\n\n_{name}: {item['caption']}._")
+            if item.section in placed:
+                placed[item.section].append(text)
             else:
-                appendix.append(f"_{name}: {item['key']}._\n\n{text}")
-    for section, items in found.items():
-        (placed[section] if section in placed else appendix).append(
-            _findings_table(items, chance, results["profile"] == "full"))
+                appendix.append(item.unplaced(text, name))
+    for (kind, section), entries in groups.items():
+        (placed[section] if section in placed else appendix).append(kind.render_all(entries))
     missing = [name for name, nb in results["notebooks"].items() if nb.get("missing")]
     sections = {key: "\n\n".join(texts) or _nothing_here(missing, results["profile"]) for key, texts in placed.items()}
     if HEADER in keys:
@@ -500,135 +473,6 @@ def _header(results: dict) -> str:
     if missing:
         lines.append(f"\nNot built yet: {', '.join(missing)}.")
     return "\n".join(lines)
-
-
-def _render_item(item: dict, name: str, nb: dict, profile: str, chance) -> str:
-    """Return the markdown of one declared item."""
-    kind, runs = item["kind"], nb["runs"]
-    if kind == "figure":
-        caption = item.get("caption") or item["key"]
-        if item.get("present"):
-            return f"![{caption}]({item['path']})\n\n_{caption}._"
-        return (f"_Figure {item['key']} is missing from figures/: rebuild with "
-                f"`mp3kit report --profile {profile} --only {name}`._")
-    if kind == "note":
-        return item["text"].strip()
-    if kind == "table":
-        return _captioned(item.get("caption"), item["markdown"].rstrip())
-    if kind == "result":
-        return _headline(runs.get(item["key"]), item.get("caption") or item["key"])
-    if kind == "runs":
-        chosen = [runs[k] for k in item["runs"] if k in runs]
-        table = _ap_table(chosen) if item.get("columns") == "ap" else _settings_table(chosen)
-        parts = [_captioned(item.get("caption"), table) if table else "",
-                 _best_line(chosen, chance) if item.get("best") else ""]
-        return "\n\n".join(p for p in parts if p)
-    if kind == "ablation":
-        return _ablation(item, runs)
-    raise UserError(f"{nb['manifest']} holds a report item of unknown kind {kind!r}: rebuild that notebook with this "
-                    "version of mp3kit (mp3kit report --only NAME).")
-
-
-def _findings_table(items: list, chance, references: bool) -> str:
-    """Return the table of the seed report's findings, each checked on its notebook's runs, and the rule used."""
-    if chance is None:
-        return "_The findings need the chance level, which no notebook recorded: rebuild the report._"
-    rows = []
-    for item, nb in items:
-        runs = nb["runs"]
-        maps = {k: r.get("test_map") for k, r in runs.items() if r.get("status") == "complete"}
-        labels = {k: r.get("label", k) for k, r in runs.items()}
-        rows += findings.rows([findings.Finding.from_dict(item["finding"])], maps, labels, chance, references=references)
-    rule = items[0][0].get("rule") or findings.RULE  # the rule the notebook checked its findings by
-    return _markdown(Table(rows, note=rule))
-
-
-def _captioned(caption, body: str) -> str:
-    return f"{caption}:\n\n{body}" if caption else body
-
-
-def _headline(run: dict | None, what: str) -> str:
-    if run is None or run.get("test_map") is None:
-        status = run.get("status") if run else "not recorded"
-        return f"{what}: no test result yet (the run is {status})."
-    return (f"{what} (**{run['label']}**): test mAP **{_f4(run['test_map'])}**, average test loss "
-            f"**{_f4(run['test_loss'])}**, after {run.get('epochs_done')} epochs.")
-
-
-def _settings_table(rows: list[dict]) -> str:
-    """Return a table of runs: what was set (model, optimizer, lr, epochs ...) and the test results."""
-    if not rows:
-        return ""
-    body, notes = [], []
-    for r in rows:
-        c = r.get("config", {})
-        epochs, done = c.get("epochs"), r.get("epochs_done")
-        shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
-        body.append([r["label"], c.get("model", "–"), c.get("optimizer", "–"), _lr(c.get("lr")), shown_epochs,
-                     str(c.get("batch_size", "–")), c.get("augment", "–"), str(c.get("image_size", "–")),
-                     _f4(r.get("val_map")), _f4(r.get("test_map")), _f4(r.get("test_loss"))])
-        if r.get("status") != "complete":
-            notes.append(f"_{r['label']}: the run is {r.get('status')}"
-                         + (f" ({r['reason']})" if r.get("reason") else "") + "._")
-    columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Val mAP",
-               "Test mAP", "Avg test loss"]
-    align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 4
-    return _markdown(Table(body, columns, align=align)) + ("\n\n" + "\n".join(notes) if notes else "")
-
-
-def _ap_table(rows: list[dict]) -> str:
-    """Return a table of test AP per class, one column per run, with each run's mAP at the bottom."""
-    rows = [r for r in rows if r.get("test_ap")]
-    if not rows:
-        return ""
-    body = [[cls, *(_f4(r["test_ap"].get(cls)) for r in rows)] for cls in rows[0]["test_ap"]]
-    body.append(["**mAP**", *(f"**{_f4(r.get('test_map'))}**" for r in rows)])
-    return _markdown(Table(body, ["Class", *(str(r["label"]) for r in rows)], align=["left"] + ["right"] * len(rows)))
-
-
-def _markdown(table: Table) -> str:
-    """Return a table's markdown without its closing line break, as the report's other parts are joined."""
-    return table.to_markdown().rstrip("\n")
-
-
-def _best_line(rows: list[dict], chance) -> str:
-    """Return the line naming the run with the highest val mAP (test mAP only reports), or saying none stands out."""
-    if len([r for r in rows if r.get("test_map") is not None]) < 2:
-        return ""
-    key = run_records.best_by_val(dict(enumerate(rows)))
-    if key is None:
-        return "No run here has a val mAP to choose by (runs trained on trainval hold none out), so none is named best."
-    best = rows[key]
-    if chance is not None and best["test_map"] is not None and best["test_map"] < NEAR_CHANCE * chance:
-        # Differences of a few thousandths near chance are noise: naming a winner would mislead.
-        return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
-                f"the best by val mAP at test mAP {_f4(best['test_map'])}: none has learned much yet.")
-    return (f"Best by val mAP (chosen on val; test mAP only reports): **{best['label']}**, val mAP "
-            f"{_f4(best['val_map'])}, test mAP {_f4(best['test_map'])}.")
-
-
-def _ablation(item: dict, runs: dict) -> str:
-    """Return the ablation table (serial, architecture, val and test mAP) with the row chosen by val mAP marked and a
-    line for every skipped or unfinished row."""
-    rows = item.get("rows") or []
-    if not rows:
-        return ""
-    done = {row["key"]: runs[row["key"]] for row in rows if row.get("key") in runs and not row.get("skipped")}
-    best = run_records.best_by_val(done)
-    body, notes = [], []
-    for row in rows:
-        run = runs.get(row.get("key"), {})
-        label = row.get("label") or run.get("label", "–")
-        mark = " (best by val mAP)" if row.get("key") == best else ""
-        body.append([str(row.get("serial")), label + mark, _f4(run.get("val_map")), _f4(run.get("test_map"))])
-        if row.get("skipped"):
-            notes.append(f"Row {row.get('serial')} was skipped: {row['skipped']}.")
-        elif run and run.get("status") != "complete":
-            notes.append(f"Row {row.get('serial')}: the run is {run.get('status')}"
-                         + (f" ({run['reason']})" if run.get("reason") else "") + ".")
-    table = _markdown(Table(body, ["Serial #", "Model architecture", "Val mAP", "Best mAP on test set"],
-                            align=["right", "left", "right", "right"]))
-    return "\n\n".join(p for p in [table, " ".join(notes), item.get("note", "")] if p)
 
 
 # ---------------------------------------------------------------- markers
@@ -699,9 +543,19 @@ def _read_existing(path: Path) -> str | None:
     """Return the student's report.md (checked for balanced markers), or None before the first build."""
     if not path.exists():
         return None
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     split_sections(text, str(path))
     return text
+
+
+def _read_utf8(path: Path) -> str:
+    """Return a Markdown file's text; a file saved in another encoding (Windows-1252, say) is a UserError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}, as "
+                        f"Windows-1252 writes curly quotes and dashes): save it as UTF-8 (in Notepad: File, Save As, "
+                        f"Encoding UTF-8), then run mp3kit report again.") from exc
 
 
 # ---------------------------------------------------------------- report.html

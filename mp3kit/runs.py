@@ -4,7 +4,7 @@ runs/<name>/
     config.json       the TrainConfig that made the run
     history.json      one dict per completed epoch
     metrics.json      the test evaluation (written when the run completes)
-    status.json       running | complete | stopped | failed, with a reason, and what the run trains on
+    status.json       running | complete | stopped | interrupted | failed, with a reason, and what the run trains on
     test_scores.npz   ids, scores (N, 20), targets, difficult of the test split
     val_scores.npz    the same of the val split, and whether val was held out (explanations need no model)
     checkpoint.pt     model, optimizer, gradient scaler, epoch, history, RNG states, config
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mp3kit.table import MISSING
 from mp3kit.util import UserError, atomic_write_bytes, atomic_write_json, write_failure
 
 RUN_FILES = ("config.json", "history.json", "metrics.json", "status.json", "test_scores.npz", "val_scores.npz",
@@ -108,7 +109,7 @@ class Run:
         }
 
     def __repr__(self) -> str:
-        tm = f"{self.test_map:.4f}" if self.test_map is not None else "-"
+        tm = f"{self.test_map:.4f}" if self.test_map is not None else MISSING
         return f"Run({self.name!r}, status={self.status}, epochs={len(self.history)}, test_map={tm})"
 
 
@@ -132,9 +133,10 @@ def _read_json(path: Path, default):
     if not path.exists():
         return default
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}): delete the run folder {path.parent} and train it again.") from exc
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not JSON, or not even UTF-8 text
+        what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise UserError(f"{path} is not valid JSON ({what}): delete the run folder {path.parent} and train it again.") from exc
 
 
 def load_run(path) -> Run:

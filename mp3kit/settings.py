@@ -1,5 +1,8 @@
 """The environment variables mp3kit reads, each named once here with the accessor every module reads it through.
 
+A leading ~ in a path setting means the home folder (set from Python or %env, no shell expands it); it is expanded
+here, once, and nothing else in the value is.
+
     MP3KIT_ALEXNET_WEIGHTS  the ImageNet AlexNet weights file (else torch's hub cache).
     MP3KIT_ALLOW_DOWNLOAD   1: the ImageNet AlexNet weights may be downloaded when missing.
     MP3KIT_CACHE            the cache folder (decoded images, the synthetic dataset); default ~/.cache/mp3kit.
@@ -34,10 +37,16 @@ def _get(name: str) -> str | None:
     return value or None
 
 
+def _path(name: str) -> str | None:
+    """Return a path variable's value with a leading ~ expanded to the home folder, or None when unset."""
+    value = _get(name)
+    return os.path.expanduser(value) if value else None
+
+
 def alexnet_weights() -> Path | None:
-    """Return the AlexNet weights file $MP3KIT_ALEXNET_WEIGHTS names (user folder expanded), or None."""
-    value = _get(ALEXNET_WEIGHTS)
-    return Path(value).expanduser() if value else None
+    """Return the AlexNet weights file $MP3KIT_ALEXNET_WEIGHTS names, or None."""
+    value = _path(ALEXNET_WEIGHTS)
+    return Path(value) if value else None
 
 
 def allow_download() -> bool:
@@ -47,7 +56,7 @@ def allow_download() -> bool:
 
 def cache_dir() -> Path:
     """Return mp3kit's cache folder: $MP3KIT_CACHE, else ~/.cache/mp3kit."""
-    value = _get(CACHE)
+    value = _path(CACHE)
     return Path(value) if value else Path.home() / ".cache" / "mp3kit"
 
 
@@ -65,15 +74,15 @@ def quiet() -> bool | None:
 
 
 def runs_dir() -> Path | None:
-    """Return the folder $MP3KIT_RUNS_DIR names for the per-profile runs folders (user folder expanded), or None."""
-    value = _get(RUNS_DIR)
-    return Path(value).expanduser() if value else None
+    """Return the folder $MP3KIT_RUNS_DIR names for the per-profile runs folders, or None."""
+    value = _path(RUNS_DIR)
+    return Path(value) if value else None
 
 
 def figures_dir() -> Path | None:
-    """Return the folder $MP3KIT_FIGURES_DIR names for the per-profile figures folders (user folder expanded), or None."""
-    value = _get(FIGURES_DIR)
-    return Path(value).expanduser() if value else None
+    """Return the folder $MP3KIT_FIGURES_DIR names for the per-profile figures folders, or None."""
+    value = _path(FIGURES_DIR)
+    return Path(value) if value else None
 
 
 def report_running() -> bool:

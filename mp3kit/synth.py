@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mp3kit import settings
-from mp3kit.util import SYNTHETIC_MARKER, UserError, atomic_write_json
+from mp3kit.util import SYNTHETIC_MARKER, UserError, atomic_write_json, usual_mode
 
 SYNTH_VERSION = 1
 DEFAULT_IMAGES = 2000  # 500 train, 500 val, 1000 test: enough SGD steps per epoch for the simple classifier to learn
@@ -550,6 +550,7 @@ def make_synthetic_voc(root, n_images: int = DEFAULT_IMAGES, seed: int = 0, prog
     # Built beside the target and renamed into place: a failed build never leaves a tree that looks complete.
     build = Path(tempfile.mkdtemp(prefix=".VOCdevkit.build-", dir=root))
     try:
+        build.chmod(usual_mode(folder=True))  # mkdtemp makes 0700 folders; a shared cache folder must be readable
         voc = build / "VOC2007"
         for sub in ("JPEGImages", "Annotations"):
             (voc / sub).mkdir(parents=True)

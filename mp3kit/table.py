@@ -6,6 +6,7 @@ import html
 import math
 
 ALIGNS = ("left", "right")
+MISSING = "–"  # the one mark for a value that is not there (not run, not recorded, NaN), in every table and report
 _HTML_CELL = "padding:2px 10px;text-align:{align}"
 
 
@@ -81,7 +82,7 @@ class Table:
 def format_cell(value) -> str:
     """Return a table cell: floats with 4 decimals, ints with thousands separators, None and NaN as '-'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return MISSING
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):

@@ -1,25 +1,23 @@
 """Training: one TrainConfig, one fit(), one Run record on disk.
 
 A notebook parameter, a widget and a CLI flag all fill the same TrainConfig; fit() is the only training loop.
-Like torchvision's classification reference, fit() keeps the run's bookkeeping (reuse, resume or start afresh;
-records; errors) around visible seams: train_one_epoch (whose train_step bench.py times too), the evaluation
-functions and the checkpoint helpers. Every completed epoch is checkpointed, so a run can be resumed after a
-disconnect or a full disk.
+start_session builds what training needs (network, optimizer, precision, loaders) for fit, lr_range_test and
+bench.py alike. Like torchvision's classification reference, fit() keeps the run's bookkeeping around visible
+seams: one decision how to start (_start_point: reuse, resume or afresh), one place that records how training
+ends (_recorded), train_one_epoch, the evaluation functions and the checkpoint helpers. Every completed epoch is
+checkpointed, so a run can be resumed after a disconnect or a full disk.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import functools
-import hashlib
-import json
+import contextlib
 import math
 import platform
+import signal
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,123 +26,12 @@ import torch.nn.functional as F
 
 from mp3kit import data as voc
 from mp3kit import metrics, models, pipeline, runs
+from mp3kit.config import TrainConfig
 from mp3kit.runs import Run
-from mp3kit.usermodel import UserModel
 from mp3kit.util import UserError, WriteFailed, atomic_write, pick_device, write_failure
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "step", "cosine")
-DIFFICULT_MODES = ("positive", "negative", "ignore")
-AMP_MODES = ("auto", "on", "off")  # mixed precision: auto = on for CUDA only
 CHECKPOINT_VERSION = 1  # later keys (history) are optional, so version 1 files still load
 RESUME_CHOICES = (False, True, "auto")
-TRAIN_SPLITS = ("train", "trainval")
-TTA_MODES = ("none", "flip")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; the defaults are the course kit's."""
-
-    # A name in models.MODEL_NAMES (simple, alexnet, alexnet-bn, ...), a models.build spec, or your own network: an
-    # nn.Module class or a zero-argument callable returning one (mp3kit.usermodel; kept as a UserModel).
-    model: object = "simple"
-    pretrained_weights: str | None = None  # AlexNet ImageNet weights file (else settings.alexnet_weights() or the hub cache)
-    freeze_features: bool = False  # pretrained AlexNet: train the head only
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    epochs: int = 20
-    batch_size: int = 50
-    schedule: str = "none"
-    warmup_epochs: int = 0
-    step_size: int = 10  # schedule "step": multiply the lr by gamma every step_size epochs
-    gamma: float = 0.1
-    augment: str = "none"
-    image_size: int = 227
-    eval_every: int = 5  # evaluate at epoch 1, every eval_every-th epoch and the last one (the kit's test_frequency)
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # mixed precision: auto = on for CUDA only
-    pos_weight: object = "none"  # none | balanced | a list of 20 positive-class weights
-    difficult: str = "positive"  # how difficult-only labels count in training (the kit: positive)
-    pipeline: str = "cached"  # cached (decode once) | per-item (the kit's PIL path, for comparison)
-    max_images: int | None = None  # cap every split (smoke runs)
-    # train | trainval: train and val together, the VOC protocol for a final test number (choose the epochs on
-    # train/val first: a trainval run has no held-out val curve).
-    train_split: str = "train"
-    tta: str = "none"  # none | flip: evaluation scores averaged over each image and its mirror
-    # Multiplies the channels and hidden units of networks trained from scratch (AlexNet, specs; models.scaled);
-    # the simple classifier and the pretrained AlexNet keep their sizes.
-    width: float = 1.0
-
-    def __post_init__(self):
-        self.betas = tuple(self.betas)
-        # Names older versions wrote (e.g. model "seed", augment "seed") still load, as the names they stand for.
-        self.model = models.canonical_name(self.model)
-        self.augment = pipeline.canonical_augment(self.augment)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise UserError naming the first field with a value that cannot work."""
-        choices = {
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "augment": pipeline.AUGMENT_PRESETS,
-            "difficult": DIFFICULT_MODES,
-            "train_split": TRAIN_SPLITS,
-            "tta": TTA_MODES,
-            "pipeline": pipeline.PIPELINES,
-            "amp": AMP_MODES,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise UserError(f"TrainConfig.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}.")
-        positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size,
-                    "eval_every": self.eval_every, "width": self.width}
-        for key, value in positive.items():
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise UserError(f"TrainConfig.{key}={value!r} must be a positive number.")
-        if self.image_size < 32:
-            raise UserError(f"TrainConfig.image_size={self.image_size} is too small: use at least 32 pixels.")
-        if self.max_images is not None and self.max_images < 2:
-            raise UserError(f"TrainConfig.max_images={self.max_images} must be at least 2 (or None for every image).")
-
-    def to_dict(self) -> dict:
-        """Return the config as a JSON-ready dict (a student's network as its record: code, repr, digest)."""
-        d = asdict(dataclasses.replace(self, model=None))
-        d["model"] = self.model.to_dict() if isinstance(self.model, UserModel) else copy.deepcopy(self.model)
-        d["betas"] = list(self.betas)
-        return d
-
-    def identity(self) -> dict:
-        """Return what makes two runs the same: every field, a student's network by its digest (code and layers)."""
-        d = self.to_dict()
-        if isinstance(self.model, UserModel):
-            d["model"] = self.model.identity()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build a config from a dict, ignoring keys this version does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def replace(self, **changes) -> TrainConfig:
-        """Return a copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def model_label(self) -> str:
-        """Return a short readable name of the model (models.label)."""
-        return models.label(self.model)
-
-    def default_name(self) -> str:
-        """Return a run name derived from the model and a hash of the whole config."""
-        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.model_label()}-{digest}"
 
 
 @dataclass
@@ -183,6 +70,44 @@ def load_data(data_root=None, max_images: int | None = None) -> Data:
 
 class TrainingStopped(Exception):
     """Raised inside the loop when the stop event is set."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, the kernel's interrupt button, SIGTERM); the message says where the run stands."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+    def _render_traceback_(self) -> list[str]:
+        """Return what IPython shows for it in a notebook: the sentence, not the traceback."""
+        return [f"\x1b[31mmp3kit:\x1b[0m {self}"]
+
+
+class _SigtermInterrupts:
+    """While fit trains in the main thread, make SIGTERM (a scheduler, a closing VM) interrupt it as Ctrl-C does.
+
+    Only the main thread can handle signals: fit in another thread (the widget panel's) leaves them alone.
+    """
+
+    def __init__(self):
+        self.installed, self.received = False, False
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self.previous = signal.signal(signal.SIGTERM, self._interrupt)
+                self.installed = True
+            except ValueError:  # not the main interpreter
+                pass
+
+    def _interrupt(self, signum, frame) -> None:
+        if not self.received:  # a second SIGTERM while the run is being recorded must not cut that short
+            self.received = True
+            raise Interrupted(signum=signum)
+
+    def restore(self) -> None:
+        if self.installed:
+            # None: the old handler was not set from Python; the default is the closest we can restore.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
 
 
 class NonFiniteLoss(UserError):
@@ -241,10 +166,8 @@ def _pos_weight(config: TrainConfig, targets: np.ndarray, device) -> torch.Tenso
     if config.pos_weight == "balanced":
         pos = targets.sum(0).clip(min=1)
         w = (len(targets) - pos) / pos
-    else:
+    else:  # 20 weights (TrainConfig.validate checked them)
         w = np.asarray(config.pos_weight, dtype=np.float32)
-        if w.shape != (len(voc.VOC_CLASSES),):
-            raise UserError(f"TrainConfig.pos_weight has {w.size} values: give 20, 'balanced' or 'none'.")
     return torch.as_tensor(w, dtype=torch.float32, device=device)
 
 
@@ -336,6 +259,68 @@ def precision_line(info: dict) -> str:
     return f"training on {info['device']} ({where}) {how}"
 
 
+@dataclass
+class Session:
+    """What training a config needs, built in one place (start_session): fit, lr_range_test and bench.py share it."""
+
+    config: TrainConfig
+    device: torch.device
+    training: voc.VOCSplit  # the split it trains on: train, or train and val together (trainval)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    amp: torch.dtype | None  # the autocast dtype; None trains in float32
+    scaler: torch.amp.GradScaler | None  # float16's gradient scaler
+    pos_weight: torch.Tensor | None  # (20,) weights of the positive labels in the loss
+    cache_dir: str | Path | None = None  # where the decode-once image cache lives (pipeline.cache_images)
+    progress: bool = False
+
+    @property
+    def precision(self) -> dict:
+        """Return what the session computes on (precision_info)."""
+        return precision_info(self.device, self.amp)
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, x, y) -> torch.Tensor:
+        """Take one optimizer step on the batch (x, y) (train_step); return the loss, left on the device."""
+        return train_step(self.model, self.optimizer, x, y, amp=self.amp, scaler=self.scaler, pos_weight=self.pos_weight)
+
+    def _loader(self, split: voc.VOCSplit, **options):
+        config = self.config
+        return pipeline.make_loader(split, image_size=config.image_size, seed=config.seed, device=self.device,
+                                    pipeline=config.pipeline, cache_dir=self.cache_dir, progress=self.progress, **options)
+
+    def train_loader(self):
+        """Return the shuffled, augmented loader of the training split, its targets as config.difficult says."""
+        return self._loader(self.training, train=True, batch_size=self.config.batch_size, augment=self.config.augment,
+                            targets=training_targets(self.training, self.config.difficult))
+
+    def eval_loader(self, split: voc.VOCSplit):
+        """Return the loader that evaluates split: in order, unaugmented, at twice the training batch."""
+        # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
+        # and AlexNet-sized layers run faster on bigger batches (README, "Speed").
+        return self._loader(split, train=False, batch_size=2 * self.config.batch_size)
+
+
+def start_session(config: TrainConfig, training: voc.VOCSplit, *, device=None, cache_dir=None,
+                  progress: bool = False) -> Session:
+    """Seed, build and place config's network, its optimizer, precision and backends, to train on training.
+
+    device defaults to the one config names. The loaders are made on demand (Session.train_loader, eval_loader):
+    building the image cache can wait until fit knows it trains.
+    """
+    device = pick_device(config.device) if device is None else device
+    _set_seed(config.seed)
+    model = place_model(build_model(config), device).train()
+    amp = amp_dtype(config, device)
+    configure_backends(device)
+    return Session(config, device, training, model, make_optimizer(config, model.parameters()), amp, grad_scaler(amp),
+                   _pos_weight(config, training.targets, device), cache_dir=cache_dir, progress=progress)
+
+
 def train_step(model, optimizer, x, y, *, amp=None, scaler=None, pos_weight=None) -> torch.Tensor:
     """Take one optimizer step on the batch (x, y); return the loss, detached and left on the device."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
@@ -352,22 +337,21 @@ def train_step(model, optimizer, x, y, *, amp=None, scaler=None, pos_weight=None
     return loss.detach()
 
 
-def train_one_epoch(model, optimizer, loader, epoch: int, *, amp=None, scaler=None, pos_weight=None, stop=None,
-                    progress: bool = False) -> dict:
-    """Train model for one pass over loader (0-based epoch); return the epoch's history record.
+def train_one_epoch(session: Session, loader, epoch: int, stop=None) -> dict:
+    """Train the session's model for one pass over loader (0-based epoch); return the epoch's history record.
 
     Raises TrainingStopped when stop is set (checked before every batch) and NonFiniteLoss when a loss is not finite.
     """
-    model.train()
+    session.model.train()
     loader.set_epoch(epoch)
-    lr = optimizer.param_groups[0]["lr"]
+    lr = session.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     losses, seen = [], 0
-    for x, y in _progress(loader, progress, leave=False, desc=f"epoch {epoch + 1}"):
+    for x, y in _progress(loader, session.progress, leave=False, desc=f"epoch {epoch + 1}"):
         if stop is not None and stop.is_set():
             raise TrainingStopped
         # Kept on the device: a .item() per batch would make the CPU wait for every GPU step.
-        losses.append(train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight))
+        losses.append(session.step(x, y))
         seen += x.shape[0]
     losses = torch.stack(losses).float()  # (batches,)
     finite = torch.isfinite(losses)
@@ -404,12 +388,13 @@ def evaluate(model, loader, device, amp_dtype=None, tta: str = "none") -> tuple[
     return total / max(count, 1), torch.cat(scores).numpy()
 
 
-def evaluate_epoch(model, train_loader, val_loader, train_split: voc.VOCSplit, val_split: voc.VOCSplit | None, device,
-                   amp, epoch: int, tta: str = "none") -> dict:
+def evaluate_epoch(session: Session, train_loader, val_loader, val_split: voc.VOCSplit | None, epoch: int) -> dict:
     """Return the train mAP, val mAP and val loss after 0-based epoch; NonFiniteLoss when the outputs are not finite.
 
-    val_loader None (a run that trains on val too) gives no val figures.
+    train_loader evaluates the session's training split; val_loader None (a run that trains on val too) gives no val
+    figures.
     """
+    model, device, amp, tta, train_split = session.model, session.device, session.amp, session.config.tta, session.training
     _, train_scores = evaluate(model, train_loader, device, amp, tta)
     val_loss, val_scores = evaluate(model, val_loader, device, amp, tta) if val_loader is not None else (None, None)
     if not (np.isfinite(train_scores).all() and (val_scores is None or np.isfinite(val_scores).all())):
@@ -573,8 +558,8 @@ def _load_state(model, state: dict, path) -> None:
         ) from exc
 
 
-def build_model(config: TrainConfig):
-    """Build the network a config names (with pretrained weights when it asks for them).
+def build_model(config: TrainConfig, imagenet: bool = True):
+    """Build the network a config names (with pretrained weights when it asks for them; imagenet=False: without).
 
     The ImageNet AlexNet weights are downloaded only when settings.allow_download() says so; otherwise they must
     already be on disk (notebook 2's Colab cell puts them in torch's hub cache).
@@ -586,6 +571,7 @@ def build_model(config: TrainConfig):
         weights_path=config.pretrained_weights,
         freeze_features=config.freeze_features,
         width=config.width,
+        imagenet=imagenet,
     )
 
 
@@ -597,24 +583,20 @@ def load_model(run_or_path, device: str = "cpu", model=None):
     run = run_or_path if isinstance(run_or_path, Run) else runs.load_run(run_or_path)
     config = TrainConfig.from_dict(run.config)
     if model is not None:
-        given = models.canonical_name(model)
+        given = models.canonical(model)
         if given != config.model:
             raise UserError(f"The model given ({models.label(given)}) is not the network the run {run.path} was trained "
                             f"with ({config.model_label()}): pass the class or callable as it was when the run trained.")
         config = config.replace(model=given)
     ckpt = load_checkpoint(run.checkpoint_path)
-    if config.model in ("alexnet-pretrained", "alexnet-pretrained-frozen"):
-        # The checkpoint carries every weight: building the pretrained net again would need the ImageNet file. It is
-        # full-width AlexNet whatever the profile's width, which only the networks trained from scratch follow.
-        config = config.replace(model="alexnet", pretrained_weights=None, width=1.0)
-    model = build_model(config)
+    model = build_model(config, imagenet=False)  # the checkpoint carries every weight: no ImageNet file is needed
     _load_state(model, ckpt["model"], run.checkpoint_path)
     return model.to(pick_device(device)).eval()
 
 
 def _same_config(run: Run, config: TrainConfig, data: Data) -> bool:
-    # Read back as a TrainConfig, a run recorded by an older version means what it meant then: the old names
-    # (model "seed", augment "seed") become today's, and fields added since take the defaults that were in effect.
+    # Read back as a TrainConfig, a run recorded by an older version means what it meant then: fields added since take
+    # the defaults that were in effect.
     try:
         recorded = TrainConfig.from_dict({k: v for k, v in run.config.items() if k != "data"}).identity()
     except (UserError, TypeError):
@@ -639,45 +621,61 @@ def _reusable(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) ->
     return old
 
 
-def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> tuple[Run | None, dict | None]:
-    """Decide how fit starts: (the complete run to reuse, None), (None, the checkpoint to resume) or (None, None).
+@dataclass(frozen=True)
+class Start:
+    """How fit starts a run: reuse the complete one, resume one from its checkpoint, or train afresh."""
 
-    On resume, run takes the history of the checkpoint's epochs. (None, None) starts afresh: the run in the folder,
-    if any, moves aside.
-    """
+    how: str  # "reuse", "resume" or "fresh" (the run in the folder, if any, moves aside)
+    reused: Run | None = None  # reuse: the complete run, returned as it is
+    checkpoint: dict | None = None  # resume: the checkpoint to continue from
+    history: tuple = ()  # resume: the checkpoint's epochs, the records the resumed run starts with
+
+    @property
+    def origin(self) -> str:
+        """Return the Run's origin this start gives: reused, resumed or trained."""
+        return {"reuse": "reused", "resume": "resumed", "fresh": "trained"}[self.how]
+
+
+def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool) -> Start:
+    """Decide how fit starts run, from what its folder holds and what was asked; change nothing."""
     reused = _reusable(run, config, data, resume, reuse)
     if reused is not None:
-        return reused, None
+        return Start("reuse", reused=reused)
     if not (run.path / "config.json").exists():
-        return None, None
+        return Start("fresh")
     old = runs.load_run(run.path)
     if old.complete or not resume:
-        return None, None
+        return Start("fresh")
     same = _same_config(old, config, data)
     if resume == "auto" and not same:
-        return None, None
+        return Start("fresh")
     if not same:
         raise UserError(
             f"Cannot resume {run.path}: it was trained with another config or data; use the same settings, or another --name."
         )
     if not old.checkpoint_path.exists():
-        return None, None
+        return Start("fresh")
     ckpt = load_checkpoint(old.checkpoint_path)
     # Checkpoints written before they carried the history: history.json holds at least the checkpoint's epochs.
-    run.history = ckpt["history"] if "history" in ckpt else old.history[: ckpt["epoch"]]
-    return None, ckpt
+    history = ckpt["history"] if "history" in ckpt else old.history[: ckpt["epoch"]]
+    return Start("resume", checkpoint=ckpt, history=tuple(history))
 
 
-def _loaders(config: TrainConfig, training: voc.VOCSplit, device, cache_dir, progress: bool):
-    """Return the loader of the training split and a function that makes the evaluation loader of a split."""
-    loader_kw = dict(batch_size=config.batch_size, image_size=config.image_size, seed=config.seed, device=device,
-                     pipeline=config.pipeline, cache_dir=cache_dir, progress=progress)
-    train_loader = pipeline.make_loader(training, train=True, augment=config.augment,
-                                        targets=training_targets(training, config.difficult), **loader_kw)
-    # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
-    # and AlexNet-sized layers run faster on bigger batches (README, "Speed").
-    eval_kw = {**loader_kw, "batch_size": 2 * config.batch_size}
-    return train_loader, functools.partial(pipeline.make_loader, train=False, **eval_kw)
+def epochs_to_train(config: TrainConfig, data: Data, path, resume="auto", reuse: bool = True) -> int:
+    """Return how many epochs fit(config, name=path.name, runs_dir=path.parent, resume=..., reuse=...) would train:
+    0 when it would reuse the complete run there, those after the last checkpoint when it would resume one, else all.
+
+    Reads the folder's records only (no checkpoint, no lock) and changes nothing.
+    """
+    run = Run(name=Path(path).name, path=Path(path), config={})
+    if _reusable(run, config, data, resume, reuse) is not None:
+        return 0
+    if not resume or not (run.path / "config.json").exists():
+        return config.epochs
+    old = runs.load_run(run.path)
+    if old.complete or not _same_config(old, config, data) or not old.checkpoint_path.exists():
+        return config.epochs
+    return max(0, config.epochs - len(old.history))  # the history holds the checkpoint's epochs (an interrupt trims it)
 
 
 def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
@@ -689,26 +687,86 @@ def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
             print(f"{run.name}: the earlier run in {run.path} moved to {aside} (kept, listed by mp3kit runs).", flush=True)
 
 
-def _write_failed(run: Run, exc: WriteFailed, kept: int) -> UserError:
-    """Record run as failed on exc (where the disk lets us) and return the sentence that says what to do."""
-    first = "make that folder writable" if exc.read_only else "free that much space there"
+def _lock(run: Run) -> runs.RunLock:
+    """Lock run's folder, or say in one sentence why it cannot be written."""
+    try:
+        return runs.RunLock(run.path).acquire()
+    except WriteFailed as exc:
+        raise exc.advise(_write_fix(exc, kept=0)) from exc
+
+
+def _write_fix(exc: WriteFailed, kept: int) -> str:
+    """Return what to do when a run's file could not be written (exc): fix the cause, then resume from epoch kept."""
     if kept:
-        fix = (f"{first} (or move the run folder to another RUNS_DIR), then resume the run (resume=True, or mp3kit "
-               f"train --resume), which continues from its last good checkpoint (epoch {kept})")
-    else:
-        fix = f"{first} or choose another RUNS_DIR (--runs-dir), then train the run again"
-    error = exc.advise(fix)
-    _end(run, "failed", str(error), write=runs.write_status)  # history.json may be what the disk refused
-    return error
+        return (f"{exc.remedy} (or move the run folder to another RUNS_DIR), then resume the run (resume=True, or mp3kit "
+                f"train --resume), which continues from its last good checkpoint (epoch {kept})")
+    return f"{exc.remedy} or choose another RUNS_DIR (--runs-dir), then train the run again"
 
 
-def _end(run: Run, status: str, reason: str, write=runs.write_progress) -> None:
+def _record(run: Run, status: str, reason: str, write=runs.write_progress) -> None:
     """Set run's status and reason and record them, as far as the disk allows (the failure may be the disk's)."""
     run.status, run.reason = status, reason
     try:
         write(run)
     except WriteFailed:
         pass
+
+
+@contextlib.contextmanager
+def _recorded(run: Run, writer: _CheckpointWriter, batch_size: int):
+    """Record on run how the training inside ends, the one place that does; raise what the user must read.
+
+    Complete, or stopped by the user (TrainingStopped): recorded, nothing raised. Interrupted (Ctrl-C, the kernel's
+    interrupt button, SIGTERM): recorded at its last good checkpoint, raised as Interrupted. A non-finite loss, a
+    write the disk refused and CUDA out of memory: recorded as failed, raised as one sentence (a UserError).
+    """
+    sigterm = _SigtermInterrupts()
+    try:
+        try:
+            with writer:  # however training ends, the checkpoint being written lands first
+                yield
+            run.status = "complete"
+        except TrainingStopped:
+            run.status = "stopped"
+            run.reason = f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
+        runs.write_progress(run)
+    except NonFiniteLoss as exc:
+        _record(run, "failed", str(exc))
+        raise
+    except WriteFailed as exc:
+        error = exc.advise(_write_fix(exc, writer.kept))
+        _record(run, "failed", str(error), write=runs.write_status)  # history.json may be what the disk refused
+        raise error from exc
+    except torch.cuda.OutOfMemoryError as exc:
+        _record(run, "failed", "CUDA out of memory")
+        raise UserError(
+            f"The GPU ran out of memory with batch size {batch_size}: use a smaller batch size "
+            f"(e.g. {max(1, batch_size // 2)}) or a smaller image size."
+        ) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, the kernel's interrupt button, or SIGTERM
+        error = _interrupted(run, writer, getattr(exc, "signum", signal.SIGINT))
+        run.history = run.history[:writer.kept]  # what the checkpoint holds: the epochs a resumed run starts after
+        _record(run, "interrupted", str(error))
+        raise error from exc
+    finally:
+        sigterm.restore()
+
+
+def _interrupted(run: Run, writer: _CheckpointWriter, signum: int) -> Interrupted:
+    """Return the Interrupted whose sentence says where run stands, once a checkpoint being written has landed."""
+    try:
+        writer.wait()
+    except WriteFailed:
+        pass  # then the one before it is the last good one
+    epochs = run.config["epochs"]
+    how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+    where = f"Run {run.name} was {how} during epoch {min(len(run.history) + 1, epochs)} of {epochs}"
+    if writer.kept:
+        message = (f"{where}; its last good checkpoint is epoch {writer.kept}: resume it (resume=True, or mp3kit train "
+                   f"--resume) to continue from there.")
+    else:
+        message = f"{where}, before its first checkpoint: resume it (resume=True, or mp3kit train --resume) to start again."
+    return Interrupted(message, signum)
 
 
 def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_dir="runs", resume=False,
@@ -733,84 +791,49 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     reused = _reusable(run, config, data, resume, reuse)  # reading a finished run needs no lock
     if reused is not None:
         return reused
-    # Build the model before touching the run folder: a missing weights file must not leave a half run behind.
-    device = pick_device(config.device)
-    _set_seed(config.seed)
-    model = place_model(build_model(config), device)
+    # Built before the run folder is touched: a missing weights file must not leave a half run behind.
+    session = start_session(config, data.training(config.train_split), cache_dir=cache_dir, progress=progress)
     # Locked before anything in the folder is moved or written: a second fit of this run (another process, or the
     # training panel's thread) stops here with a sentence instead of mixing its files with this one's.
-    try:
-        lock = runs.RunLock(run.path).acquire()
-    except WriteFailed as exc:
-        first = "make that folder writable" if exc.read_only else "free some space there"
-        raise exc.advise(f"{first} or choose another RUNS_DIR (--runs-dir), then train the run again") from exc
-    with lock:
-        return _train(run, config, data, model, device, lock, resume=resume, reuse=reuse, progress=progress,
-                      callback=callback, stop=stop, cache_dir=cache_dir)
+    with _lock(run) as lock:
+        start = _start_point(run, config, data, resume, reuse)  # under the lock: another fit may have finished it
+        if start.how == "reuse":
+            return start.reused
+        if start.how == "fresh":
+            _move_aside(run, lock, progress)
+        return _train(run, session, data, start, callback=callback, stop=stop)
 
 
-def _train(run: Run, config: TrainConfig, data: Data, model, device, lock: runs.RunLock, *, resume, reuse: bool,
-           progress: bool, callback, stop, cache_dir) -> Run:
-    """Reuse, resume or start run afresh under its lock, then train, test and record it."""
-    name = run.name
-    # Decided under the lock: another process may have finished the run since fit first looked.
-    reused, ckpt = _start_point(run, config, data, resume, reuse)
-    if reused is not None:
-        return reused
-    if ckpt is None:
-        _move_aside(run, lock, progress)
-    amp = amp_dtype(config, device)
-    optimizer, scaler = make_optimizer(config, model.parameters()), grad_scaler(amp)
-    start, best = restore(ckpt, model, optimizer, scaler, run.checkpoint_path) if ckpt else (0, None)
-    configure_backends(device)
-    run.device_info, run.origin = precision_info(device, amp), "resumed" if ckpt else "trained"
-    if progress:
-        print(f"{name}: {precision_line(run.device_info)}", flush=True)
-    training = data.training(config.train_split)
+def _train(run: Run, session: Session, data: Data, start: Start, *, callback, stop) -> Run:
+    """Train run from start to its last epoch, checkpointing each, then test and record it; return it."""
+    config, model, optimizer, scaler = session.config, session.model, session.optimizer, session.scaler
+    first, best = restore(start.checkpoint, model, optimizer, scaler, run.checkpoint_path) if start.checkpoint else (0, None)
+    run.history, run.origin, run.device_info = list(start.history), start.origin, session.precision
+    if session.progress:
+        print(f"{run.name}: {precision_line(run.device_info)}", flush=True)
     held_out = data.val if config.train_split == "train" else None  # trainval: val is trained on, not held out
-    train_loader, eval_loader = _loaders(config, training, device, cache_dir, progress)
-    train_eval_loader, val_loader = eval_loader(training), held_out and eval_loader(held_out)
-    step_kw = dict(amp=amp, scaler=scaler, pos_weight=_pos_weight(config, training.targets, device), stop=stop,
-                   progress=progress)
-    t_run, writer = time.perf_counter(), _CheckpointWriter(kept=start)
-    try:
-        try:
-            with writer:
-                runs.write_config(run)
-                runs.write_progress(run)
-                for epoch in _progress(range(start, config.epochs), progress, desc=name, initial=start,
-                                       total=config.epochs):
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * lr_factor(config, epoch)
-                    record = train_one_epoch(model, optimizer, train_loader, epoch, **step_kw)
-                    if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                        record.update(evaluate_epoch(model, train_eval_loader, val_loader, training, held_out, device,
-                                                     amp, epoch, config.tta))
-                        if record["val_map"] is not None:
-                            best = record["val_map"] if best is None else max(best, record["val_map"])
-                    run.history.append(record)
-                    if epoch + 1 < config.epochs:  # the last epoch's weights are saved with the test results
-                        writer.save(run.checkpoint_path,
-                                    checkpoint_state(model, optimizer, scaler, epoch + 1, config, best, run.history))
-                    runs.write_progress(run)
-                    if callback is not None:
-                        callback(run)
-                _finish(run, model, eval_loader, data, device, amp, config, best, writer, t_run)
-        except TrainingStopped:
-            run.status = "stopped"
-            run.reason = f"stopped by the user during epoch {len(run.history) + 1}; resume=True continues it"
+    train_loader = session.train_loader()
+    train_eval_loader, val_loader = session.eval_loader(session.training), held_out and session.eval_loader(held_out)
+    t_run, writer = time.perf_counter(), _CheckpointWriter(kept=first)
+    with _recorded(run, writer, config.batch_size):
+        runs.write_config(run)
+        runs.write_progress(run)
+        for epoch in _progress(range(first, config.epochs), session.progress, desc=run.name, initial=first,
+                               total=config.epochs):
+            session.set_lr(config.lr * lr_factor(config, epoch))
+            record = train_one_epoch(session, train_loader, epoch, stop)
+            if epoch == 0 or (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                record.update(evaluate_epoch(session, train_eval_loader, val_loader, held_out, epoch))
+                if record["val_map"] is not None:
+                    best = record["val_map"] if best is None else max(best, record["val_map"])
+            run.history.append(record)
+            if epoch + 1 < config.epochs:  # the last epoch's weights are saved with the test results
+                writer.save(run.checkpoint_path, checkpoint_state(model, optimizer, scaler, epoch + 1, config, best,
+                                                                  run.history))
             runs.write_progress(run)
-    except NonFiniteLoss as exc:
-        _end(run, "failed", str(exc))
-        raise
-    except WriteFailed as exc:
-        raise _write_failed(run, exc, writer.kept) from exc
-    except torch.cuda.OutOfMemoryError as exc:
-        _end(run, "failed", "CUDA out of memory")
-        raise UserError(
-            f"The GPU ran out of memory with batch size {config.batch_size}: use a smaller batch size "
-            f"(e.g. {max(1, config.batch_size // 2)}) or a smaller image size."
-        ) from exc
+            if callback is not None:
+                callback(run)
+        _finish(run, session, data, best, writer, t_run)
     if callback is not None:
         callback(run)
     return run
@@ -829,21 +852,14 @@ def lr_range_test(config: TrainConfig, data_root=None, *, data: Data | None = No
         raise UserError(f"lr_range_test needs 0 < start_lr < end_lr and at least 10 steps (got {start_lr:g}, "
                         f"{end_lr:g}, {steps}).")
     data = data or load_data(data_root, config.max_images)
-    device = pick_device(config.device)
-    _set_seed(config.seed)
-    model = place_model(build_model(config), device).train()
-    amp = amp_dtype(config, device)
-    optimizer, scaler = make_optimizer(config.replace(lr=start_lr), model.parameters()), grad_scaler(amp)
-    training = data.training(config.train_split)
-    loader, _ = _loaders(config, training, device, cache_dir, progress)
-    pos_weight = _pos_weight(config, training.targets, device)
+    session = start_session(config.replace(lr=start_lr), data.training(config.train_split), cache_dir=cache_dir,
+                            progress=progress)
     growth = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs, losses, running, average = [], [], [], 0.0
-    for x, y in _endless(loader):
+    for x, y in _endless(session.train_loader()):
         lr = start_lr * growth ** len(lrs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = train_step(model, optimizer, x, y, amp=amp, scaler=scaler, pos_weight=pos_weight).item()
+        session.set_lr(lr)
+        loss = session.step(x, y).item()
         if not math.isfinite(loss):
             break
         average = 0.9 * average + 0.1 * loss  # an exponential moving average, bias-corrected below
@@ -897,9 +913,12 @@ def suggest_lr(lrs, smoothed) -> dict:
     return {"suggested_lr": float(lrs[best]), "range": [float(lrs[low]), float(lrs[high])]}
 
 
-def _finish(run: Run, model, eval_loader, data: Data, device, amp, config: TrainConfig, best, writer, t_run) -> None:
-    """Test the trained model, keep its weights, record the test results and val scores and mark the run complete."""
-    test_metrics, scores = evaluate_test(model, eval_loader(data.test), data.test, device, amp, config.tta)
+def _finish(run: Run, session: Session, data: Data, best, writer: _CheckpointWriter, t_run: float) -> None:
+    """Test the trained model, keep its weights, record the test results and val scores (_recorded marks the run
+    complete)."""
+    config, model = session.config, session.model
+    test_metrics, scores = evaluate_test(model, session.eval_loader(data.test), data.test, session.device, session.amp,
+                                         config.tta)
     run.metrics = {**test_metrics, "best_val_map": best, "epochs_done": len(run.history), "synthetic": data.synthetic,
                    **run.device_info, "seconds": time.perf_counter() - t_run}
     # The finished run's checkpoint keeps weights and config, not the optimizer state (AlexNet's is 2x the weights):
@@ -907,9 +926,7 @@ def _finish(run: Run, model, eval_loader, data: Data, device, amp, config: Train
     writer.write_now(run.checkpoint_path, checkpoint_state(model, None, None, config.epochs, config, best, run.history))
     runs.write_test_scores(run, data.test.ids, scores, data.test.targets, data.test.difficult)
     # The final weights' val scores, for explanations without the model (mp3kit.explain): one pass over val.
-    _, val_scores = evaluate(model, eval_loader(data.val), device, amp, config.tta)
+    _, val_scores = evaluate(model, session.eval_loader(data.val), session.device, session.amp, config.tta)
     runs.write_val_scores(run, data.val.ids, val_scores, data.val.targets, data.val.difficult,
                           held_out=config.train_split == "train")
     runs.write_metrics(run)
-    run.status = "complete"
-    runs.write_progress(run)

@@ -25,6 +25,8 @@ SYNTHETIC_MARKER = "MP3KIT_SYNTHETIC.json"  # the file that marks a VOC2007 fold
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+# The path itself is wrong: a folder where the file goes, a file where a folder should be, a folder that is not there.
+_WRONG_PATH = {errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOENT}
 # torch.save raises this RuntimeError when the file under it stops taking bytes, as on a full disk.
 _TORCH_WRITE_ERROR = re.compile(r"unexpected pos|PytorchStreamWriter failed|file write failed")
 
@@ -38,20 +40,34 @@ def megabytes(nbytes: int | None) -> str:
 
 
 class WriteFailed(UserError, OSError):
-    """A file could not be written: a full disk, a quota, a read-only or forbidden folder."""
+    """A file could not be written: a full disk, a quota, a read-only or forbidden folder, or a path that is wrong."""
 
     def __init__(self, path, nbytes: int | None, reason: str, code: int | None = None, fix: str | None = None):
         self.path, self.nbytes, self.reason, self.code = Path(path), nbytes, reason, code
         self.folder = self.path.parent
         if fix is None:
-            fix = "make it writable or choose another folder" if self.read_only else "free that much space there"
+            fix = self.remedy if code in _FULL else f"{self.remedy} or choose another folder"
         self.fix = fix
         super().__init__(f"Could not write {self.path.name} ({megabytes(nbytes)}) in {self.folder} ({reason}): {fix}.")
         self.errno = code
 
     @property
-    def read_only(self) -> bool:
-        return self.code in _READ_ONLY
+    def remedy(self) -> str:
+        """Return what to do about the cause the errno names: free space, permissions, or the path itself."""
+        if self.code in _FULL:
+            return "free that much space there"
+        if self.code in _READ_ONLY:
+            return "make that folder writable"
+        if self.code == errno.EISDIR:
+            return f"move the folder {self.path} out of the way"
+        if self.code in _WRONG_PATH:
+            for folder in reversed(self.path.parents):  # from the top: the first part of the path that is wrong
+                if not os.path.lexists(folder):
+                    return f"create the folder {folder} (it was missing, or vanished during the write)"
+                if not folder.is_dir():
+                    return f"move the file {folder} out of the way (a folder belongs there)"
+            return f"check the path {self.path}"
+        return "check that disk"
 
     def advise(self, fix: str) -> WriteFailed:
         """Return the same failure with another fix."""
@@ -72,6 +88,13 @@ def write_failure(exc: BaseException, path, nbytes: int | None = None) -> WriteF
     return None
 
 
+def usual_mode(folder: bool = False) -> int:
+    """Return the mode open() or mkdir() gives a new file or folder under the umask (tempfile's are 0600 and 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write bytes to path through a temporary file in the same folder, then rename."""
     return atomic_write(path, lambda f: f.write(data), nbytes=len(data))
@@ -89,9 +112,7 @@ def atomic_write(path, write, nbytes: int | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+            os.fchmod(f.fileno(), usual_mode())  # mkstemp makes 0600 files; give the usual permissions
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -1,5 +1,8 @@
 """The live training panel: controls that fill a TrainConfig, Train/Stop/Resume, live curves and a runs table.
 
+The controls are the TrainConfig fields whose metadata gives them one (mp3kit.config.Control), in field order, in
+two columns; a field added with a Control appears here with no edit to this module.
+
 Only core ipywidgets that behave alike under 7.7 (Colab) and 8 (JupyterLab) are used. Training runs in a
 background thread so that the kernel's main thread stays free for Stop clicks, and draws with a bare matplotlib
 Figure, because pyplot's global state is shared with the notebook.
@@ -17,26 +20,20 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import math
 import re
 import threading
 import time
 from pathlib import Path
 
 import ipywidgets as widgets
-import torch
 
-from mp3kit import models, pipeline, runs, train
-from mp3kit.models import MODEL_NAMES
+from mp3kit import estimate, models, runs, train
+from mp3kit.config import Setting, TrainConfig, settings_of
 from mp3kit.plots import SYNTHETIC_MARK, history_png
-from mp3kit.table import Table
-from mp3kit.train import TrainConfig
+from mp3kit.table import MISSING, Table
 from mp3kit.util import UserError
 
-MODEL_CHOICES = tuple(n for n in MODEL_NAMES if n != "alexnet-pretrained-frozen")
-LR_EXPONENTS = (-5.0, 0.0)  # the learning-rate slider spans 1e-5 .. 1
-MAX_EPOCHS = 100
-MAX_EVAL_EVERY = 20
-MAX_BATCH_SIZE = 1024
 DESCRIPTION_WIDTH = "110px"
 CONTROL_WIDTH = "380px"
 PLOT_SIZE = (9.0, 2.6)  # inches at 100 dpi: the live loss and mAP figure under the controls
@@ -61,6 +58,8 @@ class TrainPanel:
         self.base_config = base_config
         self.last_run = None
         self.error = None  # the exception of the last failed start, for debugging
+        self.estimate = None  # mp3kit.estimate.Estimate of the run being trained, measured when it starts
+        self._started = 0.0
         self.status_text = ""
         self._thread = None
         self._stop = threading.Event()
@@ -77,16 +76,7 @@ class TrainPanel:
 
     def config(self) -> TrainConfig:
         """Return the TrainConfig the controls describe (the base config with the panel's fields changed)."""
-        c = self.controls
-        return self.base_config.replace(
-            model=c["model"].value,
-            optimizer=c["optimizer"].value,
-            lr=float(f"{c['lr'].value:.3g}"),  # the log slider lands on values like 0.0050118...
-            epochs=int(c["epochs"].value),
-            batch_size=int(c["batch_size"].value),
-            augment=c["augment"].value,
-            eval_every=int(c["eval_every"].value),
-        )
+        return self.base_config.replace(**{name: _read(s, self.controls[name]) for name, s in self._shown.items()})
 
     def train(self, wait: bool = False):
         """Start a new run from the controls in the background (what Train does); return its thread (None: bad setting)."""
@@ -146,30 +136,9 @@ class TrainPanel:
 
     def _build(self, extra_models: dict) -> None:
         base = self.base_config
-        style = {"description_width": DESCRIPTION_WIDTH}  # wide enough that no description is cut
-        model_options = [(name, name) for name in MODEL_CHOICES if _takes(name, base)]
-        model_options += [(str(label), spec) for label, spec in extra_models.items()]
-        if all(value != base.model for _, value in model_options):
-            model_options.append((base.model_label(), base.model))
-        lr_low, lr_high = (10**e for e in LR_EXPONENTS)
-        self.controls = {
-            "model": widgets.Dropdown(options=model_options, value=base.model, description="Model",
-                                      style=style, layout=_control_layout()),
-            "optimizer": widgets.Dropdown(options=list(train.OPTIMIZERS), value=base.optimizer, description="Optimizer",
-                                          style=style, layout=_control_layout()),
-            "lr": widgets.FloatLogSlider(value=min(max(base.lr, lr_low), lr_high), base=10, min=LR_EXPONENTS[0],
-                                         max=LR_EXPONENTS[1], step=0.1, readout_format=".2g", continuous_update=False,
-                                         description="Learning rate", style=style, layout=_control_layout()),
-            "epochs": widgets.IntSlider(value=base.epochs, min=1, max=max(MAX_EPOCHS, base.epochs), continuous_update=False,
-                                        description="Epochs", style=style, layout=_control_layout()),
-            "batch_size": widgets.BoundedIntText(value=base.batch_size, min=1, max=max(MAX_BATCH_SIZE, base.batch_size),
-                                                 description="Batch size", style=style, layout=_control_layout()),
-            "augment": widgets.Dropdown(options=list(pipeline.AUGMENT_PRESETS), value=base.augment, description="Augment",
-                                        style=style, layout=_control_layout()),
-            "eval_every": widgets.IntSlider(value=base.eval_every, min=1, max=max(MAX_EVAL_EVERY, base.eval_every),
-                                            continuous_update=False, description="Eval every", style=style,
-                                            layout=_control_layout()),
-        }
+        # The fields whose metadata gives them a control (config.Control), in field order: the panel stays small.
+        self._shown = {s.name: s for s in settings_of(type(base)) if s.panel is not None}
+        self.controls = {name: _control(s, base, extra_models) for name, s in self._shown.items()}
         self.train_button = _button("Train", "success", "play")
         self.stop_button = _button("Stop", "", "stop")  # red while a run trains (_set_busy)
         self.resume_button = _button("Resume", "", "forward")
@@ -178,11 +147,11 @@ class TrainPanel:
         self.resume_button.on_click(lambda _: self.resume())
         self.stop_button.disabled = self.resume_button.disabled = True
 
-        c = self.controls
         buttons = widgets.HBox([self.train_button, self.stop_button, self.resume_button],
                                layout=widgets.Layout(margin="4px 0 0 0"))
-        left = widgets.VBox([c["model"], c["optimizer"], c["lr"], c["epochs"]])
-        right = widgets.VBox([c["batch_size"], c["augment"], c["eval_every"], buttons])
+        shown = list(self.controls.values())
+        half = (len(shown) + 1) // 2  # two columns, the buttons under the second
+        left, right = widgets.VBox(shown[:half]), widgets.VBox([*shown[half:], buttons])
         self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
         self.status.add_class("mp3kit-status")
         self.plot = widgets.Output(layout=widgets.Layout(width="100%", min_height="40px"))
@@ -217,8 +186,14 @@ class TrainPanel:
 
     def _work(self, config: TrainConfig, name: str, resume: bool, stop: threading.Event) -> None:
         try:
+            data = self._load_data(config)
+            self.estimate = estimate.estimate_run(config, data, path=self.runs_dir / name, resume=resume)
+            if self.estimate.timing is not None:
+                self._set_status(f"{'resuming' if resume else 'starting'} {name}: about "
+                                 f"{estimate.duration(self.estimate.seconds)} on {self.estimate.timing.device} ...", "busy")
+            self._started = time.monotonic()
             run = train.fit(config, self.data_root, name=name, runs_dir=self.runs_dir, resume=resume, progress=False,
-                            callback=self._on_epoch, stop=stop, data=self._load_data(config))
+                            callback=self._on_epoch, stop=stop, data=data)
             self.last_run = run
             self._show_end(run)
         except UserError as exc:
@@ -249,8 +224,17 @@ class TrainPanel:
             last = run.history[-1]
             val = f", val mAP {last['val_map']:.3f}" if last.get("val_map") is not None else ""
             now = f"training epoch {done + 1}/{total}" if done < total else f"testing {run.name} on the test split"
-            self._set_status(f"{now} ... (epoch {done}: train loss {last['train_loss']:.3f}{val})", "busy")
+            left = self._time_left(done, total)
+            self._set_status(f"{now} ... (epoch {done}: train loss {last['train_loss']:.3f}{val}){left}", "busy")
             self._refresh_table()
+
+    def _time_left(self, done: int, total: int) -> str:
+        """Return ", about N left" from this run's pace so far (its epochs trained here), or "" before the first."""
+        trained = done - (total - self.estimate.epochs)
+        if trained <= 0 or done >= total:
+            return ""
+        pace = (time.monotonic() - self._started) / trained
+        return f", about {estimate.duration(pace * (total - done))} left"
 
     def _show_end(self, run) -> None:
         if run.status == "stopped":
@@ -326,15 +310,42 @@ _COLUMNS = [("run", "left"), ("model", "left"), ("optimizer", "left"), ("lr", "r
             ("status", "left"), ("val mAP", "right"), ("test mAP", "right")]
 
 
-def _takes(name: str, config: TrainConfig) -> bool:
-    """Return True when the named network takes config's image size (the pretrained AlexNet: AlexNet's layers)."""
-    probe = "alexnet" if name.startswith("alexnet-pretrained") else name  # no weights file needed to check the size
-    try:
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            models.model_from_name(probe, image_size=config.image_size, width=1.0 if probe != name else config.width)
-    except UserError:
-        return False
-    return True
+def _control(s: Setting, base: TrainConfig, extra_models: dict):
+    """Return the widget that shows setting s of the base config, as its field's Control says."""
+    c, value = s.panel, getattr(base, s.name)
+    # The description column is wide enough that no label is cut.
+    common = dict(description=c.label, style={"description_width": DESCRIPTION_WIDTH}, layout=_control_layout())
+    if c.kind == "model":
+        # The registry's names whose network takes the base config's images, the extra ones, and the base's own.
+        options = [(name, name) for name, entry in models.MODELS.items()
+                   if entry.offered and models.takes(name, base.image_size, base.width)]
+        options += [(str(label), spec) for label, spec in extra_models.items()]
+        if all(v != value for _, v in options):
+            options.append((models.label(value), value))
+        return widgets.Dropdown(options=options, value=value, **common)
+    if c.kind == "dropdown":
+        return widgets.Dropdown(options=list(s.choices), value=value, **common)
+    if c.kind == "log-slider":
+        low, high = math.log10(c.low), math.log10(c.high)
+        return widgets.FloatLogSlider(value=min(max(value, c.low), c.high), base=10, min=low, max=high, step=0.1,
+                                      readout_format=".2g", continuous_update=False, **common)
+    whole = s.kind is int
+    high = max(c.high, value)
+    if c.kind == "slider":
+        step = {} if c.step is None else {"step": c.step}
+        slider = widgets.IntSlider if whole else widgets.FloatSlider
+        return slider(value=value, min=c.low, max=high, continuous_update=False, **step, **common)
+    number = widgets.BoundedIntText if whole else widgets.BoundedFloatText
+    return number(value=value, min=c.low, max=high, **common)
+
+
+def _read(s: Setting, control):
+    """Return the value a control gives its field (a float to 3 significant digits: sliders land on 0.0050118...)."""
+    if s.kind is int:
+        return int(control.value)
+    if s.kind is float:
+        return float(f"{control.value:.3g}")
+    return control.value
 
 
 def runs_table_html(recorded, runs_dir, current=None) -> str:
@@ -344,7 +355,7 @@ def runs_table_html(recorded, runs_dir, current=None) -> str:
     rows = []
     for run in recorded:
         c = run.config
-        val_map, test_map = (f"{v:.3f}" if v is not None else "\u2013" for v in (run.val_map, run.test_map))
+        val_map, test_map = (f"{v:.3f}" if v is not None else MISSING for v in (run.val_map, run.test_map))
         rows.append([run.name, models.label(c.get("model")), str(c.get("optimizer", "")), f"{c.get('lr', float('nan')):.3g}",
                      f"{len(run.history)}/{c.get('epochs', '?')}", run.status, val_map, test_map])
     table = Table(rows, [h for h, _ in _COLUMNS], align=[a for _, a in _COLUMNS])

@@ -311,9 +311,11 @@ def colab_venv(request, tmp_path_factory) -> Path:
 
 
 def _dry_run(command: str, venv: Path, report: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a shell line whose one `pip install` becomes a metadata-only resolution reported to report."""
+    """Run a shell line whose one `pip install` becomes a metadata-only resolution reported to report (and whose
+    keep-list goes to cwd, so that tests running at once do not share /tmp/colab-keep.txt)."""
     assert command.count("pip install ") == 1, command
     command = command.replace("pip install ", f"pip install --dry-run --report {report} ")
+    command = command.replace("/tmp/colab-keep.txt", str(cwd / "colab-keep.txt"))
     return subprocess.run(command, shell=True, cwd=cwd, env=_pip_env(venv), capture_output=True, text=True)
 
 
@@ -351,7 +353,7 @@ def test_the_set_up_cell_resolves_beside_colabs_packages_keeping_all_of_them(col
 
     out = _dry_run(command, colab_venv, tmp_path / "report.json", tmp_path)
     assert out.returncode == 0, f"the set-up cell's pip cannot install mp3kit beside Colab's packages:\n{out.stderr}"
-    kept = Path("/tmp/colab-keep.txt").read_text().splitlines()
+    kept = (tmp_path / "colab-keep.txt").read_text().splitlines()
     listed = colab_env.installed(colab_venv / "bin" / "python")
     assert len(kept) == len(listed) and all(line.split("==")[1] == listed[colab_env.canonical(line.split("==")[0])]
                                             for line in kept)

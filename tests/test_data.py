@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -342,6 +345,23 @@ def test_corrupt_jpeg_names_file(small_voc):
     assert report["splits"]["train"]["corrupt_images"] == ["000001"] and not report["ok"]
 
 
+def test_an_image_too_large_to_decode_safely_names_the_file(tmp_path, monkeypatch, capsys):
+    from mp3kit import cli
+
+    voc = make_tree(tmp_path)
+    # PIL refuses images of more than twice MAX_IMAGE_PIXELS (a decompression bomb, or a 30000 px scan); lowering the
+    # limit makes this tree's 40 x 30 px images that size.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    path = voc / "JPEGImages" / "000001.jpg"
+    with pytest.raises(UserError, match=rf"Image {re.escape(str(path))} is too large to decode safely \(.*\): replace "):
+        open_image(path)
+    status = cli.main(["train", "--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--epochs", "1",
+                       "--image-size", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("mp3kit: Image ") and "is too large to decode safely" in err
+    assert err.count("\n") == 1 and not list((tmp_path / "runs").rglob("*.json"))  # no run recorded
+
+
 def test_truncated_jpeg_names_file(tmp_path):
     path = tmp_path / "cut.jpg"
     Image.effect_noise((64, 48), 60).convert("RGB").save(path, "JPEG")
@@ -409,3 +429,55 @@ def test_no_class_files_and_no_annotations_names_what_is_missing(tmp_path):
     voc = make_tree(tmp_path, per_class=False, xml=False)
     with pytest.raises(UserError, match=r"aeroplane_train\.txt is missing.*Annotations"):
         load_split(voc, "train")
+
+
+def _as_notepad_saves(path: Path) -> None:
+    """Rewrite a text file the way Windows Notepad saves it as UTF-8: a byte-order mark, then CRLF lines."""
+    path.write_bytes("\ufeff".encode() + "\r\n".join(path.read_text().splitlines()).encode() + b"\r\n")
+
+
+def test_split_and_label_files_saved_by_notepad_read_as_before(small_voc, tmp_path):
+    plain = load_split(small_voc, "train")
+    main = small_voc / "ImageSets" / "Main"
+    for name in ("train.txt", "aeroplane_train.txt", "person_train.txt"):
+        _as_notepad_saves(main / name)
+    edited = load_split(small_voc, "train")
+    assert edited.ids == plain.ids == SMALL_SPLITS["train"]
+    np.testing.assert_array_equal(edited.targets, plain.targets)
+    np.testing.assert_array_equal(edited.difficult, plain.difficult)
+    assert check_tree(small_voc)["ok"]
+
+
+def _list_twice(split_file: Path, image_id: str) -> bytes:
+    split_file.write_text(split_file.read_text() + f"{image_id}\n")
+    return split_file.read_bytes()
+
+
+def test_a_split_listing_an_image_twice_is_refused_in_training_naming_the_file_and_the_id(small_voc, tmp_path, capsys):
+    from mp3kit import cli
+
+    split_file = small_voc / "ImageSets" / "Main" / "test.txt"
+    before = _list_twice(split_file, "000002")
+    with pytest.raises(UserError) as caught:
+        load_split(small_voc, "test")
+    assert str(caught.value) == (f"Split file {split_file} lists image 000002 more than once: delete the repeated "
+                                 f"lines, so that each image appears once.")
+    status = cli.main(["train", "--data-root", str(small_voc), "--runs-dir", str(tmp_path / "runs"), "--name", "twice",
+                       "--epochs", "1", "--image-size", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"mp3kit: {caught.value}\n"
+    assert split_file.read_bytes() == before and not (tmp_path / "runs").exists()
+
+
+def test_data_check_refuses_a_split_listing_an_image_twice_on_the_synthetic_set_too(tmp_path):
+    from mp3kit import synth
+
+    devkit = synth.ensure_synthetic(tmp_path, n_images=8)
+    split_file = devkit / "VOC2007" / "ImageSets" / "Main" / "val.txt"
+    image_id = split_file.read_text().split()[0]
+    before = _list_twice(split_file, image_id)
+    out = subprocess.run([sys.executable, "-m", "mp3kit", "data", "check", "--root", str(tmp_path), "--quiet"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"val: Split file {split_file} lists image {image_id} more than once" in out.stdout
+    assert split_file.read_bytes() == before

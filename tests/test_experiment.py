@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from mp3kit import experiment, findings, metrics, models, synth, train
+from mp3kit import config, experiment, findings, metrics, models, synth, train
 from mp3kit.experiment import Experiment
 from mp3kit.util import UserError
 
@@ -52,7 +52,7 @@ def test_full_profile_without_real_voc_is_a_user_error(tmp_path, voc_root, where
 
 
 def test_quick_profile_sizes_each_notebook_and_says_so(tmp_path, voc_root, capsys):
-    quick = experiment.get_profile("quick")
+    quick = config.get_profile("quick")
     intro, scratch = quick.for_notebook("01_introduction"), quick.for_notebook("02_scratch_vs_pretrained")
     # The course's 20 and 40 epochs everywhere, at batch 8 for the simple classifier (32 px) and 10 for AlexNet's
     # layers (64 px, the smallest size they take, at 1/8 width; notebook 3 at 128 px, where every ablation row fits).
@@ -80,7 +80,7 @@ def test_config_is_the_profile_plus_changes_on_the_course_defaults(exp):
     cfg = exp.config(model="alexnet", optimizer="adam", lr=1e-4)
     assert (cfg.image_size, cfg.max_images, cfg.epochs, cfg.eval_every) == (64, 40, 2, 1)
     assert (cfg.model, cfg.optimizer, cfg.lr, cfg.momentum) == ("alexnet", "adam", 1e-4, 0.9)
-    full = experiment.PROFILES["full"].train
+    full = config.PROFILES["full"].train
     assert full == {}  # the full profile is the course's TrainConfig defaults, untouched
 
 
@@ -302,6 +302,19 @@ def test_report_items_keep_the_order_declared_and_a_declaration_made_again_repla
     assert run.status == "complete"
 
 
+def test_a_cell_run_again_leaves_the_manifest_as_it_was(exp):
+    def cell():
+        exp.figure("curves", "Loss and mAP", "simple-plots")
+        exp.note("data", exp.data_summary(), section="data")
+        exp.record("kaggle_score", 0.75)
+
+    cell()
+    written = exp.manifest_path.stat().st_ino  # every write renames a new file into place
+    cell()  # run again: nothing changes, so nothing is written
+    assert exp.manifest_path.stat().st_ino == written
+    assert [i["key"] for i in _manifest(exp)["report"]] == ["curves", "data"]
+
+
 def test_bad_keys_and_values_are_user_errors(exp):
     with pytest.raises(UserError, match="Run key"):
         exp.figure("../escape")
@@ -394,3 +407,15 @@ def test_map_conventions_gives_the_test_map_under_mp3kits_voc07s_and_the_course_
     assert course == pytest.approx(metrics.mean_average_precision(s["targets"], s["scores"], s["difficult"],
                                                                   count_difficult=True))
     assert len({round(ours, 6), round(voc07, 6), round(course, 6)}) == 3  # the synthetic test split has difficult labels
+
+
+def test_runs_and_figures_folders_given_with_a_tilde_are_in_the_home_folder(tmp_path, voc_root, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    # The notebooks' parameters cell passes $MP3KIT_RUNS_DIR and $MP3KIT_FIGURES_DIR as they are, ~ and all.
+    exp = Experiment("01_introduction", "smoke", None, "~/mp3/runs", "~/mp3/figures", quiet=True)
+    assert exp.figure("curve", "A curve") == home / "mp3" / "figures" / "curve.png"
+    assert exp.manifest_path.parent == home / "mp3" / "runs" and exp.manifest_path.is_file()
+    assert list(work.iterdir()) == []  # no folder literally named ~

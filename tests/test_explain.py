@@ -215,16 +215,23 @@ def test_the_view_is_the_part_of_the_image_the_network_gets(tmp_path):
     pixels[100:200, 150:260] = 255
     Image.fromarray(pixels).save(folder / "000001.jpg", quality=95)
     split = voc.VOCSplit("val", tmp_path / "VOC2007", ["000001"], np.zeros((1, 20), np.uint8), np.zeros((1, 20), bool))
-    for size, augment in ((64, "none"), (64, "standard"), (100, "jitter-flip-rotate")):
-        x = explain.network_inputs(split, [0], size, augment)[0]  # (3, S, S)
+    for size in (64, 100):
+        x = explain.network_inputs(split, [0], size)[0]  # (3, S, S)
         assert x.shape == (3, size, size)
         white = (x.mean(0) > 1.0).numpy()
-        x0, y0, x1, y1 = explain.network_view(500, 375, size, augment)
+        x0, y0, x1, y1 = explain.network_view(500, 375, size)
         assert x1 - x0 == pytest.approx(y1 - y0, rel=0.01) and 0 <= x0 < x1 <= 500 and 0 <= y0 < y1 <= 375
-        cam = white.astype(float)
-        hit, share = explain.peak_in_box(cam, (x0, y0, x1, y1), [(151, 101, 260, 200)])
+        hit, share = explain.peak_in_box(white.astype(float), (x0, y0, x1, y1), [(151, 101, 260, 200)])
         assert hit
         assert share == pytest.approx(white.mean(), abs=0.04)
+
+
+def test_grad_cam_sees_what_fit_evaluated(smoke_run):
+    # An augmented run is evaluated on plain centre crops: Grad-CAM's inputs are the evaluation loader's batches.
+    config = train.TrainConfig.from_dict({**smoke_run.config, "augment": "jitter-flip-rotate"})
+    split = explain.val_split(smoke_run)
+    x, _ = next(iter(train.start_session(config, split, device=torch.device("cpu")).eval_loader(split)))
+    torch.testing.assert_close(explain.network_inputs(split, range(len(x)), config.image_size), x, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mp3kit.kaggle import check_kaggle_csv, kaggle_score, write_kaggle_csv, write_predictions_csv
+from mp3kit.kaggle import check_kaggle_csv, kaggle_score, write_kaggle_csv
 from mp3kit.metrics import average_precision, mean_average_precision
 from mp3kit.util import UserError
 
@@ -121,27 +121,6 @@ def test_tolerates_bom_crlf_and_trailing_blank_lines(tmp_path):
     path.write_bytes(("\ufeffid,category\r\n" + "\r\n".join(GOOD_ROWS) + "\r\n\r\n").encode("utf-8"))
     assert check_kaggle_csv(path) == []
     assert kaggle_score(path) == pytest.approx(0.5)
-
-
-def test_predictions_csv_with_explicit_classes(tmp_path):
-    scores = torch.tensor([[0.1, 0.9], [0.25, 0.5]])
-    path = write_predictions_csv(tmp_path / "pred.csv", ["000001", "000002"], scores, classes=["cat", "dog"])
-    assert path.read_text().splitlines() == ["id,cat,dog", "000001,0.1,0.9", "000002,0.25,0.5"]
-
-
-def test_predictions_csv_has_the_voc_columns(tmp_path):
-    pytest.importorskip("mp3kit.data")
-    scores = np.random.default_rng(0).random((3, 20))
-    lines = write_predictions_csv(tmp_path / "pred.csv", ["a", "b", "c"], scores).read_text().splitlines()
-    assert lines[0] == "id," + ",".join(VOC_CLASSES)
-    assert len(lines) == 4 and lines[2].startswith("b,")
-
-
-@pytest.mark.parametrize("ids, shape, problem", [(["a"], (2, 2), "2 score rows"), (["a", "b"], (2, 3), "expected")])
-def test_predictions_csv_refuses_mismatches(tmp_path, ids, shape, problem):
-    with pytest.raises(UserError, match=problem):
-        write_predictions_csv(tmp_path / "pred.csv", ids, np.zeros(shape), classes=["cat", "dog"])
-    assert not (tmp_path / "pred.csv").exists()
 
 
 # ---------------------------------------------------------------- the convention of a run's CSV

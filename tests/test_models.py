@@ -312,16 +312,17 @@ def test_bad_specs_name_the_key(spec, fragment):
 def test_model_from_name_knows_every_name():
     assert isinstance(model_from_name("simple", image_size=64), SimpleClassifier)
     with torch.device("meta"):  # shapes only: skip the cost of random AlexNet-sized weights
-        for name in ("alexnet", "alexnet-bn", "seed", "basenet"):  # "seed": alexnet-bn's old name
+        for name in ("alexnet", "alexnet-bn", "basenet"):
             assert model_from_name(name).classifier[-1].out_features == 20
         spec_net = model_from_name(with_changes(ALEXNET_BN, head=[256]), num_classes=3)
     assert spec_net.classifier[-1].out_features == 3
 
 
 def test_model_from_name_errors():
-    with pytest.raises(UserError, match=f"use one of {', '.join(models.MODEL_NAMES)}"):
+    with pytest.raises(UserError, match=f"use one of {', '.join(models.MODELS)}"):
         model_from_name("resnet50")
-    assert models.MODEL_NAMES == ("simple", "alexnet", "alexnet-pretrained", "alexnet-pretrained-frozen", "alexnet-bn", "basenet")
+    assert tuple(models.MODELS) == ("simple", "alexnet", "alexnet-pretrained", "alexnet-pretrained-frozen", "alexnet-bn",
+                                    "basenet")
     with pytest.raises(UserError, match="use one of"):
         model_from_name("resnet50")
     with pytest.raises(UserError, match="only used by alexnet-pretrained"):
@@ -347,20 +348,21 @@ def test_architecture_table_text_markdown_and_frozen_count():
 
 def test_one_label_for_every_model_name_or_spec():
     assert models.label("simple") == "simple"
-    assert models.label("seed") == models.label("Seed") == "alexnet-bn"  # an old run's name reads as today's
+    assert models.label("AlexNet-BN") == "alexnet-bn"
+    assert models.label("seed") == "seed"  # a name this version does not know (a run's config.json) shows as written
     assert models.label(ALEXNET_BN) == "alexnet-bn" and models.label({"blocks": [{"conv": 8}]}) == "custom"
     assert models.label(None) == "custom"
     from mp3kit.train import TrainConfig
 
     assert TrainConfig(model={"name": "mine", "blocks": [{"conv": 8}]}).model_label() == "mine"
-    assert TrainConfig(model="seed").model_label() == "alexnet-bn"
+    assert TrainConfig(model=" AlexNet-BN").model == "alexnet-bn"  # kept as the registry spells it
 
 
 def test_spec_or_name_parses_specs_and_keeps_names(tmp_path):
     spec = {"name": "tiny", "blocks": [{"conv": 8}]}
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(spec))
-    assert models.spec_or_name("alexnet") == "alexnet" and models.spec_or_name("seed") == "alexnet-bn"
+    assert models.spec_or_name("alexnet") == "alexnet" and models.spec_or_name("Alexnet") == "alexnet"
     assert models.spec_or_name(json.dumps(spec)) == spec == models.spec_or_name(str(path)) == models.spec_or_name(spec)
     path.write_text('{"blocks": [')
     with pytest.raises(UserError, match=r"Model spec file .*tiny.json is not valid JSON"):
@@ -415,3 +417,59 @@ def test_width_is_recorded_in_the_config_and_must_be_positive():
     assert TrainConfig.from_dict({k: v for k, v in TrainConfig().to_dict().items() if k != "width"}).width == 1.0
     with pytest.raises(UserError, match="width"):
         TrainConfig(width=0)
+
+
+# ---- the registry: one entry per name answers every question about it
+
+
+def test_each_name_answers_from_its_registry_entry():
+    pretrained = [name for name, entry in models.MODELS.items() if entry.pretrained]
+    assert pretrained == ["alexnet-pretrained", "alexnet-pretrained-frozen"]
+    for name, entry in models.MODELS.items():
+        assert models.label(name) == name and models.scales_with_width(name) == entry.scales_with_width
+        with torch.device("meta"):  # shapes only; imagenet=False: the layers without the ImageNet file
+            full = model_from_name(name, image_size=64, imagenet=False)
+            narrow = model_from_name(name, image_size=64, width=0.25, imagenet=False)
+        assert (n_params(narrow) < n_params(full)) == entry.scales_with_width, name
+        assert (not any(p.requires_grad for p in full.features.parameters())) == entry.frozen, name
+        if name not in pretrained:
+            with pytest.raises(UserError, match="only used by alexnet-pretrained and alexnet-pretrained-frozen"):
+                model_from_name(name, image_size=64, weights_path="w.pth")
+
+
+def test_a_name_added_to_the_registry_is_a_model_everywhere(tmp_path, monkeypatch):
+    from mp3kit import cli
+    from mp3kit.train import TrainConfig, build_model
+    from mp3kit.widgets import TrainPanel
+
+    tiny = {"name": "tiny", "blocks": [{"conv": 16, "s": 2}], "pool": "global", "head": []}
+    entry = models.ModelEntry("tiny", lambda num_classes, size, width: build(models.scaled(tiny, width), num_classes))
+    monkeypatch.setitem(models.MODELS, "tiny", entry)
+    config = TrainConfig(model="Tiny", image_size=32, width=0.5)
+    assert config.model == "tiny" and config.model_label() == "tiny" and config.default_name().startswith("tiny-")
+    assert build_model(config).features[0].out_channels == 8
+    assert cli.config_from_args(cli.build_parser().parse_args(["train", "--model", "tiny"])).model == "tiny"
+    panel = TrainPanel(runs_dir=tmp_path / "runs", base_config=TrainConfig(image_size=32))
+    assert [value for _, value in panel.controls["model"].options] == ["simple", "tiny"]
+    with pytest.raises(UserError, match="use one of simple, .*, basenet, tiny, a spec"):
+        TrainConfig(model="tinny")
+
+
+def test_a_students_class_and_a_spec_answer_the_same_questions():
+    class Net(nn.Module):
+        def __init__(self, num_classes=20):
+            super().__init__()
+            self.features = nn.Conv2d(3, 4, 3)
+            self.classifier = nn.Linear(4, num_classes)
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean((2, 3)))
+
+    spec = {"name": "mine", "blocks": [{"conv": 8}]}
+    for model, label, scales in [(Net, "Net", False), (spec, "mine", True), (json.dumps(spec), "mine", True)]:
+        entry = models.entry(model)
+        assert (entry.label, entry.pretrained, entry.scales_with_width, entry.frozen) == (label, False, scales, False)
+        assert models.label(model) == label and models.scales_with_width(model) == scales
+    assert model_from_name(Net, image_size=32, width=0.25).features.out_channels == 4  # its sizes are its code's
+    with pytest.raises(UserError, match="pass the class itself"):
+        models.entry(Net())

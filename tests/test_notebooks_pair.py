@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mp3kit.experiment import PROFILES
+from mp3kit.config import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 
 import numpy as np
@@ -140,6 +142,66 @@ def test_truncated_cache_file_is_detected_and_rebuilt(split, tmp_path, count_dec
     np.testing.assert_array_equal(rebuilt, good)
     path.unlink()
     np.testing.assert_array_equal(pipeline.cache_images(split, 32, cache_dir=tmp_path, progress=False), good)
+
+
+def _rebuild_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("Rebuilding the image cache")]
+
+
+def _tree_bytes(split) -> dict:
+    return {p.name: p.read_bytes() for p in sorted((split.voc_dir / "JPEGImages").iterdir())}
+
+
+@pytest.mark.parametrize("damage", ["bytes rewritten", "cut and padded"])
+def test_a_cache_file_changed_in_place_is_rebuilt_with_one_line_saying_why(split, tmp_path, capsys, count_decodes, damage):
+    good = np.array(pipeline.cache_images(split, 32, cache_dir=tmp_path, progress=False))
+    images_before = _tree_bytes(split)
+    path = tmp_path / "images" / f"{split.identity()}-32.u8"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # the right length, the wrong content: what a disk error or another tool leaves
+        if damage == "bytes rewritten":
+            f.seek(size // 3)
+            f.write(bytes(255 - b for b in good.reshape(-1)[size // 3: size // 3 + 64]))
+        else:
+            f.seek(size // 2)
+            f.write(bytes(size - size // 2))
+    assert path.stat().st_size == size
+    capsys.readouterr()
+
+    rebuilt = pipeline.cache_images(split, 32, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(rebuilt, good)
+    assert len(count_decodes) == 2 * len(split)
+    assert _rebuild_lines(capsys) == [f"Rebuilding the image cache {path}: its content does not match the checksum "
+                                      f"written with it (a disk error, or another program wrote there)."]
+    pipeline.cache_images(split, 32, cache_dir=tmp_path, progress=False)  # good again: neither decoded nor said
+    assert len(count_decodes) == 2 * len(split) and not _rebuild_lines(capsys)
+    assert _tree_bytes(split) == images_before
+
+
+def test_an_image_replaced_after_the_cache_was_built_is_seen(split, tmp_path, capsys, count_decodes):
+    before = np.array(pipeline.cache_images(split, 32, cache_dir=tmp_path, progress=False))
+    replaced = split.image_path(4)
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(replaced, quality=95)  # the student swaps in another picture
+    capsys.readouterr()
+
+    after = pipeline.cache_images(split, 32, cache_dir=tmp_path, progress=False)
+    assert len(count_decodes) == 2 * len(split)
+    np.testing.assert_array_equal(after[4], pipeline.load_resized(replaced, 32))
+    assert np.abs(after[4].astype(int) - before[4].astype(int)).max() > 50
+    np.testing.assert_array_equal(np.delete(after, 4, axis=0), np.delete(before, 4, axis=0))
+    assert _rebuild_lines(capsys) == [f"Rebuilding the image cache {tmp_path / 'images' / f'{split.identity()}-32.u8'}: "
+                                      f"an image of the split was replaced or changed (its size or modification time) "
+                                      f"since the cache was built."]
+
+
+def test_cache_files_get_the_mode_the_umask_gives_like_every_other_file(split, tmp_path):
+    old = os.umask(0o002)  # an instructor's cache folder shared with a group
+    try:
+        pipeline.cache_images(split, 32, cache_dir=tmp_path, progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.suffix: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "images").iterdir()}
+    assert modes == {".u8": 0o664, ".json": 0o664}
 
 
 def test_corrupt_image_names_the_file_and_leaves_no_cache(split, tmp_path):
@@ -402,7 +464,3 @@ def test_bench_reports_both_pipelines_and_ends_with_a_json_line(tmp_path, capsys
     assert any(line.startswith("input pipeline") for line in lines)
     assert not (tmp_path / "cache" / "images").exists()  # the bench's image cache is temporary
 
-
-def test_old_preset_name_reads_as_todays():
-    assert pipeline.canonical_augment("seed") == "jitter-flip-rotate" and pipeline.canonical_augment("none") == "none"
-    assert "seed" not in pipeline.AUGMENT_PRESETS  # listed under its new name only

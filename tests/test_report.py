@@ -3,13 +3,15 @@
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from PIL import Image
 
-from mp3kit import experiment, findings, report, runs, settings, synth
+from mp3kit import ablation, experiment, findings, report, runs, settings, synth
 from mp3kit.util import UserError
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -136,7 +138,7 @@ def make_kit(tmp_path, synthetic=True, pretrained=False, chance=0.0726):
             {"kind": "table", "key": "final-architecture", "section": "final-architecture", "caption": "",
              "markdown": "| # | layer | params |\n|---:|---|---:|\n| 1 | Conv2d | 23,296 |\n\n"
                          "Total parameters: 23,296 (trainable 23,296, frozen 0)\n"},
-            {"kind": "ablation", "key": "ablation", "section": "ablation", "note": experiment.ABLATION_NOTE,
+            {"kind": "ablation", "key": "ablation", "section": "ablation", "note": ablation.NOTE,
              "rows": [{"serial": 1, "label": "BaseNet (SGD)", "key": "ablation-1"},
                       {"serial": 2, "label": "BaseNet (Adam) | + BatchNorm", "key": "ablation-2"},
                       {"serial": 3, "label": "+ 2 Conv", "key": "ablation-3",
@@ -468,6 +470,7 @@ Image.new("RGB", (8, 6), (30, 30, 200)).save(exp.figure("new-figure", "A figure 
 '''
 
 
+@pytest.mark.slow
 def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_it(kit, tmp_path):
     import jupytext
 
@@ -522,3 +525,18 @@ def test_a_worked_example_is_named_in_the_header(tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "worked_example": True}))
     header = report.generated_text(build(kit).read_text())["header"]
     assert "**Worked example.** 03_develop_classifier ran the seed report's network and ablation" in header
+
+
+def test_a_report_md_saved_as_windows_1252_is_one_sentence_and_stays_as_it_was(tmp_path):
+    report_dir, runs_dir = tmp_path / "report", tmp_path / "runs"
+    report_dir.mkdir(), runs_dir.mkdir()
+    student = "# My report\n\nAdam\u2019s curve \u2013 smoother than SGD\u2019s.\n"
+    (report_dir / "report.md").write_bytes(student.encode("cp1252"))  # what Notepad's "ANSI" gives
+    before = sorted((p.name, p.read_bytes()) for p in report_dir.iterdir())
+    out = subprocess.run([sys.executable, "-m", "mp3kit", "report", "--report-dir", str(report_dir), "--runs-dir",
+                          str(runs_dir), "--no-execute"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == (f"mp3kit: {report_dir / 'report.md'} is not UTF-8 text (byte 0x92 at position 17, as "
+                          f"Windows-1252 writes curly quotes and dashes): save it as UTF-8 (in Notepad: File, Save As, "
+                          f"Encoding UTF-8), then run mp3kit report again.\n")
+    assert sorted((p.name, p.read_bytes()) for p in report_dir.iterdir()) == before

@@ -112,6 +112,15 @@ def test_cli_resume_with_a_changed_config_moves_the_finished_run_aside_and_lists
     assert aside.name in listed and "\ncli " in listed and "earlier version" in listed
 
 
+def test_a_setting_that_cannot_train_is_refused_before_the_earlier_run_moves_aside(voc_root, tmp_path):
+    first = train.fit(train.TrainConfig(**QUICK), voc_root, name="pw", runs_dir=tmp_path, progress=False)
+    before = _files(first.path)
+    with pytest.raises(UserError, match="pos_weight"):  # 3 weights for 20 classes
+        train.fit(train.TrainConfig(**QUICK, pos_weight=[1.0, 2.0, 3.0]), voc_root, name="pw", runs_dir=tmp_path,
+                  progress=False)
+    assert _earlier(tmp_path, "pw") == [] and _files(first.path) == before  # the run stays where the student left it
+
+
 def test_a_stopped_or_failed_run_trained_afresh_is_moved_aside_too(voc_root, tmp_path):
     config = train.TrainConfig(**{**QUICK, "epochs": 3})
     stop = threading.Event()

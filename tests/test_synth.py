@@ -4,6 +4,7 @@ import hashlib
 import itertools
 import os
 import re
+import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -71,6 +72,7 @@ def tree_digest(devkit: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_layout_is_complete(devkit):
     voc = devkit / "VOC2007"
     main = voc / "ImageSets" / "Main"
@@ -174,6 +176,7 @@ def load_images(voc: Path, ids: list[str], size: int) -> torch.Tensor:
     return (x - 0.5) / 0.25
 
 
+@pytest.mark.slow
 def test_tiny_cnn_learns_well_above_chance(devkit):
     torch.manual_seed(0)
     voc = devkit / "VOC2007"
@@ -230,6 +233,17 @@ def test_ensure_synthetic_defaults_to_the_cache(tmp_path, monkeypatch):
     assert synth.ensure_synthetic(n_images=4) == tmp_path / "synthetic-voc" / "VOCdevkit"
 
 
+def test_the_tree_gets_the_mode_the_umask_gives_so_a_shared_cache_folder_serves_everyone(tmp_path):
+    old = os.umask(0o002)  # an instructor's cache folder shared with a group
+    try:
+        devkit = synth.ensure_synthetic(tmp_path, n_images=4)
+    finally:
+        os.umask(old)
+    folders = [devkit, *(p for p in devkit.rglob("*") if p.is_dir())]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {oct(0o775)}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in devkit.rglob("*") if p.is_file()} == {oct(0o664)}
+
+
 def test_failed_build_leaves_the_previous_tree_untouched(tmp_path, monkeypatch):
     devkit = synth.make_synthetic_voc(tmp_path, n_images=6, seed=0)
     before = tree_digest(devkit)
@@ -273,6 +287,7 @@ def test_data_layer_reads_the_tree(devkit):
     assert (np.asarray(split.difficult) == (flags == 0)).all()
 
 
+@pytest.mark.slow
 def test_images_rendered_on_every_core_are_the_ones_rendered_in_order(tmp_path, monkeypatch):
     n = 200  # the smallest tree built in parallel
     monkeypatch.setattr(synth.os, "cpu_count", lambda: 2)

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from mp3kit import runs, synth, train
+from mp3kit import runs, settings, synth, train
 from mp3kit.util import UserError
 
 TINY_NET = {"name": "tiny", "blocks": [{"conv": 16, "s": 2, "bn": True}, {"conv": 32, "s": 2, "bn": True},
@@ -35,6 +37,7 @@ def _history_numbers(run):
     return [[h[k] for k in keys] for h in run.history]
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_lifts_map_well_above_chance(voc_root, tmp_path):
     cfg = train.TrainConfig(model=TINY_NET, image_size=64, epochs=8, eval_every=1, batch_size=16,
                             optimizer="adam", lr=3e-3)
@@ -147,6 +150,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "mp3kit", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_train_writes_the_run_with_test_metrics(voc_root, tmp_path):
     out = _cli("train", "--data-root", str(voc_root), "--name", "cli", "--runs-dir", str(tmp_path), "--epochs", "1",
                "--image-size", "64", "--max-images", "30", "--optimizer", "adam", "--lr", "0.001", "--quiet")
@@ -160,6 +164,7 @@ def test_cli_train_writes_the_run_with_test_metrics(voc_root, tmp_path):
     assert "cli" in listed.stdout and "complete" in listed.stdout
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_sentence_and_exit_2(tmp_path):
     out = _cli("train", "--data-root", str(tmp_path / "nowhere"), "--name", "x", "--runs-dir", str(tmp_path))
     assert out.returncode == 2
@@ -197,6 +202,7 @@ def test_optimizers_use_the_fused_kernel_and_fall_back_where_torch_has_none(name
     assert optimizer.param_groups[0]["lr"] == 0.05
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_while_the_next_epoch_trains_holds_its_own_epochs_weights(voc_root, tmp_path, monkeypatch):
     one = train.fit(train.TrainConfig(**{**SMALL, "epochs": 1}), voc_root, name="one", runs_dir=tmp_path, progress=False)
     expected = train.load_checkpoint(one.checkpoint_path)["model"]
@@ -515,17 +521,57 @@ def test_a_user_error_in_a_notebook_shows_its_sentence_not_a_traceback():
     assert "Could not write checkpoint.pt (3.0 MB) in runs/x (No space left on device): free that much space there." in shown
 
 
-def test_a_run_recorded_under_the_old_names_seed_is_reused_under_the_new_ones(voc_root, tmp_path):
-    first = train.fit(train.TrainConfig(**{**SMALL, "epochs": 1}), voc_root, name="old", runs_dir=tmp_path, progress=False)
-    config_file = tmp_path / "old" / "config.json"
-    recorded = json.loads(config_file.read_text())
-    recorded.update(model="seed", augment="seed")  # what an older mp3kit wrote for alexnet-bn with its augmentation
-    config_file.write_text(json.dumps(recorded))
-    old_config = train.TrainConfig.from_dict(recorded)
-    assert (old_config.model, old_config.augment) == ("alexnet-bn", "jitter-flip-rotate")
-    cfg = train.TrainConfig(**{**SMALL, "epochs": 1, "model": "alexnet-bn", "augment": "jitter-flip-rotate"})
-    again = train.fit(cfg, voc_root, name="old", runs_dir=tmp_path, progress=False, reuse=True)
-    assert again.origin == "reused" and again.metrics == first.metrics
+# Configs that mp3kit 0.1.0's train.fit recorded, before TrainConfig's fields and the model registry were rewritten.
+RECORDED = json.loads((Path(__file__).parent / "data" / "configs-0.1.0.json").read_text())["runs"]
+
+
+@pytest.mark.parametrize("recorded", RECORDED, ids=[r["name"] for r in RECORDED])
+def test_a_config_recorded_by_0_1_0_reads_back_as_the_same_run_under_the_same_name(recorded):
+    config = train.TrainConfig(**recorded["kwargs"])
+    assert config.default_name() == recorded["name"]  # a run named by default is found under its name
+    assert config.to_dict() == recorded["config"]
+    assert train.TrainConfig.from_dict(recorded["config"]).identity() == config.identity()
+
+
+def test_a_run_recorded_by_0_1_0_is_reused_not_trained_again(voc_root, tmp_path, monkeypatch):
+    recorded = RECORDED[0]
+    first = train.fit(train.TrainConfig(**recorded["kwargs"]), voc_root, runs_dir=tmp_path, progress=False)
+    config_file = first.path / "config.json"
+    on_disk = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**recorded["config"], "data": on_disk["data"]}))  # as 0.1.0 wrote it
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("a recorded run was trained again"))
+    again = train.fit(train.TrainConfig(**recorded["kwargs"]), voc_root, runs_dir=tmp_path, progress=False, reuse=True)
+    assert again.name == recorded["name"] and again.origin == "reused" and again.metrics == first.metrics
+
+
+@pytest.mark.slow
+def test_an_old_name_is_refused_in_one_sentence_that_lists_the_known_ones(tmp_path):
+    with pytest.raises(UserError, match=r"^Unknown model 'seed': use one of simple, alexnet, alexnet-pretrained, "
+                                        r"alexnet-pretrained-frozen, alexnet-bn, basenet, a spec"):
+        train.TrainConfig(model="seed")
+    with pytest.raises(UserError, match=r"^TrainConfig.augment='seed' is not one of none, jitter-flip-rotate, standard\.$"):
+        train.TrainConfig(augment="seed")
+    out = _cli("train", "--model", "seed", "--runs-dir", str(tmp_path))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Unknown model 'seed'" in out.stderr
+    assert not (tmp_path / "seed").exists()
+
+
+@pytest.mark.slow
+def test_a_pretrained_run_at_the_quick_profiles_width_loads_back(voc_root, tmp_path, monkeypatch):
+    # The quick profile gives every run width 0.125; the pretrained AlexNet keeps ImageNet's sizes whatever the width,
+    # and load_model must rebuild it at those sizes (without the ImageNet file: the checkpoint holds every weight).
+    with torch.device("meta"):
+        shapes = torchvision.models.alexnet().state_dict()
+    torch.save({k: torch.randn(v.shape) * 0.01 for k, v in shapes.items()}, tmp_path / "imagenet.pth")
+    monkeypatch.setenv(settings.ALEXNET_WEIGHTS, str(tmp_path / "imagenet.pth"))
+    cfg = train.TrainConfig(model="alexnet-pretrained", width=0.125, image_size=64, max_images=20, epochs=1,
+                            eval_every=1, batch_size=20)
+    run = train.fit(cfg, voc_root, name="pretrained", runs_dir=tmp_path / "runs", progress=False)
+    monkeypatch.setenv(settings.ALEXNET_WEIGHTS, str(tmp_path / "gone.pth"))
+    model = train.load_model(run.path)
+    assert model.features[0].out_channels == 64 and model.classifier[6].out_features == 20
+    saved = torch.load(run.checkpoint_path, weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 # ---------------------------------------------------------------- recipes: trainval, flip TTA, the lr range test
@@ -547,6 +593,7 @@ def recipe_run(recipe_data, tmp_path_factory):
                      progress=False, data=recipe_data)
 
 
+@pytest.mark.slow
 def test_training_on_trainval_beats_train_alone_with_the_same_recipe(recipe_data, recipe_run, tmp_path):
     both = train.fit(train.TrainConfig(**RECIPE, train_split="trainval"), name="tv", runs_dir=tmp_path, progress=False,
                      data=recipe_data)
@@ -593,6 +640,7 @@ def test_tta_is_recorded_in_the_config_and_a_run_without_the_new_fields_is_still
         train.TrainConfig(tta="mirror")
 
 
+@pytest.mark.slow
 def test_the_lr_range_test_suggests_an_lr_that_trains_far_faster_than_a_decade_lower(recipe_data, tmp_path):
     config = train.TrainConfig(**{**RECIPE, "epochs": 2})
     found = train.lr_range_test(config, data=recipe_data, steps=150)
@@ -619,6 +667,7 @@ def test_suggest_lr_finds_the_steepest_fall_of_a_known_curve():
     assert train.suggest_lr(lrs, np.linspace(0.2, 0.7, 121)) == {"suggested_lr": None, "range": None}
 
 
+@pytest.mark.slow
 def test_cli_trains_on_trainval_with_flip_tta_and_runs_the_lr_range_test(voc_root, tmp_path):
     out = _cli("train", "--data-root", str(voc_root), "--name", "tv", "--runs-dir", str(tmp_path), "--epochs", "1",
                "--image-size", "64", "--max-images", "30", "--train-split", "trainval", "--tta", "flip", "--quiet")
@@ -635,6 +684,7 @@ def test_cli_trains_on_trainval_with_flip_tta_and_runs_the_lr_range_test(voc_roo
     assert bad.returncode == 2 and "invalid choice: 'mirror'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_a_narrow_network_and_the_run_loads_back_at_its_width(voc_root, tmp_path):
     out = _cli("train", "--data-root", str(voc_root), "--name", "narrow", "--runs-dir", str(tmp_path), "--epochs", "1",
                "--model", "alexnet-bn", "--width", "0.125", "--image-size", "64", "--max-images", "20", "--quiet")
@@ -644,3 +694,126 @@ def test_cli_trains_a_narrow_network_and_the_run_loads_back_at_its_width(voc_roo
     assert model.features[0].out_channels == 8
     bad = _cli("train", "--data-root", str(voc_root), "--runs-dir", str(tmp_path), "--width", "-1")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "TrainConfig.width=-1.0" in bad.stderr
+
+
+# ---------------------------------------------------------------- Ctrl-C, the kernel's interrupt and SIGTERM
+
+
+def _cli_train_args(voc_root, runs_dir, name, epochs):
+    return ["train", "--data-root", str(voc_root), "--name", name, "--runs-dir", str(runs_dir), "--epochs", str(epochs),
+            "--model", json.dumps(TINY_NET), "--image-size", "64", "--max-images", "20", "--batch-size", "20", "--quiet"]
+
+
+def _wait_for(path: Path, process=None, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert process is None or process.poll() is None, process.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("sig, code, how", [(signal.SIGINT, 130, "was interrupted"),
+                                            (signal.SIGTERM, 143, "was stopped by SIGTERM")], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
+def test_a_signal_to_mp3kit_train_marks_the_run_interrupted_at_its_checkpoint_and_resume_finishes_it(
+        voc_root, tmp_path, sig, code, how):
+    args = _cli_train_args(voc_root, tmp_path, "cut", epochs=15)
+    # A background job of a non-interactive shell ignores SIGINT, and its children inherit that: give it back the
+    # default, as a terminal has it, so that Python turns Ctrl-C into KeyboardInterrupt.
+    process = subprocess.Popen([sys.executable, "-m", "mp3kit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    folder = tmp_path / "cut"
+    _wait_for(folder / "checkpoint.pt", process)
+    config_before = (folder / "config.json").read_bytes()
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+
+    kept = train.load_checkpoint(folder / "checkpoint.pt")["epoch"]
+    assert 1 <= kept < 15
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"mp3kit: Run cut {how} during epoch ")
+    assert f"its last good checkpoint is epoch {kept}: resume it (resume=True, or mp3kit train --resume)" in lines[0]
+    interrupted = runs.load_run(folder)
+    assert interrupted.status == "interrupted" and interrupted.reason == lines[0].removeprefix("mp3kit: ")
+    assert len(interrupted.history) == kept  # what the checkpoint holds
+    assert (folder / "config.json").read_bytes() == config_before and not list(folder.glob(".*.tmp"))
+
+    resumed = _cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    done = runs.load_run(folder)
+    assert done.status == "complete" and len(done.history) == 15
+    assert done.history[:kept] == interrupted.history  # the epochs before the interrupt were not trained again
+
+
+def test_sigterm_lets_the_checkpoint_being_written_land_and_fit_restores_the_old_handler(voc_root, tmp_path, monkeypatch):
+    save, written = train._save_checkpoint, []
+
+    def slow_disk(path, state):
+        time.sleep(1.0)  # SIGTERM arrives while this epoch's checkpoint is still being written
+        save(path, state)
+        written.append(state["epoch"])
+
+    def terminate_after_epoch_2(run):
+        if len(run.history) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train, "_save_checkpoint", slow_disk)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = train.TrainConfig(**{**SMALL, "epochs": 4})
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train.fit(cfg, voc_root, name="term", runs_dir=tmp_path, progress=False, callback=terminate_after_epoch_2)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert isinstance(caught.value, train.Interrupted) and caught.value.signum == signal.SIGTERM
+    assert written == [1, 2] and "its last good checkpoint is epoch 2:" in str(caught.value)
+    assert train.load_checkpoint(tmp_path / "term" / "checkpoint.pt")["epoch"] == 2
+    assert runs.load_run(tmp_path / "term").status == "interrupted"
+
+    monkeypatch.undo()
+    # In a thread (the widget panel's), where no signal handler can be installed, fit trains and leaves them alone.
+    results = []
+    worker = threading.Thread(target=lambda: results.append(
+        train.fit(cfg, voc_root, name="term", runs_dir=tmp_path, progress=False, resume=True)))
+    worker.start()
+    worker.join()
+    assert results and results[0].status == "complete" and results[0].origin == "resumed"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_the_kernels_interrupt_button_marks_the_run_interrupted_in_one_line(voc_root, tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    folder = tmp_path / "nb"
+    code = (f"from mp3kit import train\n"
+            f"cfg = train.TrainConfig(model={TINY_NET!r}, image_size=64, max_images=20, batch_size=20, epochs=15)\n"
+            f"run = train.fit(cfg, {str(voc_root)!r}, name='nb', runs_dir={str(tmp_path)!r}, progress=False, "
+            f"resume=RESUME)\n")
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        msg_id = client.execute("RESUME = False\n" + code)
+        _wait_for(folder / "checkpoint.pt")
+        manager.interrupt_kernel()
+        errors = []
+        while True:
+            msg = client.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "error":
+                errors.append(msg["content"])
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        interrupted = runs.load_run(folder)
+        resumed = []
+        client.execute_interactive("RESUME = True\n" + code + "print(run.status, run.origin)", timeout=120,
+                                   output_hook=lambda m: resumed.append(m["content"].get("text", "")))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert len(errors) == 1 and errors[0]["ename"] == "Interrupted" and len(errors[0]["traceback"]) == 1
+    shown = errors[0]["traceback"][0]
+    assert "Traceback" not in shown and "Run nb was interrupted during epoch " in shown
+    assert interrupted.status == "interrupted" and interrupted.reason in shown
+    assert f"its last good checkpoint is epoch {len(interrupted.history)}:" in shown
+    assert "complete resumed" in "".join(resumed)

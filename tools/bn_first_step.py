@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from torch import nn  # noqa: E402
 
 from mp3kit import models, train  # noqa: E402
-from mp3kit.experiment import PROFILES  # noqa: E402
+from mp3kit.config import PROFILES  # noqa: E402
 
 VARIANTS = ("row 3", "row 4", "BN after ReLU", "frozen conv 1", "frozen + BN")
 

@@ -17,6 +17,7 @@ Colab's `pip-freeze.gpu.txt` names every package of its GPU runtime and its vers
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -68,9 +69,10 @@ def site_packages(python) -> Path:
 
 
 def installed(python) -> dict[str, str]:
-    """Return {canonical name: version} of what pip lists in python's environment."""
+    """Return {canonical name: version} of what pip lists in python's environment (PYTHONPATH left out, as in Colab)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     return {canonical(line.split("==")[0]): line.split("==")[1] for line in out.stdout.splitlines() if "==" in line}
 
 

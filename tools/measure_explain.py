@@ -66,8 +66,7 @@ def val_pass_seconds(runs_dir: Path, notebook: str) -> float:
         split = explain.val_split(run)
         t0 = time.perf_counter()
         loader = pipeline.make_loader(split, batch_size=2 * config.batch_size, image_size=config.image_size,
-                                      augment=config.augment, train=False, device=device, pipeline=config.pipeline,
-                                      progress=False)
+                                      train=False, device=device, pipeline=config.pipeline, progress=False)
         train.evaluate(model, loader, device, None, config.tta)
         total += time.perf_counter() - t0
     return total
