@@ -1,5 +1,5 @@
 """Why a network scores what it scores (mp3kit.explain): thresholds chosen on val, prediction marks, context errors,
-Grad-CAM, and `mp3kit explain`; the learning tests train small networks on synthetic trees."""
+Grad-CAM, and `mp3kit explain`; the learning tests (marked slow) train small networks on synthetic trees."""
 
 import json
 import re
@@ -141,6 +141,7 @@ def test_the_predictions_figure_shows_the_same_images_for_every_run(smoke_run, t
 # ---------------------------------------------------------------- errors that come from context
 
 
+@pytest.mark.slow
 def test_planted_trees_differ_only_where_the_planted_class_is(trees):
     plain, planted = (voc.load_split(trees[k], "trainval") for k in ("plain", "planted"))
     dog, bird = voc.VOC_CLASSES.index("dog"), voc.VOC_CLASSES.index("bird")
@@ -267,6 +268,7 @@ def test_grad_cam_of_a_pretrained_alexnet_run_trained_at_a_narrow_width(smoke_ru
     assert found["maps"].shape == (len(rows), 64, 64) and len(found["hits"]) == len(rows)
 
 
+@pytest.mark.slow
 def test_a_run_of_your_own_network_needs_its_class(learned, tmp_path):
     run = learned["plain"]
     split = explain.val_split(run)
@@ -277,6 +279,7 @@ def test_a_run_of_your_own_network_needs_its_class(learned, tmp_path):
 # ---------------------------------------------------------------- mp3kit explain
 
 
+@pytest.mark.slow
 def test_mp3kit_explain_writes_the_figures_and_the_context_table(smoke_run, tmp_path):
     out = _cli("explain", "--run", str(smoke_run.path), "--out", str(tmp_path / "x"), "--images", "4")
     assert out.returncode == 0, out.stderr
@@ -286,6 +289,7 @@ def test_mp3kit_explain_writes_the_figures_and_the_context_table(smoke_run, tmp_
     assert "chosen per class on val" in out.stdout and "Grad-CAM for person" in out.stdout
 
 
+@pytest.mark.slow
 def test_mp3kit_explain_errors_are_one_sentence(smoke_run, tmp_path, learned):
     out = _cli("explain", "--run", str(tmp_path / "nowhere"))
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
