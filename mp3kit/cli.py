@@ -1,4 +1,4 @@
-"""The mp3kit command line: data, train, runs, submit, bench, report."""
+"""The mp3kit command line: data, train, runs, submit, explain, bench, report."""
 
 from __future__ import annotations
 
@@ -153,6 +153,15 @@ def _cmd_submit(args) -> int:
     return 0
 
 
+def _cmd_explain(args) -> int:
+    from mp3kit import explain
+
+    said = explain.write_explanations(args.run, args.out, args.data_root, cls=args.cls, n=args.images, layer=args.layer)
+    for line in said:
+        print(line, file=sys.stderr if line.startswith("No Grad-CAM") else sys.stdout)
+    return 1 if said[-1].startswith("No Grad-CAM") else 0
+
+
 def _cmd_bench(args) -> int:
     from mp3kit import bench
 
@@ -259,6 +268,19 @@ def build_parser(config_class=TrainConfig) -> argparse.ArgumentParser:
                    help="leave difficult-only labels out of each class's AP (the VOC convention of mp3kit's test mAP); "
                         "default: count them as positives, the course's convention, as its kit and leaderboard do")
     k.set_defaults(func=_cmd_submit)
+
+    x = sub.add_parser("explain", help="why a run scores what it scores: its predictions on val images, the classes its "
+                                       "false positives come with, and Grad-CAM maps of where it looks")
+    x.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run's folder")
+    x.add_argument("--out", metavar="DIR", help="where the PNGs and context.md go (default: RUN_DIR/explain)")
+    x.add_argument("--data-root", default=None, help="the VOC tree the run was trained on (default: the one it recorded)")
+    x.add_argument("--class", dest="cls", default=None, metavar="NAME",
+                   help="the class Grad-CAM explains (default: the class most val images hold)")
+    x.add_argument("--images", type=int, default=6, help="val images in the predictions figure (default 6; Grad-CAM "
+                                                         "shows up to 4)")
+    x.add_argument("--layer", default=None, help="the layer Grad-CAM explains (default: the last convolution a forward "
+                                                 "pass runs)")
+    x.set_defaults(func=_cmd_explain)
 
     b = sub.add_parser("bench", help="measure the input pipeline and training throughput")
     b.add_argument("--images", type=int, default=None)

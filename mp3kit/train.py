@@ -914,7 +914,8 @@ def suggest_lr(lrs, smoothed) -> dict:
 
 
 def _finish(run: Run, session: Session, data: Data, best, writer: _CheckpointWriter, t_run: float) -> None:
-    """Test the trained model, keep its weights and record the test results (_recorded marks the run complete)."""
+    """Test the trained model, keep its weights, record the test results and val scores (_recorded marks the run
+    complete)."""
     config, model = session.config, session.model
     test_metrics, scores = evaluate_test(model, session.eval_loader(data.test), data.test, session.device, session.amp,
                                          config.tta)
@@ -924,4 +925,8 @@ def _finish(run: Run, session: Session, data: Data, best, writer: _CheckpointWri
     # resuming it, should a write below fail, only tests it again.
     writer.write_now(run.checkpoint_path, checkpoint_state(model, None, None, config.epochs, config, best, run.history))
     runs.write_test_scores(run, data.test.ids, scores, data.test.targets, data.test.difficult)
+    # The final weights' val scores, for explanations without the model (mp3kit.explain): one pass over val.
+    _, val_scores = evaluate(model, session.eval_loader(data.val), session.device, session.amp, config.tta)
+    runs.write_val_scores(run, data.val.ids, val_scores, data.val.targets, data.val.difficult,
+                          held_out=config.train_split == "train")
     runs.write_metrics(run)
