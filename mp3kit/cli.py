@@ -1,4 +1,4 @@
-"""The mp3kit command line: data, train, runs, submit, bench, report."""
+"""The mp3kit command line: data, train, runs, submit, explain, bench, report."""
 
 from __future__ import annotations
 
@@ -60,10 +60,17 @@ def _cmd_train(args) -> int:
     config = config_from_args(args)
     # Seeds seed, seed + 1, ...: each its own run, named NAME, then NAME-seed<seed> (without --name, each by its config).
     configs = [config.replace(seed=config.seed + i) for i in range(args.seeds)]
-    names = [args.name if i == 0 or args.name is None else f"{args.name}-seed{c.seed}" for i, c in enumerate(configs)]
-    data = train.load_data(args.data_root, config.max_images) if args.seeds > 1 else None  # loaded once for them all
+    names = [(args.name or c.default_name()) if i == 0 or args.name is None else f"{args.name}-seed{c.seed}"
+             for i, c in enumerate(configs)]
+    data = train.load_data(args.data_root, config.max_images)  # loaded once for every seed
     done, status = [], 0
     for c, name in zip(configs, names):
+        if not args.quiet:  # how long it will take, timed here, before the time is spent
+            from mp3kit import estimate
+
+            expected = estimate.estimate_run(c, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False)
+            if expected.timing is not None:
+                print(expected.line(name), flush=True)
         run = train.fit(c, args.data_root, name=name, runs_dir=args.runs_dir, resume=args.resume,
                         progress=not args.quiet, data=data)
         if run.moved_aside and args.quiet:  # with progress on, fit has said so
@@ -161,6 +168,15 @@ def _cmd_submit(args) -> int:
     print(f"Wrote {out}: Kaggle score (1 - mAP) {kaggle.kaggle_score(out):.5f}, {kaggle.convention(count_difficult)}"
           + (" (synthetic data)" if run.synthetic else ""))
     return 0
+
+
+def _cmd_explain(args) -> int:
+    from mp3kit import explain
+
+    said = explain.write_explanations(args.run, args.out, args.data_root, cls=args.cls, n=args.images, layer=args.layer)
+    for line in said:
+        print(line, file=sys.stderr if line.startswith("No Grad-CAM") else sys.stdout)
+    return 1 if said[-1].startswith("No Grad-CAM") else 0
 
 
 def _cmd_bench(args) -> int:
@@ -272,6 +288,19 @@ def build_parser(config_class=TrainConfig) -> argparse.ArgumentParser:
                    help="leave difficult-only labels out of each class's AP (the VOC convention of mp3kit's test mAP); "
                         "default: count them as positives, the course's convention, as its kit and leaderboard do")
     k.set_defaults(func=_cmd_submit)
+
+    x = sub.add_parser("explain", help="why a run scores what it scores: its predictions on val images, the classes its "
+                                       "false positives come with, and Grad-CAM maps of where it looks")
+    x.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run's folder")
+    x.add_argument("--out", metavar="DIR", help="where the PNGs and context.md go (default: RUN_DIR/explain)")
+    x.add_argument("--data-root", default=None, help="the VOC tree the run was trained on (default: the one it recorded)")
+    x.add_argument("--class", dest="cls", default=None, metavar="NAME",
+                   help="the class Grad-CAM explains (default: the class most val images hold)")
+    x.add_argument("--images", type=int, default=6, help="val images in the predictions figure (default 6; Grad-CAM "
+                                                         "shows up to 4)")
+    x.add_argument("--layer", default=None, help="the layer Grad-CAM explains (default: the last convolution a forward "
+                                                 "pass runs)")
+    x.set_defaults(func=_cmd_explain)
 
     b = sub.add_parser("bench", help="measure the input pipeline and training throughput")
     b.add_argument("--images", type=int, default=None)

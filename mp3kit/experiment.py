@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mp3kit import data as voc
-from mp3kit import findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
+from mp3kit import estimate, explain, findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
 from mp3kit.ablation import DECISIVE_ROWS, Ablation, run_ablation, worked_example_rows
 from mp3kit.config import TrainConfig, get_profile
 from mp3kit.metrics import NoPositivesWarning
@@ -95,6 +95,8 @@ class Experiment:
         self._data: dict = {}
         self.data = self._data_for(self.profile.train.get("max_images"))
         self.runs: dict[str, Run] = {}
+        self._timings: dict = {}  # estimate.Timing per kind of training step (estimate.timing_key), measured once
+        self._networks: dict[str, UserModel] = {}  # run folder name -> the student's network that trained it
         self.manifest = items.Manifest(self.runs_dir / f"{self.notebook}.manifest.json", self.notebook, self.profile.name,
                                        synthetic=self.synthetic, data_root=str(self.data_root),
                                        figures_dir=str(self.figures_dir.absolute()), worked_example=self.worked_example)
@@ -209,6 +211,10 @@ class Experiment:
     def _train(self, key: str, config: TrainConfig) -> Run:
         """Train (or reuse, or resume) config as run key and print its line; a diverging run comes back failed."""
         name = self.run_name(key)
+        if self.progress:  # a person is watching: say how long it will take before the time is spent
+            expected = self._estimate(config, name)
+            if expected.timing is not None:
+                print(expected.line(key), flush=True)
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -225,7 +231,39 @@ class Experiment:
             if run.moved_aside and not self.progress:  # with progress on, fit has said so
                 print(f"{key}: the earlier run {name} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
             print(self._run_line(key, run, None if run.origin == "reused" else time.perf_counter() - t0))
+        if isinstance(config.model, UserModel):  # Grad-CAM rebuilds the network from its class (explain.cam_rows)
+            self._networks[name] = config.model
         return run
+
+    def _estimate(self, config: TrainConfig, name: str) -> estimate.Estimate:
+        """Return how long fit will take for config as run name here, measuring each kind of step once."""
+        data = self._data_for(config.max_images)
+        expected = estimate.estimate_run(config, data, path=self.runs_dir / name, resume=False if self.retrain else "auto",
+                                         reuse=not self.retrain, timing=self._timings.get(estimate.timing_key(config)))
+        if expected.timing is not None:
+            self._timings[estimate.timing_key(config)] = expected.timing
+        return expected
+
+    def estimate(self, plan: dict) -> float:
+        """Print how long the runs of plan ({key: config}) will take on this device and return the total in seconds.
+
+        Finished runs with the same settings cost nothing (they are reused); an interrupted one costs its remaining
+        epochs. A few steps of each kind of network are timed here (mp3kit.estimate); past an hour, a plain warning
+        says what to do about Colab's sessions.
+        """
+        rows, total = [], 0.0
+        for key, config in plan.items():
+            config = self._as_config(config)
+            expected = self._estimate(config, self.run_name(key))
+            total += expected.seconds
+            what = "finished: reused" if expected.timing is None else f"{expected.steps:,} steps"
+            rows.append({"run": key, "what happens": what,
+                         "estimate": estimate.duration(expected.seconds) if expected.timing else "0 s"})
+        devices = sorted({t.device for t in self._timings.values()}) or ["this machine"]
+        print(Table(rows, ["run", "what happens", "estimate"], align=["left", "left", "right"]).to_text())
+        print(f"This notebook's runs still to train: about {estimate.duration(total)} on {', '.join(devices)}. "
+              + estimate.long_warning(total))
+        return total
 
     def _as_config(self, config) -> TrainConfig:
         """Return config as a TrainConfig: None is the profile's, a dict holds changes to it."""
@@ -457,6 +495,85 @@ class Experiment:
         line = train.suggestion_line(found, f"{key} ({config.optimizer})")
         print(line if found["suggested_lr"] is None else f"{line}: try lrs in that range.")
         return found
+
+    # ------------------------------------------------------------------ why a network scores what it scores
+
+    def runs_from(self, notebook: str, *keys) -> list[Run]:
+        """Return the complete runs another notebook recorded under keys in this runs folder, renamed to their labels;
+        a key it has not run (yet) is left out and named."""
+        manifest = self.runs_dir / f"{Path(str(notebook)).stem}.manifest.json"
+        recorded = items.Manifest.load(manifest).runs if manifest.exists() else {}
+        found = {key: runs.load_run(self.runs_dir / recorded[key]["run"]) for key in keys if key in recorded
+                 and (self.runs_dir / recorded[key]["run"] / "config.json").exists()}
+        found = {key: run for key, run in found.items() if run.complete}
+        missing = [key for key in keys if key not in found]
+        if missing:
+            print(f"Not in {self.runs_dir}: {notebook}'s {', '.join(missing)} (run that notebook first to compare with it).")
+        return [replace(run, name=recorded[key]["label"]) for key, run in found.items()]
+
+    def _explained(self, runs_or_keys) -> list[Run]:
+        """Return runs given by key (this notebook's, labelled) or as Runs; keys this notebook did not run are left out."""
+        given = runs_or_keys if isinstance(runs_or_keys, (list, tuple)) else [runs_or_keys]
+        shown = [run for item in given
+                 for run in (self.labelled(item) if isinstance(item, str) or item.path.name in self._names() else [item])]
+        if not shown:
+            raise UserError(f"None of the runs {list(given)} is complete in this notebook: run their cells first.")
+        return shown
+
+    def _names(self) -> set[str]:
+        return {run.path.name for run in self.runs.values()}
+
+    def _explanation_key(self, what: str) -> str:
+        """Return the figure key of an explanation, e.g. 01-predictions: the notebooks share one figures folder."""
+        return f"{self.notebook.split('_', 1)[0]}-{what}"
+
+    def _val(self, run: Run):
+        """Return the val split run was validated on (this profile's, capped as the run was)."""
+        return self._data_for(run.config.get("max_images")).val
+
+    def show_predictions(self, runs_or_keys, n: int = 6, key: str | None = None, caption: str = "",
+                         section: str | None = None) -> None:
+        """Show n val images with their true classes and each run's top scores, marked present, missed or false positive
+        (thresholds chosen per class on val for the best F1, never on test), the runs in rows on the same images; the
+        report gets the figure."""
+        shown, key = self._explained(runs_or_keys), key or self._explanation_key("predictions")
+        note, title = explain.prediction_note(shown), caption or f"Predictions on {n} val images"
+        explain.show_predictions(shown, self._val(shown[0]), n=n, models=self._networks, title=title,
+                                 path=self.figure(key, f"{title}. {note}", section))
+        print(note)
+
+    def context_errors(self, run, k: int = 5, expect=None, key: str | None = None, section: str | None = None) -> Table:
+        """Show, per class, run's k highest-scoring val images without it and the classes they hold: a figure of the
+        strongest classes and the table (returned), both for the report. expect=(cls, context), e.g. ("chair",
+        "diningtable"), also says in one measured sentence whether the network sees cls where there is only context."""
+        (shown,), key = self._explained([run]), key or self._explanation_key("context-errors")
+        split = self._val(shown)
+        errors = explain.context_errors(shown, split, k=k, model=self._networks.get(shown.path.name))
+        what = f"{shown.name}: the classes held by the val images without a class that it scores highest for it"
+        with self.manifest.changes():
+            explain.show_context_errors(errors, split, path=self.figure(key, what, section), synthetic=self.synthetic)
+            if expect is not None:
+                text = errors.statement(*expect)
+                print(text)
+                self.note(f"{key}-statement", text, section)
+            return self.table(key, errors.table(), f"Errors that come with another class ({shown.name})", section)
+
+    def grad_cam(self, runs_or_keys, cls, n: int = 4, layer: str | None = None, key: str | None = None,
+                 section: str | None = None) -> None:
+        """Show Grad-CAM maps of class cls (Captum's LayerGradCam on each network's last convolution, or layer) on n val
+        images holding it, one row per run, and say how often each map peaks inside a box of the class; the report
+        gets the figure and the sentence."""
+        shown, key = self._explained(runs_or_keys), key or self._explanation_key("grad-cam")
+        split = self._val(shown[0])
+        name, why = explain.class_to_explain(split, cls)
+        if why:
+            print(why)
+        caption = f"Grad-CAM for {name}: where each network looks on val images holding one"
+        with self.manifest.changes():
+            text = explain.show_grad_cam(shown, name, split, n=n, layer=layer, models=self._networks,
+                                         path=self.figure(key, caption, section))
+            print(text)
+            self.note(f"{key}-peaks", text, section)
 
     def finding(self, number, text: str, claims, *, seed: str = "", published: str = "",
                 section: str = "findings") -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 import warnings
 from contextlib import contextmanager
 
@@ -32,6 +33,10 @@ SYNTHETIC_MARK = "(synthetic data)"
 # Backends that render into a notebook; anything else (Agg, a GUI in a script) is not shown.
 _NOTEBOOK_BACKENDS = ("inline", "ipympl", "widget", "nbagg")
 _TRUTH_COLOURS = {"yes": "#2ca02c", "no": "#d62728", "difficult": "#ff7f0e"}
+# Prediction marks (mp3kit.explain.prediction_marks): colour and the word shown, so colour is never the only cue.
+_MARKS = {"present": ("#2ca02c", "present"), "missed": ("#ff7f0e", "missed"), "false positive": ("#d62728", "false +"),
+          "difficult": ("#8c564b", "difficult"), "absent": ("0.45", "below threshold")}
+THUMBNAIL = 320  # images in the explanation figures are drawn from copies this many pixels on their longer side
 
 
 def plot_history(runs, path=None, title=None) -> None:
@@ -64,7 +69,137 @@ def show_top_images(run, split, cls, k=8, path=None) -> None:
     _finish(_make_top_images(run, split, cls, k), path)
 
 
+def show_predictions(split, picks, rows, path=None, title="Predictions on val images", synthetic=False) -> None:
+    """Show split's rows picks, one row of panels per run: the run's classes under each image, marked.
+
+    rows: (label, lines, views) per run; lines[j] lists (class, score, mark) for image picks[j] (marks as in
+    mp3kit.explain.prediction_marks); views[j] is the square the network sees, (x0, y0, x1, y1) in the image's pixels.
+    """
+    _finish(_make_predictions(split, picks, rows, title, synthetic), path)
+
+
+def show_context_errors(split, rows, path=None, title="Top-scoring images without the class", synthetic=False) -> None:
+    """Show, one row per class, split's images without it that a run scores highest for it, with their boxes.
+
+    rows: (class, images) with images a list of (split row, score, at or above threshold, classes the image holds).
+    """
+    _finish(_make_context_errors(split, rows, title, synthetic), path)
+
+
+def show_grad_cam(split, picks, cls, rows, path=None, synthetic=False) -> None:
+    """Show split's rows picks with the boxes of cls, then one row per run: its Grad-CAM map of cls over what it sees.
+
+    rows: (label, found) per run, found holding "maps" (n, S, S), "views" (the square each map covers, in the
+    image's pixels) and "hits" (whether the map's peak is inside a box of cls), as mp3kit.explain.cam_rows returns.
+    """
+    _finish(_make_grad_cam(split, picks, cls, rows, synthetic), path)
+
+
 # --- figure builders (each returns the Figure, for tests and for callers that want to edit it) ---
+
+
+def _thumbnail(path) -> tuple[np.ndarray, int, int]:
+    """Return an image as a small RGB array and its full width and height (draw it with _show_thumbnail)."""
+    image = open_image(path)
+    width, height = image.size
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return np.asarray(image), width, height
+
+
+def _show_thumbnail(ax, thumb) -> None:
+    """Draw a _thumbnail in the image's own pixel coordinates (pixel centres at 0, 1, ...), as boxes are drawn."""
+    pixels, width, height = thumb
+    ax.imshow(pixels, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _make_predictions(split, picks, rows, title, synthetic):
+    """Return the Figure of each run's marked classes under the picked images."""
+    thumbs = [_thumbnail(split.image_path(r)) for r in picks]
+    ncols, nrows = len(picks), len(rows)
+    lines_high = max((len(lines) for _, per_image, _ in rows for lines in per_image), default=1)
+    with _figure(nrows, ncols, (2.3 * ncols, (2.1 + 0.19 * lines_high) * nrows + 0.5)) as (fig, axes):
+        for i, (label, per_image, views) in enumerate(rows):
+            for j, (thumb, lines) in enumerate(zip(thumbs, per_image)):
+                ax = axes[i, j]
+                _show_thumbnail(ax, thumb)
+                x0, y0, x1, y1 = views[j]
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white",
+                                       linewidth=1, linestyle="--"))
+                ax.set_title(split.ids[picks[j]], fontsize=8)
+                for k, (name, score, mark) in enumerate(lines):
+                    colour, word = _MARKS[mark]
+                    # Offsets in points: the same spacing under panels of any aspect.
+                    ax.annotate(f"{name} {score:.2f} {word}", xy=(0, 0), xycoords="axes fraction", xytext=(0, -3 - 10 * k),
+                                textcoords="offset points", color=colour, fontsize=7.5, va="top", ha="left")
+                if j == 0:
+                    ax.set_ylabel(_wrap(label), fontsize=8)
+        fig.suptitle(_title(f"{title} (dashed: the square the network sees)", synthetic))
+        return fig
+
+
+def _make_context_errors(split, rows, title, synthetic):
+    """Return the Figure of each class's top-scoring images without it."""
+    if not rows:
+        raise UserError("No class has a val image without it to show: the val split holds too few images.")
+    ncols = max(len(images) for _, images in rows)
+    with _figure(len(rows), ncols, (3.2 * ncols, 3.0 * len(rows) + 0.5)) as (fig, axes):
+        for i, (cls, images) in enumerate(rows):
+            for j, (row, score, above, holds) in enumerate(images):
+                ax = axes[i, j]
+                thumb = _thumbnail(split.image_path(row))
+                _show_thumbnail(ax, thumb)
+                for obj in split.annotation(row):
+                    _draw_box(ax, obj, thumb[2])
+                colour, word = _MARKS["false positive" if above else "absent"]
+                ax.set_title(f"{cls} {score:.2f} ({word})\nholds {', '.join(holds) or 'no class'}", fontsize=8,
+                             color=colour)
+            for ax in axes[i, len(images):]:
+                ax.set_axis_off()
+        fig.suptitle(_title(title, synthetic))
+        return fig
+
+
+def _make_grad_cam(split, picks, cls, rows, synthetic):
+    """Return the Figure of the picked images and each run's Grad-CAM map of cls over them."""
+    thumbs = [_thumbnail(split.image_path(r)) for r in picks]
+    ncols = len(picks)
+    with _figure(1 + len(rows), ncols, (2.4 * ncols, 2.5 * (1 + len(rows)) + 0.5)) as (fig, axes):
+        for j, (r, thumb) in enumerate(zip(picks, thumbs)):
+            _show_thumbnail(axes[0, j], thumb)
+            for obj in split.annotation(r):
+                if obj.name == cls:
+                    _draw_box(axes[0, j], obj, thumb[2])
+            axes[0, j].set_title(split.ids[r], fontsize=8)
+        axes[0, 0].set_ylabel("image", fontsize=8)
+        for i, (label, found) in enumerate(rows, start=1):
+            for j, (thumb, cam, view, hit) in enumerate(zip(thumbs, found["maps"], found["views"], found["hits"])):
+                ax = axes[i, j]
+                _show_thumbnail(ax, thumb)
+                x0, y0, x1, y1 = (v - 0.5 for v in view)
+                ax.imshow(cam, extent=(x0, x1, y1, y0), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                for obj in split.annotation(picks[j]):
+                    if obj.name == cls:
+                        xmin, ymin, xmax, ymax = obj.bbox
+                        ax.add_patch(Rectangle((xmin - 1.5, ymin - 1.5), xmax - xmin + 1, ymax - ymin + 1, fill=False,
+                                               edgecolor="white", linewidth=1.5))
+                flat = not np.any(cam > 0)  # the class's score does not depend on the image: nothing to point at
+                if not flat:
+                    py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
+                    size = cam.shape[-1]
+                    ax.plot(x0 + (px + 0.5) * (x1 - x0) / size, y0 + (py + 0.5) * (y1 - y0) / size, marker="+",
+                            color="white", markersize=12, markeredgewidth=2)
+                ax.set_xlim(x0, x1)
+                ax.set_ylim(y1, y0)
+                ax.set_title("flat map: no peak" if flat else "peak in a box" if hit else "peak outside the boxes",
+                             fontsize=8, color="0.45" if flat else _TRUTH_COLOURS["yes" if hit else "no"])
+                if j == 0:
+                    ax.set_ylabel(_wrap(label), fontsize=8)
+        fig.suptitle(_title(f"Grad-CAM for {cls!r}: where each network looks (red: most; +: the peak; white: the {cls} "
+                            f"boxes)", synthetic))
+        return fig
+
 
 
 def history_png(runs, title=None, size=(12, 4.5)) -> bytes:
@@ -345,6 +480,11 @@ def _in_notebook() -> bool:
 def _title(text, synthetic) -> str:
     """Return text with the synthetic-data mark appended when synthetic."""
     return f"{text} {SYNTHETIC_MARK}" if synthetic else text
+
+
+def _wrap(label: str, width: int = 30) -> str:
+    """Return a run's label broken into lines of at most width characters, to fit beside a row of panels."""
+    return "\n".join(textwrap.wrap(label, width)) or label
 
 
 def _as_list(value) -> list:

@@ -6,6 +6,7 @@ runs/<name>/
     metrics.json      the test evaluation (written when the run completes)
     status.json       running | complete | stopped | interrupted | failed, with a reason, and what the run trains on
     test_scores.npz   ids, scores (N, 20), targets, difficult of the test split
+    val_scores.npz    the same of the val split, and whether val was held out (explanations need no model)
     checkpoint.pt     model, optimizer, gradient scaler, epoch, history, RNG states, config
     training.lock     only while fit trains the run: the owning process id, host and start time
 
@@ -31,7 +32,8 @@ import numpy as np
 from mp3kit.table import MISSING
 from mp3kit.util import UserError, atomic_write_bytes, atomic_write_json, write_failure
 
-RUN_FILES = ("config.json", "history.json", "metrics.json", "status.json", "test_scores.npz", "checkpoint.pt")
+RUN_FILES = ("config.json", "history.json", "metrics.json", "status.json", "test_scores.npz", "val_scores.npz",
+             "checkpoint.pt")
 LOCK_FILE = "training.lock"
 EARLIER = re.compile(r"(?P<name>.+)@(?P<when>\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d)(-\d+)?")  # a run moved aside
 UNREADABLE_LOCK_S = 60  # a lock file still empty or garbled after this long was left by a process killed while taking it
@@ -236,6 +238,15 @@ def write_metrics(run: Run) -> None:
 
 def write_test_scores(run: Run, ids, scores, targets, difficult) -> None:
     """Write the test split's per-image scores so plots and CSVs need no model."""
+    _write_scores(run.path / "test_scores.npz", ids, scores, targets, difficult)
+
+
+def write_val_scores(run: Run, ids, scores, targets, difficult, held_out: bool) -> None:
+    """Write the val split's per-image scores (held_out False: the run trained on val too) so explanations need no model."""
+    _write_scores(run.path / "val_scores.npz", ids, scores, targets, difficult, held_out=np.asarray(bool(held_out)))
+
+
+def _write_scores(path: Path, ids, scores, targets, difficult, **extra) -> None:
     import io
 
     buf = io.BytesIO()
@@ -245,8 +256,9 @@ def write_test_scores(run: Run, ids, scores, targets, difficult) -> None:
         scores=np.asarray(scores, dtype=np.float32),  # (N, 20)
         targets=np.asarray(targets, dtype=np.uint8),
         difficult=np.asarray(difficult, dtype=bool),
+        **extra,
     )
-    atomic_write_bytes(run.path / "test_scores.npz", buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_test_scores(run: Run) -> dict:
@@ -257,6 +269,15 @@ def load_test_scores(run: Run) -> dict:
                         f"with resume=True.")
     with np.load(path) as z:
         return {k: z[k] for k in ("ids", "scores", "targets", "difficult")}
+
+
+def load_val_scores(run: Run) -> dict | None:
+    """Return the run's val ids, scores, targets, difficult mask and held_out flag, or None when it recorded none."""
+    path = run.path / "val_scores.npz"
+    if not path.exists():
+        return None  # a run finished before runs recorded them
+    with np.load(path) as z:
+        return {**{k: z[k] for k in ("ids", "scores", "targets", "difficult")}, "held_out": bool(z["held_out"])}
 
 
 # ---------------------------------------------------------------- names, earlier versions, the training lock

@@ -136,13 +136,22 @@ def _image_size(rng: np.random.Generator) -> tuple[int, int]:
     return (long, short) if rng.random() < 0.7 else (short, long)
 
 
-def _label_set(rng: np.random.Generator) -> list[int]:
-    """Return class indices drawn from the VOC 2007 trainval label sets, at most MAX_OBJECTS classes."""
+def _label_set(rng: np.random.Generator, together: dict | None = None) -> list[int]:
+    """Return class indices drawn from the VOC 2007 trainval label sets, at most MAX_OBJECTS classes.
+
+    together (class index -> class index) plants a co-occurrence: a set holding the first class always holds the
+    second too (another class makes room when the set is full).
+    """
     sets = voc_stats()["trainval"]["label_sets"]
     counts = np.array([n for _, n in sets], dtype=float)
     labels = list(sets[rng.choice(len(sets), p=counts / counts.sum())][0])
     if len(labels) > MAX_OBJECTS:
         labels = sorted(rng.choice(labels, MAX_OBJECTS, replace=False).tolist())
+    for a, b in (together or {}).items():
+        if a in labels and b not in labels:
+            if len(labels) == MAX_OBJECTS:
+                labels.remove(next(c for c in labels if c != a))
+            labels = sorted([*labels, b])
     return labels
 
 
@@ -282,13 +291,16 @@ def _paint(canvas, owner, index, item) -> None:
     item.area = int(mask.sum())
 
 
-def render_image(seed: int, index: int) -> tuple[Image.Image, list[dict]]:
-    """Render synthetic image number index for seed; return the image and its objects (name, box, flags)."""
+def render_image(seed: int, index: int, together: dict | None = None) -> tuple[Image.Image, list[dict]]:
+    """Render synthetic image number index for seed; return the image and its objects (name, box, flags).
+
+    together (class name -> class name): every image holding the first class holds the second too.
+    """
     rng = np.random.default_rng([seed, 0, index])
     classes = voc_stats()["classes"]
     w, h = _image_size(rng)
     short = min(w, h)
-    labels = _label_set(rng)
+    labels = _label_set(rng, {classes.index(a): classes.index(b) for a, b in (together or {}).items()})
     rates = _difficult_rates()
     difficult_class = {c: rng.random() < rates[c] for c in labels}
     instances = list(labels)
@@ -384,10 +396,10 @@ def annotation_xml(image_id: str, size: tuple[int, int], objects: list[dict]) ->
     return "\n".join(parts) + "\n"
 
 
-def _write_image(voc: Path, seed: int, index: int) -> list[dict]:
+def _write_image(voc: Path, seed: int, index: int, together: dict | None = None) -> list[dict]:
     """Render image number index into the VOC2007 folder voc (JPEG + XML); return its objects."""
     image_id = f"{index + 1:06d}"
-    image, objects = render_image(seed, index)
+    image, objects = render_image(seed, index, together)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(buffer.getvalue())
@@ -395,7 +407,7 @@ def _write_image(voc: Path, seed: int, index: int) -> list[dict]:
     return objects
 
 
-def _start_workers(voc: Path, seed: int, n_images: int, workers: int) -> list[subprocess.Popen]:
+def _start_workers(voc: Path, seed: int, n_images: int, workers: int, together: dict | None) -> list[subprocess.Popen]:
     """Start worker processes that render every workers-th image into voc and report each image's objects."""
     # Fresh interpreters running this module, not a multiprocessing pool: a pool's workers import the caller's main
     # script again, which breaks a script without an `if __name__ == "__main__"` guard; fork is unsafe beside torch's
@@ -406,7 +418,8 @@ def _start_workers(voc: Path, seed: int, n_images: int, workers: int) -> list[su
     try:
         for first in range(workers):
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mp3kit.synth", str(voc), str(seed), str(n_images), str(first), str(workers)],
+                [sys.executable, "-m", "mp3kit.synth", str(voc), str(seed), str(n_images), str(first), str(workers),
+                 json.dumps(together or {})],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, text=True))
     except OSError:
         for proc in procs:
@@ -438,7 +451,7 @@ def _collect(procs: list[subprocess.Popen], objects: list, bar) -> None:
             bar.update()
 
 
-def _render_all(voc: Path, seed: int, n_images: int, progress: bool) -> list[list[dict]]:
+def _render_all(voc: Path, seed: int, n_images: int, progress: bool, together: dict | None = None) -> list[list[dict]]:
     """Return the objects of every image in order, rendering them on every CPU core (each image depends on its index only)."""
     workers = min(os.cpu_count() or 1, 8) if n_images >= 200 else 1
     bar = None
@@ -447,13 +460,13 @@ def _render_all(voc: Path, seed: int, n_images: int, progress: bool) -> list[lis
 
         bar = tqdm(total=n_images, desc="synthetic VOC", unit="img")
     objects: list = [None] * n_images
-    procs = _start_workers(voc, seed, n_images, workers) if workers > 1 else []
+    procs = _start_workers(voc, seed, n_images, workers, together) if workers > 1 else []
     try:
         _collect(procs, objects, bar)
         # What no worker rendered (one core, no processes, a worker that failed) is rendered here, the same way.
         for index in range(n_images):
             if objects[index] is None:
-                objects[index] = _write_image(voc, seed, index)
+                objects[index] = _write_image(voc, seed, index, together)
                 if bar is not None:
                     bar.update()
     finally:
@@ -469,9 +482,10 @@ def _render_all(voc: Path, seed: int, n_images: int, progress: bool) -> list[lis
 
 def _worker(argv: list[str]) -> None:
     """Render images first, first + step, ... of a tree into voc; print each one's index and objects (run by _render_all)."""
-    voc, seed, n_images, first, step = Path(argv[0]), *map(int, argv[1:])
+    voc, seed, n_images, first, step = Path(argv[0]), *map(int, argv[1:5])
+    together = json.loads(argv[5])
     for index in range(first, n_images, step):
-        objects = _write_image(voc, seed, index)
+        objects = _write_image(voc, seed, index, together)
         print(f"{index}\t{json.dumps(objects)}", flush=True)
 
 
@@ -510,8 +524,18 @@ def _is_synthetic(devkit: Path) -> bool:
     return bool(annotations) and "mp3kit synthetic" in annotations[0].read_text(errors="replace")
 
 
-def make_synthetic_voc(root, n_images: int = DEFAULT_IMAGES, seed: int = 0, progress: bool = False) -> Path:
-    """Write a synthetic VOCdevkit/VOC2007 tree under root and return the VOCdevkit folder."""
+def make_synthetic_voc(root, n_images: int = DEFAULT_IMAGES, seed: int = 0, progress: bool = False,
+                       together: dict | None = None) -> Path:
+    """Write a synthetic VOCdevkit/VOC2007 tree under root and return the VOCdevkit folder.
+
+    together plants a co-occurrence, e.g. {"sofa": "car"}: every image holding a sofa holds a car too (a test set
+    for context errors); the default tree has the co-occurrences of VOC 2007 only.
+    """
+    classes = voc_stats()["classes"]
+    unknown = [name for pair in (together or {}).items() for name in pair if name not in classes]
+    if unknown:
+        raise UserError(f"together names {unknown[0]!r}, which is not a VOC class: use names such as "
+                        f"{{\"sofa\": \"car\"}}.")
     if not 4 <= int(n_images) <= 999_999:
         raise UserError(f"--images {n_images} is out of range: use 4 to 999999 images (ids have six digits).")
     if int(seed) < 0:
@@ -530,9 +554,11 @@ def make_synthetic_voc(root, n_images: int = DEFAULT_IMAGES, seed: int = 0, prog
         voc = build / "VOC2007"
         for sub in ("JPEGImages", "Annotations"):
             (voc / sub).mkdir(parents=True)
-        objects = dict(zip((f"{i + 1:06d}" for i in range(n_images)), _render_all(voc, seed, n_images, progress)))
+        objects = dict(zip((f"{i + 1:06d}" for i in range(n_images)),
+                           _render_all(voc, seed, n_images, progress, together)))
         _write_image_sets(voc, _split_ids(n_images, seed), objects)
-        atomic_write_json(voc / MARKER, {"version": SYNTH_VERSION, "seed": seed, "n_images": n_images, "note": NOTE})
+        marker = {"version": SYNTH_VERSION, "seed": seed, "n_images": n_images, "note": NOTE}
+        atomic_write_json(voc / MARKER, {**marker, "together": together} if together else marker)
         if devkit.exists():
             trash = Path(tempfile.mkdtemp(prefix=".VOCdevkit.old-", dir=root))
             os.replace(devkit, trash / "VOCdevkit")
@@ -561,8 +587,8 @@ def read_marker(devkit) -> dict | None:
 def _is_current(devkit: Path, n_images: int, seed: int) -> bool:
     """Return True when devkit holds a complete tree of this version, seed and size."""
     marker = read_marker(devkit) or {}
-    found = (marker.get("version"), marker.get("seed"), marker.get("n_images"))
-    return found == (SYNTH_VERSION, int(seed), int(n_images))
+    found = (marker.get("version"), marker.get("seed"), marker.get("n_images"), marker.get("together"))
+    return found == (SYNTH_VERSION, int(seed), int(n_images), None)  # a tree with a planted co-occurrence is another
 
 
 def ensure_synthetic(root=None, n_images: int = DEFAULT_IMAGES, seed: int = 0, progress: bool = False) -> Path:

@@ -687,6 +687,23 @@ def _start_point(run: Run, config: TrainConfig, data: Data, resume, reuse: bool)
     return Start("resume", checkpoint=ckpt, history=tuple(history))
 
 
+def epochs_to_train(config: TrainConfig, data: Data, path, resume="auto", reuse: bool = True) -> int:
+    """Return how many epochs fit(config, name=path.name, runs_dir=path.parent, resume=..., reuse=...) would train:
+    0 when it would reuse the complete run there, those after the last checkpoint when it would resume one, else all.
+
+    Reads the folder's records only (no checkpoint, no lock) and changes nothing.
+    """
+    run = Run(name=Path(path).name, path=Path(path), config={})
+    if _reusable(run, config, data, resume, reuse) is not None:
+        return 0
+    if not resume or not (run.path / "config.json").exists():
+        return config.epochs
+    old = runs.load_run(run.path)
+    if old.complete or not _same_config(old, config, data) or not old.checkpoint_path.exists():
+        return config.epochs
+    return max(0, config.epochs - len(old.history))  # the history holds the checkpoint's epochs (an interrupt trims it)
+
+
 def _move_aside(run: Run, lock: runs.RunLock, progress: bool) -> None:
     """Move the run already in run's folder aside (never delete it), saying where on run and, with progress, aloud."""
     aside = lock.move_aside()
@@ -923,7 +940,8 @@ def suggest_lr(lrs, smoothed) -> dict:
 
 
 def _finish(run: Run, session: Session, data: Data, best, writer: _CheckpointWriter, t_run: float) -> None:
-    """Test the trained model, keep its weights and record the test results (_recorded marks the run complete)."""
+    """Test the trained model, keep its weights, record the test results and val scores (_recorded marks the run
+    complete)."""
     config, model = session.config, session.model
     test_metrics, scores = evaluate_test(model, session.eval_loader(data.test), data.test, session.device, session.amp,
                                          config.tta)
@@ -933,4 +951,8 @@ def _finish(run: Run, session: Session, data: Data, best, writer: _CheckpointWri
     # resuming it, should a write below fail, only tests it again.
     writer.write_now(run.checkpoint_path, checkpoint_state(model, None, None, config.epochs, config, best, run.history))
     runs.write_test_scores(run, data.test.ids, scores, data.test.targets, data.test.difficult)
+    # The final weights' val scores, for explanations without the model (mp3kit.explain): one pass over val.
+    _, val_scores = evaluate(model, session.eval_loader(data.val), session.device, session.amp, config.tta)
+    runs.write_val_scores(run, data.val.ids, val_scores, data.val.targets, data.val.difficult,
+                          held_out=config.train_split == "train")
     runs.write_metrics(run)

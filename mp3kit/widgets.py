@@ -28,7 +28,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
-from mp3kit import models, runs, train
+from mp3kit import estimate, models, runs, train
 from mp3kit.config import Setting, TrainConfig, settings_of
 from mp3kit.plots import SYNTHETIC_MARK, history_png
 from mp3kit.table import MISSING, Table
@@ -58,6 +58,8 @@ class TrainPanel:
         self.base_config = base_config
         self.last_run = None
         self.error = None  # the exception of the last failed start, for debugging
+        self.estimate = None  # mp3kit.estimate.Estimate of the run being trained, measured when it starts
+        self._started = 0.0
         self.status_text = ""
         self._thread = None
         self._stop = threading.Event()
@@ -184,8 +186,14 @@ class TrainPanel:
 
     def _work(self, config: TrainConfig, name: str, resume: bool, stop: threading.Event) -> None:
         try:
+            data = self._load_data(config)
+            self.estimate = estimate.estimate_run(config, data, path=self.runs_dir / name, resume=resume)
+            if self.estimate.timing is not None:
+                self._set_status(f"{'resuming' if resume else 'starting'} {name}: about "
+                                 f"{estimate.duration(self.estimate.seconds)} on {self.estimate.timing.device} ...", "busy")
+            self._started = time.monotonic()
             run = train.fit(config, self.data_root, name=name, runs_dir=self.runs_dir, resume=resume, progress=False,
-                            callback=self._on_epoch, stop=stop, data=self._load_data(config))
+                            callback=self._on_epoch, stop=stop, data=data)
             self.last_run = run
             self._show_end(run)
         except UserError as exc:
@@ -216,8 +224,17 @@ class TrainPanel:
             last = run.history[-1]
             val = f", val mAP {last['val_map']:.3f}" if last.get("val_map") is not None else ""
             now = f"training epoch {done + 1}/{total}" if done < total else f"testing {run.name} on the test split"
-            self._set_status(f"{now} ... (epoch {done}: train loss {last['train_loss']:.3f}{val})", "busy")
+            left = self._time_left(done, total)
+            self._set_status(f"{now} ... (epoch {done}: train loss {last['train_loss']:.3f}{val}){left}", "busy")
             self._refresh_table()
+
+    def _time_left(self, done: int, total: int) -> str:
+        """Return ", about N left" from this run's pace so far (its epochs trained here), or "" before the first."""
+        trained = done - (total - self.estimate.epochs)
+        if trained <= 0 or done >= total:
+            return ""
+        pace = (time.monotonic() - self._started) / trained
+        return f", about {estimate.duration(pace * (total - done))} left"
 
     def _show_end(self, run) -> None:
         if run.status == "stopped":

@@ -123,7 +123,8 @@ plots.plot_label_stats(exp.data.train,
 #
 # **Classes come together.** Chairs appear with dining tables, people with horses, bicycles and
 # motorbikes. A network can learn such context, and it can also lean on it: expect it to "see" a
-# chair where there is only a table.
+# chair where there is only a table. (Once the simple classifier is trained, this notebook measures
+# whether it does.)
 
 # %% [markdown]
 # ## The simple classifier, with the course's defaults
@@ -179,6 +180,35 @@ plots.plot_history(default, path=exp.figure("simple-default-curves", "Simple cla
 
 # %%
 plots.plot_per_class_ap(default, path=exp.figure("simple-per-class-ap", "Simple classifier: test AP per class", "simple-plots"))
+
+# %% [markdown]
+# ### What it predicts, image by image
+#
+# mAP ranks images; it never says "present". To say it, a multi-label network needs a threshold for
+# each class: a score at or above it means "present". mp3kit chooses each class's threshold on
+# **val**, at the score that gives the best F1 (the balance of precision and recall), never on test.
+# Below are six val images with their true classes and the network's scores, each class marked
+# **present** (there and found), **missed** (there, but scored below its threshold) or **false +**
+# (scored above it, not there), and the highest other scores. The dashed square is the part of the
+# image the network sees (a centre crop): an object outside it is missed for a reason.
+
+# %%
+exp.show_predictions("simple-default", section="simple-plots")
+
+# %% [markdown]
+# ### Errors that come from context, measured
+#
+# At the start we expected the network to "see" a chair where there is only a table. Here it is
+# measured. For each class, take the val images *without* it that the network scores highest for
+# it (its worst false positives) and look at which classes those images do hold. A class that turns
+# up there far more often than it does in val images in general is either **context** (it comes
+# with the class, as tables come with chairs) or a **look-alike** (a confusion of appearance); the
+# figure shows which. The sentence under the table checks the chair and the table on this run. On
+# the synthetic data, classes that share a colour or a shape are the usual look-alikes, and the
+# co-occurrences copy VOC's.
+
+# %%
+exp.context_errors("simple-default", expect=("chair", "diningtable"), section="simple-plots")
 
 # %% [markdown]
 # ## The seed report's hyperparameter study

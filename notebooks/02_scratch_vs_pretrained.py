@@ -24,6 +24,7 @@ VOC_SOURCES = []  # Colab/full profile: your own VOC archives, tried first: a fo
 ADAM_LR = 1e-4  # Adam for AlexNet from scratch, as suggested by the course kit
 FINETUNE_LR = 0.001  # the fine-tuning recipe: the learning rate of the pretrained layers (SGD)
 HEAD_LR_MULT = 10  # the fine-tuning recipe: the new head learns this many times faster than the pretrained layers
+CAM_CLASS = "dog"  # the class whose Grad-CAM maps show where each network looks
 
 # %%
 import subprocess, sys  # Colab set-up (nothing happens elsewhere): install mp3kit, then colab.setup readies the VM
@@ -197,6 +198,34 @@ exp.table("alexnet-ap", ["alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexne
                         "alexnet-finetuned"], "Test AP per class", section="scratch-vs-pretrained", per_class=True)
 plots.plot_per_class_ap(compared, path=exp.figure("scratch-vs-pretrained-per-class", "Test AP per class of the AlexNet runs",
                                                   "scratch-vs-pretrained"))
+
+# %% [markdown]
+# ### The same images through each network
+#
+# Five val images, one row per run: each image's true classes and the network's top scores,
+# marked **present**, **missed** or **false +**. "Present" needs a threshold per class; each run
+# gets its own, chosen on val where it gives the best F1 (never on test). A network near chance
+# gives every image about the same scores, so its rows look alike whatever the image holds.
+
+# %%
+exp.show_predictions(["alexnet-scratch-sgd", "alexnet-scratch-adam", "alexnet-pretrained"], n=5,
+                     caption="The AlexNet runs on the same val images", section="scratch-vs-pretrained")
+
+# %% [markdown]
+# ### Where each network looks: Grad-CAM
+#
+# Grad-CAM (Selvaraju et al., ICCV 2017) asks which parts of an image raised the score of one class:
+# it weighs each feature map of the network's last convolution by how much the class's score grows
+# with it, and keeps the positive sum, upsampled to the image (mp3kit uses Captum's
+# `LayerGradCam`). Red is where the network looked for `CAM_CLASS`, the `+` marks the peak, and the
+# white boxes are the annotated objects of that class: a network that learned the class looks at
+# the object; one that learned a shortcut looks at what comes with it. The sentence under the
+# figure counts how often each map's peak falls inside a box, against a point drawn at random.
+# Change `CAM_CLASS` in the first cell to look at another class.
+
+# %%
+exp.grad_cam(["alexnet-scratch-sgd", "alexnet-scratch-adam", "alexnet-pretrained"], CAM_CLASS,
+             section="scratch-vs-pretrained")
 
 # %% [markdown]
 # ### Did your runs show what the seed report found?

@@ -22,7 +22,7 @@ REPO_URL = "git+https://github.com/mp3kit/mp3kit"  # Colab installs mp3kit from 
 RUNS_ON_DRIVE = False  # Colab: True keeps RUNS_DIR on your Google Drive (mounted when this runs), so runs survive a disconnect
 VOC_SOURCES = []  # Colab/full profile: your own VOC archives, tried first: a folder such as "/content/drive/MyDrive/voc" or a base URL
 WORKED_EXAMPLE = False  # True: run the seed report's network and ablation instead of yours, as a worked example (`make report`'s demo does); it is labelled so everywhere and is not part 1B done
-TOP_CLASS = "dog"  # the class whose top-scoring test images are shown at the end
+TOP_CLASS = "dog"  # the class whose top-scoring test images and Grad-CAM maps are shown at the end
 FINAL_TRAIN_SPLIT = "train"  # train | trainval: the final model also learns from val (the VOC protocol for a final test number)
 FINAL_TTA = "none"  # none | flip: score each test image as the mean over the image and its mirror
 SEEDS = 1  # train each ablation row with this many seeds (seed 0, 1, ...): its tables then show mean ± standard deviation, and the findings judge differences by that spread
@@ -285,6 +285,34 @@ plots.plot_pr_curves(final, path=exp.figure("final-pr-curves", "Final model: pre
 plots.show_top_images(final, exp.data.test, TOP_CLASS, k=8,
                       path=exp.figure("final-top-images", "Final model: top-scoring test images, marked right or wrong",
                                       "diagnostics"))
+
+# %% [markdown]
+# **Predictions on val images.** Six val images with their true classes and the final model's top
+# scores, marked **present**, **missed** or **false +** by a threshold per class chosen on val (the
+# score with the best F1; never on test). With `FINAL_TRAIN_SPLIT = "trainval"` the model has
+# trained on these very images, and the figure's caption says so.
+
+# %%
+exp.show_predictions("final", caption="Final model: predictions on val images", section="diagnostics")
+
+# %% [markdown]
+# **Errors that come with another class.** For each class, the val images without it that the final
+# model scores highest for it, and the classes those images hold: a class that turns up there far
+# more often than by chance is context the network leans on, or a look-alike it confuses.
+
+# %%
+exp.context_errors("final", section="diagnostics")
+
+# %% [markdown]
+# **Where your network looks.** Grad-CAM maps of `TOP_CLASS` (see notebook 2) for your final model
+# beside notebook 2's AlexNet from scratch and pretrained, when their runs are in this runs folder:
+# does your network look at the object, or at what comes with it? The sentence under the figure
+# counts how often each map's peak falls inside a box of the class. Grad-CAM explains your network's
+# last convolution; `exp.grad_cam(..., layer="features.3")` names another layer.
+
+# %%
+alexnets = exp.runs_from("02_scratch_vs_pretrained", "alexnet-scratch-adam", "alexnet-pretrained")
+exp.grad_cam(["final", *alexnets], TOP_CLASS, section="diagnostics")
 
 # %% [markdown]
 # ### Did your runs show what the seed report found?

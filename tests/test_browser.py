@@ -61,7 +61,7 @@ PROMPTS = "[...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-Inp
 LAYOUT_SLACK_PX = 4
 PANEL_CONTROLS = ("Model", "Optimizer", "Learning rate", "Epochs", "Batch size", "Augment", "Eval every")
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a browser, JupyterLab and kernels
 
 
 def _chromium() -> str | None:

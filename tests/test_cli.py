@@ -64,6 +64,7 @@ def test_a_run_file_saved_as_windows_1252_is_named_in_one_line_by_mp3kit_runs(tm
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_model_spec_file_saved_as_windows_1252_is_named_in_one_line_by_mp3kit_train(tmp_path):
     spec = tmp_path / "my net.json"
     spec.write_bytes(json.dumps({**TINY_NET, "name": "caf\u00e9"}, ensure_ascii=False).encode("cp1252"))
@@ -90,6 +91,7 @@ def test_writing_over_a_folder_names_that_folder_not_the_free_space(tmp_path, ca
     assert _snapshot(tmp_path) == before and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_runs_folder_that_is_a_file_names_that_file_not_the_free_space(tmp_path):
     voc_root = synth.ensure_synthetic()
     blocker = tmp_path / "runs.txt"

@@ -316,6 +316,7 @@ def test_built_in_sources_are_the_living_mirrors_in_order():
                                                    (TEST, "b6e924de25625d8de591ea690078ad9f")]
 
 
+@pytest.mark.slow
 def test_first_working_source_among_dead_ones_is_used_and_each_failure_gets_one_line(
         server, full, refused_base, tmp_path, capfd):
     for stem in (TRAINVAL, TEST):
@@ -405,6 +406,7 @@ def test_a_zip_with_a_parent_member_is_refused_and_writes_nothing_outside(server
     assert "member '../evil.txt' is unsafe (its path leaves the destination)" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_local_folder_given_with_source_on_the_command_line(full, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "drive" / "MyDrive" / "voc archives"
     folder.mkdir(parents=True)

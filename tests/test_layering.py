@@ -9,7 +9,7 @@ FLOORS = {
     "util": 0, "settings": 0, "table": 0,
     "layout": 1, "data": 1, "fetch": 1, "verify": 1, "models": 1, "usermodel": 1, "metrics": 1, "runs": 1,
     "pipeline": 2, "synth": 2, "plots": 2, "kaggle": 2, "findings": 2, "items": 2, "config": 2,
-    "train": 3, "report": 3, "bench": 3, "experiment": 3, "ablation": 3,
+    "train": 3, "report": 3, "bench": 3, "experiment": 3, "ablation": 3, "estimate": 3, "explain": 3,
     "cli": 4, "widgets": 4, "colab": 4, "__main__": 5,
 }
 # The modules that know how the notebooks are run (Colab, papermill, nbval); everything below them must not.

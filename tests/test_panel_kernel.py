@@ -26,6 +26,8 @@ from mp3kit import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPAT_SCRIPT = ROOT / "tests" / "widgets_compat_check.py"
+pytestmark = pytest.mark.slow  # starts kernels, one of them in a second virtualenv
+
 START_S = 120  # a kernel that imports torch on a busy 2-core machine
 RUN_S = 180
 STOP_EPOCHS = 40  # far more than run before Stop is clicked: a Stop that is not honoured shows

@@ -470,6 +470,7 @@ Image.new("RGB", (8, 6), (30, 30, 200)).save(exp.figure("new-figure", "A figure 
 '''
 
 
+@pytest.mark.slow
 def test_a_figure_a_notebook_declares_appears_where_one_template_marker_places_it(kit, tmp_path):
     import jupytext
 

@@ -72,6 +72,7 @@ def tree_digest(devkit: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_layout_is_complete(devkit):
     voc = devkit / "VOC2007"
     main = voc / "ImageSets" / "Main"
@@ -175,6 +176,7 @@ def load_images(voc: Path, ids: list[str], size: int) -> torch.Tensor:
     return (x - 0.5) / 0.25
 
 
+@pytest.mark.slow
 def test_tiny_cnn_learns_well_above_chance(devkit):
     torch.manual_seed(0)
     voc = devkit / "VOC2007"
@@ -285,6 +287,7 @@ def test_data_layer_reads_the_tree(devkit):
     assert (np.asarray(split.difficult) == (flags == 0)).all()
 
 
+@pytest.mark.slow
 def test_images_rendered_on_every_core_are_the_ones_rendered_in_order(tmp_path, monkeypatch):
     n = 200  # the smallest tree built in parallel
     monkeypatch.setattr(synth.os, "cpu_count", lambda: 2)

@@ -37,6 +37,7 @@ def _history_numbers(run):
     return [[h[k] for k in keys] for h in run.history]
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_lifts_map_well_above_chance(voc_root, tmp_path):
     cfg = train.TrainConfig(model=TINY_NET, image_size=64, epochs=8, eval_every=1, batch_size=16,
                             optimizer="adam", lr=3e-3)
@@ -149,6 +150,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "mp3kit", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_train_writes_the_run_with_test_metrics(voc_root, tmp_path):
     out = _cli("train", "--data-root", str(voc_root), "--name", "cli", "--runs-dir", str(tmp_path), "--epochs", "1",
                "--image-size", "64", "--max-images", "30", "--optimizer", "adam", "--lr", "0.001", "--quiet")
@@ -162,6 +164,7 @@ def test_cli_train_writes_the_run_with_test_metrics(voc_root, tmp_path):
     assert "cli" in listed.stdout and "complete" in listed.stdout
 
 
+@pytest.mark.slow
 def test_cli_trains_one_config_with_several_seeds_as_runs_of_their_own_and_prints_their_spread(voc_root, tmp_path):
     out = _cli("train", "--data-root", str(voc_root), "--name", "cli", "--runs-dir", str(tmp_path), "--epochs", "1",
                "--image-size", "64", "--max-images", "30", "--seed", "4", "--seeds", "3", "--quiet")
@@ -181,6 +184,7 @@ def test_cli_trains_one_config_with_several_seeds_as_runs_of_their_own_and_print
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_sentence_and_exit_2(tmp_path):
     out = _cli("train", "--data-root", str(tmp_path / "nowhere"), "--name", "x", "--runs-dir", str(tmp_path))
     assert out.returncode == 2
@@ -218,6 +222,7 @@ def test_optimizers_use_the_fused_kernel_and_fall_back_where_torch_has_none(name
     assert optimizer.param_groups[0]["lr"] == 0.05
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_while_the_next_epoch_trains_holds_its_own_epochs_weights(voc_root, tmp_path, monkeypatch):
     one = train.fit(train.TrainConfig(**{**SMALL, "epochs": 1}), voc_root, name="one", runs_dir=tmp_path, progress=False)
     expected = train.load_checkpoint(one.checkpoint_path)["model"]
@@ -559,6 +564,7 @@ def test_a_run_recorded_by_0_1_0_is_reused_not_trained_again(voc_root, tmp_path,
     assert again.name == recorded["name"] and again.origin == "reused" and again.metrics == first.metrics
 
 
+@pytest.mark.slow
 def test_an_old_name_is_refused_in_one_sentence_that_lists_the_known_ones(tmp_path):
     with pytest.raises(UserError, match=r"^Unknown model 'seed': use one of simple, alexnet, alexnet-pretrained, "
                                         r"alexnet-pretrained-frozen, alexnet-bn, basenet, a spec"):
@@ -570,6 +576,7 @@ def test_an_old_name_is_refused_in_one_sentence_that_lists_the_known_ones(tmp_pa
     assert not (tmp_path / "seed").exists()
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_at_the_quick_profiles_width_loads_back(voc_root, tmp_path, monkeypatch):
     # The quick profile gives every run width 0.125; the pretrained AlexNet keeps ImageNet's sizes whatever the width,
     # and load_model must rebuild it at those sizes (without the ImageNet file: the checkpoint holds every weight).
@@ -590,6 +597,7 @@ def test_a_pretrained_run_at_the_quick_profiles_width_loads_back(voc_root, tmp_p
 # ---------------------------------------------------------------- fine-tuning: a faster head, flips
 
 
+@pytest.mark.slow
 def test_the_fine_tuning_recipe_trains_the_new_head_at_its_multiple_of_the_pretrained_layers_lr(
         voc_root, tmp_path, monkeypatch):
     # A locally written file stands in for the ImageNet weights, as notebook 2's pretrained AlexNet reads them.
@@ -623,6 +631,7 @@ def test_the_fine_tuning_recipe_trains_the_new_head_at_its_multiple_of_the_pretr
     assert "head_lr_mult" not in single.to_dict() and single.default_name() != single.replace(head_lr_mult=10).default_name()
 
 
+@pytest.mark.slow
 def test_a_faster_head_learns_more_from_the_same_steps():
     # A network whose layers learn at a small lr: with the head 30 times faster, the same steps lower the loss more.
     data = train.load_data(synth.ensure_synthetic(), SMALL["max_images"])
@@ -673,6 +682,7 @@ def recipe_run(recipe_data, tmp_path_factory):
                      progress=False, data=recipe_data)
 
 
+@pytest.mark.slow
 def test_training_on_trainval_beats_train_alone_with_the_same_recipe(recipe_data, recipe_run, tmp_path):
     both = train.fit(train.TrainConfig(**RECIPE, train_split="trainval"), name="tv", runs_dir=tmp_path, progress=False,
                      data=recipe_data)
@@ -719,6 +729,7 @@ def test_tta_is_recorded_in_the_config_and_a_run_without_the_new_fields_is_still
         train.TrainConfig(tta="mirror")
 
 
+@pytest.mark.slow
 def test_the_lr_range_test_suggests_an_lr_that_trains_far_faster_than_a_decade_lower(recipe_data, tmp_path):
     config = train.TrainConfig(**{**RECIPE, "epochs": 2})
     found = train.lr_range_test(config, data=recipe_data, steps=150)
@@ -745,6 +756,7 @@ def test_suggest_lr_finds_the_steepest_fall_of_a_known_curve():
     assert train.suggest_lr(lrs, np.linspace(0.2, 0.7, 121)) == {"suggested_lr": None, "range": None}
 
 
+@pytest.mark.slow
 def test_cli_trains_on_trainval_with_flip_tta_and_runs_the_lr_range_test(voc_root, tmp_path):
     out = _cli("train", "--data-root", str(voc_root), "--name", "tv", "--runs-dir", str(tmp_path), "--epochs", "1",
                "--image-size", "64", "--max-images", "30", "--train-split", "trainval", "--tta", "flip", "--quiet")
@@ -761,6 +773,7 @@ def test_cli_trains_on_trainval_with_flip_tta_and_runs_the_lr_range_test(voc_roo
     assert bad.returncode == 2 and "invalid choice: 'mirror'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_a_narrow_network_and_the_run_loads_back_at_its_width(voc_root, tmp_path):
     out = _cli("train", "--data-root", str(voc_root), "--name", "narrow", "--runs-dir", str(tmp_path), "--epochs", "1",
                "--model", "alexnet-bn", "--width", "0.125", "--image-size", "64", "--max-images", "20", "--quiet")
@@ -790,6 +803,7 @@ def _wait_for(path: Path, process=None, timeout: float = 120.0) -> None:
 
 @pytest.mark.parametrize("sig, code, how", [(signal.SIGINT, 130, "was interrupted"),
                                             (signal.SIGTERM, 143, "was stopped by SIGTERM")], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_a_signal_to_mp3kit_train_marks_the_run_interrupted_at_its_checkpoint_and_resume_finishes_it(
         voc_root, tmp_path, sig, code, how):
     args = _cli_train_args(voc_root, tmp_path, "cut", epochs=15)
@@ -867,6 +881,7 @@ def test_a_signal_before_the_checkpoint_writer_starts_ends_the_run_as_that_signa
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_the_kernels_interrupt_button_marks_the_run_interrupted_in_one_line(voc_root, tmp_path):
     from jupyter_client.manager import start_new_kernel
 

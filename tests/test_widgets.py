@@ -6,6 +6,7 @@ run in a second virtualenv with Colab's ipywidgets 7.7.1 and ipykernel 6.17.1 (t
 
 import importlib.util
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -110,6 +111,18 @@ def test_train_click_records_a_run_and_shows_it(tmp_path, data):
     assert again._next_name(again.config()) == "panel-2-simple"
 
 
+def test_the_panel_says_how_long_a_run_will_take_and_then_how_long_is_left(tmp_path, data, monkeypatch):
+    shown = []
+    monkeypatch.setattr(TrainPanel, "_set_status", lambda self, text, kind: (shown.append(text),
+                                                                               setattr(self, "status_text", text)))
+    panel = TrainPanel(FakeExperiment(data, tmp_path / "runs", SMOKE.replace(epochs=3)))
+    panel.train_button.click()
+    assert panel.wait(120)
+    assert panel.estimate.epochs == 3 and panel.estimate.timing.device == "the CPU"
+    assert any(text.startswith("starting panel-1-simple: about ") and "on the CPU" in text for text in shown), shown
+    assert any(re.search(r"training epoch 3/3 .*, about \d+ s left$", text) for text in shown), shown
+
+
 def test_stop_ends_as_stopped_and_resume_completes(tmp_path, voc_root):
     panel = TrainPanel(data_root=voc_root, runs_dir=tmp_path / "runs", base_config=SMOKE.replace(epochs=5, eval_every=10))
     panel.train()
@@ -175,6 +188,7 @@ def colab_venv() -> Path:
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow
 def test_compat_check_passes_under_colabs_ipywidgets_7(tmp_path, voc_root):
     venv = colab_venv()
     expected = _load_compat_script().COLAB_IPYWIDGETS
