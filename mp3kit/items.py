@@ -473,7 +473,8 @@ def _settings_table(rows: list[dict]) -> str:
     columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Val mAP",
                "Test mAP", "Avg test loss"]
     align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 4
-    notes += [_seeds_note(rows)] if _seeds_note(rows) else []
+    seeds = _seeds_note(rows)
+    notes += [seeds] if seeds else []
     return _markdown(Table(body, columns, align=align)) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
