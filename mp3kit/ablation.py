@@ -65,9 +65,13 @@ class Ablation:
         return self.table.to_text()
 
 
-def run_ablation(rows, base: TrainConfig, run, chance: float) -> Ablation:
-    """Train each (label, network, recipe) row on top of base with run(key, config, label=...), keyed ablation-1,
-    ablation-2, ...; skip (and say so) a row whose network cannot take base's images; return the ablation."""
+def run_ablation(rows, base: TrainConfig, run, chance: float, seeds=1) -> Ablation:
+    """Train each (label, network, recipe) row on top of base with run(key, config, label=..., seeds=...), keyed
+    ablation-1, ablation-2, ...; skip (and say so) a row whose network cannot take base's images; return the ablation.
+
+    seeds: the seeds of every row (a number), or of some rows ({serial: number}; the others one).
+    """
+    per_row = _seeds_per_row(seeds, len(rows))
     table, recorded, chosen, widths, sizes = [], [], {}, set(), set()
     for serial, row in enumerate(rows, start=1):
         label, network, recipe = _ablation_row(row, serial)
@@ -87,11 +91,12 @@ def run_ablation(rows, base: TrainConfig, run, chance: float) -> Ablation:
             table.append({"serial": serial, "architecture": label, "params": None, "val mAP": None,
                           "test mAP": None, "note": "skipped: needs larger images"})
             continue
-        done = run(key, config, label=label)
+        done = run(key, config, label=label, seeds=per_row[serial])
         chosen[key] = done
         recorded.append(items.AblationRow(serial, label, key))
-        table.append({"serial": serial, "architecture": label, "params": params, "val mAP": done.val_map,
-                      "test mAP": done.test_map, "note": "" if done.complete else done.status})
+        table.append({"serial": serial, "architecture": label, "params": params, "val mAP": runs.as_shown(done, "val_map"),
+                      "test mAP": runs.as_shown(done, "test_map"), "seeds": len(done.seeds) or 1,
+                      "note": "" if done.complete else done.status})
     best = runs.best_by_val(chosen)
     for entry in table:
         if best is not None and f"ablation-{entry['serial']}" == best:
@@ -99,9 +104,24 @@ def run_ablation(rows, base: TrainConfig, run, chance: float) -> Ablation:
     built = " ".join(filter(None, [size_note(sizes), width_note(widths)]))
     note = (f"The best row is chosen by val mAP after the last epoch; test mAP is measured once on the finished run "
             f"and chooses nothing. Chance: test mAP {chance:.4f}.")
-    shown = Table(table, ["serial", "architecture", "params", "val mAP", "test mAP", "note"],
-                  " ".join(filter(None, [note, built])))
-    return Ablation(shown, recorded, chosen, best, base, rows, " ".join(filter(None, [NOTE, built])))
+    seeded = any(entry.get("seeds", 1) > 1 for entry in table)
+    if seeded:
+        note += (" A row with several seeds shows the mean ± standard deviation of its seeds and is chosen by its mean "
+                 "val mAP.")
+    columns = ["serial", "architecture", "params", "val mAP", "test mAP", *(["seeds"] if seeded else []), "note"]
+    return Ablation(Table(table, columns, " ".join(filter(None, [note, built]))), recorded, chosen, best, base, rows,
+                    " ".join(filter(None, [NOTE, built])))
+
+
+def _seeds_per_row(seeds, n_rows: int) -> dict:
+    """Return the seeds of each row by serial (1 to n_rows) from a number for all rows or a {serial: number} dict."""
+    if not isinstance(seeds, dict):
+        return dict.fromkeys(range(1, n_rows + 1), seeds)
+    unknown = sorted(str(k) for k in seeds if k not in range(1, n_rows + 1))
+    if unknown:
+        raise UserError(f"The ablation's seeds name row {unknown[0]}, which it does not have: give rows by their "
+                        f"serial, 1 to {n_rows}, e.g. seeds={{2: 2}}.")
+    return {serial: seeds.get(serial, 1) for serial in range(1, n_rows + 1)}
 
 
 def _ablation_row(row, serial: int) -> tuple[str, object, dict]:
@@ -116,6 +136,12 @@ def _ablation_row(row, serial: int) -> tuple[str, object, dict]:
                         "field: give TrainConfig fields such as {\"optimizer\": \"adam\", \"lr\": 1e-4}, and the "
                         "network as the row's second item.")
     return label, network, recipe
+
+
+# The worked example's rows whose differences decide finding 9 by a few hundredths on the quick profile (README,
+# "Profiles"): Adam (row 2), augmentation on top of it (row 3) and BatchNorm after conv 1 (row 4); Experiment's
+# worked_example_seeds gives them the profile's decisive_seeds.
+DECISIVE_ROWS = (2, 3, 4)
 
 
 def worked_example_rows(adam_lr: float = 1e-4, augment: str = "jitter-flip-rotate") -> list:

@@ -55,25 +55,42 @@ def _cmd_train(args) -> int:
 
     if args.name is not None:
         runs.check_name(args.name)  # before the data loads: a bad --name is refused at once
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds} is not a number of seeds: give a whole number of at least 1.")
     config = config_from_args(args)
-    data = train.load_data(args.data_root, config.max_images)
-    name = args.name or config.default_name()
-    if not args.quiet:  # how long it will take, timed here, before the time is spent
-        from mp3kit import estimate
+    # Seeds seed, seed + 1, ...: each its own run, named NAME, then NAME-seed<seed> (without --name, each by its config).
+    configs = [config.replace(seed=config.seed + i) for i in range(args.seeds)]
+    names = [(args.name or c.default_name()) if i == 0 or args.name is None else f"{args.name}-seed{c.seed}"
+             for i, c in enumerate(configs)]
+    data = train.load_data(args.data_root, config.max_images)  # loaded once for every seed
+    done, status = [], 0
+    for c, name in zip(configs, names):
+        if not args.quiet:  # how long it will take, timed here, before the time is spent
+            from mp3kit import estimate
 
-        expected = estimate.estimate_run(config, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False)
-        if expected.timing is not None:
-            print(expected.line(name), flush=True)
-    run = train.fit(config, args.data_root, name=name, runs_dir=args.runs_dir, resume=args.resume,
-                    progress=not args.quiet, data=data)
-    if run.moved_aside and args.quiet:  # with progress on, fit has said so
-        print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
-    if run.status != "complete":
-        print(f"Run {run.name} {run.status}: {run.reason}", file=sys.stderr)
-        return 1
-    kind = " (synthetic data)" if run.synthetic else ""
-    print(f"{run.name}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f}{kind} -> {run.path}")
-    return 0
+            expected = estimate.estimate_run(c, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False)
+            if expected.timing is not None:
+                print(expected.line(name), flush=True)
+        run = train.fit(c, args.data_root, name=name, runs_dir=args.runs_dir, resume=args.resume,
+                        progress=not args.quiet, data=data)
+        if run.moved_aside and args.quiet:  # with progress on, fit has said so
+            print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
+        if run.status != "complete":
+            print(f"Run {run.name} {run.status}: {run.reason}", file=sys.stderr)
+            status = 1
+            continue
+        kind = " (synthetic data)" if run.synthetic else ""
+        print(f"{run.name}: test mAP {run.test_map:.4f}, average test loss {run.test_loss:.4f}{kind} -> {run.path}")
+        done.append(run)
+    if len(done) > 1:
+        spreads = []
+        for what, field in (("val mAP", "val_map"), ("test mAP", "test_map")):
+            mean, sd = runs.mean_and_std([v for r in done for v in runs.seed_values(r, field)])
+            if sd is not None:  # a trainval run has no val mAP
+                spreads.append(f"{what} {mean:.4f} ± {sd:.4f}")
+        print(f"{len(done)} seeds ({', '.join(str(r.config['seed']) for r in done)}): {', '.join(spreads)} "
+              "(mean ± standard deviation)")
+    return status
 
 
 def _cmd_lr_find(args) -> int:
@@ -241,6 +258,9 @@ def build_parser(config_class=TrainConfig) -> argparse.ArgumentParser:
     t.add_argument("--name", default=None, help="run name (default: model plus a hash of the config)")
     t.add_argument("--runs-dir", default="runs")
     _add_config_flags(t, config_class)
+    t.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train the same config with N seeds (--seed, --seed + 1, ...), each its own run: NAME, then "
+                        "NAME-seed<seed>; prints the mean ± standard deviation (default 1)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)

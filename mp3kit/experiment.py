@@ -35,7 +35,7 @@ import torch
 
 from mp3kit import data as voc
 from mp3kit import estimate, explain, findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
-from mp3kit.ablation import Ablation, run_ablation, worked_example_rows
+from mp3kit.ablation import DECISIVE_ROWS, Ablation, run_ablation, worked_example_rows
 from mp3kit.config import TrainConfig, get_profile
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
@@ -185,9 +185,31 @@ class Experiment:
                             "e.g. \"simple-adam\".")
         return f"{self.prefix}-{key}"
 
-    def run(self, key: str, config=None, label: str | None = None) -> Run:
-        """Train config as run key (reusing a complete run with the same config), record it, print its numbers, return it."""
+    def run(self, key: str, config=None, label: str | None = None, seeds: int = 1) -> Run:
+        """Train config as run key (reusing a complete run with the same config), record it, print its numbers, return it.
+
+        seeds: train the same config with that many seeds, config.seed, config.seed + 1, ..., each its own run (run
+        names <key> for the first, then <key>-seed<seed>); the returned run is the first, with every seed's run in its
+        seeds. Tables and the report show the mean ± standard deviation of the seeds, "best by val mAP" compares
+        means, and the findings judge differences by the measured spread.
+        """
         config = self._as_config(config)
+        seeds = seed_count(seeds)
+        keys = [key] + [f"{key}-seed{config.seed + i}" for i in range(1, seeds)]
+        group = [self._train(k, config.replace(seed=config.seed + i)) for i, k in enumerate(keys)]
+        run = group[0]
+        if seeds > 1:
+            run.seeds = group
+            print(spread_line(key, run))
+        self.runs[key] = run
+        label = label or key
+        if self.worked_example and not label.startswith(WORKED_EXAMPLE):
+            label = f"{WORKED_EXAMPLE}: {label}"
+        self.manifest.add_run(key, self.run_name(key), label, [r.name for r in group])
+        return run
+
+    def _train(self, key: str, config: TrainConfig) -> Run:
+        """Train (or reuse, or resume) config as run key and print its line; a diverging run comes back failed."""
         name = self.run_name(key)
         if self.progress:  # a person is watching: say how long it will take before the time is spent
             expected = self._estimate(config, name)
@@ -209,13 +231,8 @@ class Experiment:
             if run.moved_aside and not self.progress:  # with progress on, fit has said so
                 print(f"{key}: the earlier run {name} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
             print(self._run_line(key, run, None if run.origin == "reused" else time.perf_counter() - t0))
-        self.runs[key] = run
         if isinstance(config.model, UserModel):  # Grad-CAM rebuilds the network from its class (explain.cam_rows)
             self._networks[name] = config.model
-        label = label or key
-        if self.worked_example and not label.startswith(WORKED_EXAMPLE):
-            label = f"{WORKED_EXAMPLE}: {label}"
-        self.manifest.add_run(key, name, label)
         return run
 
     def _estimate(self, config: TrainConfig, name: str) -> estimate.Estimate:
@@ -301,36 +318,49 @@ class Experiment:
         Its note names the run with the highest val mAP: val chooses, test only reports.
         """
         keys = list(self.runs) if keys is None else [k for k in keys if k in self.runs]
+        seeded = any(self.runs[key].seeds for key in keys)
         rows = []
         for key in keys:
             run = self.runs[key]
-            rows.append({"run": self.manifest.label(key), "epochs": len(run.history), "val mAP": run.val_map,
-                         "test mAP": run.test_map, "avg test loss": run.test_loss, "status": run.status})
+            rows.append({"run": self.manifest.label(key), "epochs": len(run.history), "val mAP": runs.as_shown(run, "val_map"),
+                         "test mAP": runs.as_shown(run, "test_map"), "avg test loss": runs.as_shown(run, "test_loss"),
+                         **({"seeds": len(run.seeds) or 1} if seeded else {}), "status": run.status})
         note = f"Chance (a network that learned nothing): test mAP {self.chance_map:.4f}."
+        if seeded:
+            note = "A run with several seeds shows the mean ± standard deviation of its complete seeds. " + note
         best = runs.best_by_val({key: self.runs[key] for key in keys})
         if best is not None and len(keys) > 1:
-            note = (f"Best by val mAP (the last epoch's; test mAP only reports): {self.manifest.label(best)}. "
+            means = " mean" if seeded else ""
+            note = (f"Best by{means} val mAP (the last epoch's; test mAP only reports): {self.manifest.label(best)}. "
                     + note)
         if self.synthetic:
             note += " Synthetic data: the numbers compare settings on generated shapes, not on VOC."
-        return Table(rows, ["run", "epochs", "val mAP", "test mAP", "avg test loss", "status"], note)
+        columns = ["run", "epochs", "val mAP", "test mAP", "avg test loss", *(["seeds"] if seeded else []), "status"]
+        return Table(rows, columns, note)
 
-    def ablation(self, rows, epochs: int | None = None, section: str | None = None) -> Ablation:
+    def ablation(self, rows, epochs: int | None = None, section: str | None = None, seeds=1) -> Ablation:
         """Train an ablation, one run per row, and return it with the row chosen by val mAP; the report shows its table.
 
         Each row is (label, network, recipe): the network a class, a callable returning a module (e.g.
         lambda: Classifier(bn=True)), a spec or a model name; the recipe a dict of TrainConfig fields on top of the
         profile's, e.g. {"optimizer": "adam", "lr": 1e-4}. Runs are keyed ablation-1, ablation-2, ... A row whose
         network cannot take this profile's images is skipped and says so. The best row is the one with the highest
-        val mAP after its last epoch; test mAP is measured and shown, never used to choose.
+        val mAP after its last epoch; test mAP is measured and shown, never used to choose. seeds: how many seeds each
+        row trains with (see run), a number for every row or a dict {serial: seeds} for some; a row with several shows
+        the mean ± standard deviation, and is chosen by its mean val mAP.
         """
-        ablation = run_ablation(rows, self.config(epochs=epochs or self.epochs), self.run, self.chance_map)
+        ablation = run_ablation(rows, self.config(epochs=epochs or self.epochs), self.run, self.chance_map, seeds)
         self._declare(items.AblationItem, "ablation", section, rows=ablation.recorded, note=ablation.note)
         return ablation
 
     def worked_example_rows(self, adam_lr: float = 1e-4, augment: str = "jitter-flip-rotate") -> list:
         """Return the seed report's ablation as (label, network, recipe) rows: a worked example, not an answer."""
         return worked_example_rows(adam_lr, augment)
+
+    def worked_example_seeds(self) -> dict:
+        """Return the seeds of the worked example's rows as exp.ablation takes them: the profile's decisive_seeds for
+        the rows whose differences decide finding 9 by a few hundredths (ablation.DECISIVE_ROWS), one for the rest."""
+        return {serial: self.profile.decisive_seeds for serial in DECISIVE_ROWS}
 
     def final(self, ablation: Ablation, key: str = "final", **changes) -> Run:
         """Train the network and recipe of the ablation's best row (chosen by val mAP) again with changes (e.g. more
@@ -619,11 +649,31 @@ def as_finding(number, text: str, claims, seed: str = "", published: str = "") -
 
 
 def verdict_line(finding: findings.Finding, runs_by_key: dict, labels: dict, chance: float) -> tuple[str, str]:
-    """Return a finding's verdict on runs (Runs by key, by findings.RULE) and the line saying it with their numbers."""
-    maps = {key: run.test_map for key, run in runs_by_key.items() if run.complete}
+    """Return a finding's verdict on runs (Runs by key, by findings.RULE) and the line saying it with their numbers
+    (and, where a run has several seeds, the rule that judged it)."""
+    maps = {key: runs.score(run) for key, run in runs_by_key.items() if runs.score(run) is not None}
     verdict = findings.check(finding, maps, chance)
-    return verdict, (f"Finding {finding.number} ({finding.text}): {verdict.upper()}; "
+    rule = f" ({findings.rule_used(finding, maps)})" if findings.seeded(maps) else ""
+    return verdict, (f"Finding {finding.number} ({finding.text}): {verdict.upper()}{rule}; "
                      f"{findings.evidence(finding, maps, labels, chance)}.")
+
+
+def seed_count(seeds) -> int:
+    """Return seeds as a number of seeds, or a UserError for one that is not a whole number of at least 1."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"seeds={seeds!r} is not a number of seeds: give a whole number of at least 1, e.g. seeds=3.")
+    return seeds
+
+
+def spread_line(key: str, run: Run) -> str:
+    """Return the line printed after a config's seeds have trained: their count and mean ± standard deviation."""
+    done = len(runs.seed_values(run, "test_map"))
+    numbers = ", ".join(f"{what} {runs.as_shown(run, field)}" for what, field in (("val mAP", "val_map"),
+                                                                                   ("test mAP", "test_map"))
+                        if len(runs.seed_values(run, field)) > 1)
+    if done < 2:
+        return f"{key}: {done} of its {len(run.seeds)} seeds complete, so no spread yet; run the cell again to resume."
+    return f"{key}, {done} seeds: {numbers} (mean ± standard deviation)."
 
 
 def _claim(claim, number) -> findings.Claim:

@@ -15,8 +15,10 @@ report is built. Each item goes to the report template's marker named by its sec
     finding   FindingItem    finding (mp3kit.findings.Finding), rule; every notebook's findings make one table
 
 The manifest: {"notebook", "profile", "synthetic", "data_root", "figures_dir" (absolute), "worked_example",
-"runs": {key: {"run": run name, "label": readable label}}, "values": {key: JSON value}, "report": [item, ...]},
-each item {"kind", "key", "section", ...its fields}.
+"runs": {key: {"run": run name, "label": readable label, "seeds": [run name, ...] (only for a config trained with
+several seeds: every seed's run, "run" first)}}, "values": {key: JSON value}, "report": [item, ...]}, each item
+{"kind", "key", "section", ...its fields}. A run key with several seeds shows as the mean ± standard deviation of its
+seeds (results.json's "spread") wherever a table shows it.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class Context:
     chance: float | None = None
 
     def test_maps(self) -> dict:
-        """Return the test mAP of every complete run, by key."""
-        return {k: r.get("test_map") for k, r in self.runs.items() if r.get("status") == "complete"}
+        """Return the test mAP of every run with one, by key: a number, or the list of its seeds' (runs.score)."""
+        scores = {k: run_records.score(r) for k, r in self.runs.items()}
+        return {k: v for k, v in scores.items() if v is not None}
 
     def labels(self) -> dict:
         """Return every run's label, by key."""
@@ -167,8 +170,10 @@ class ResultItem(Item):
         if run is None or run.get("test_map") is None:
             status = run.get("status") if run else "not recorded"
             return f"{what}: no test result yet (the run is {status})."
-        return (f"{what} (**{run['label']}**): test mAP **{_f4(run['test_map'])}**, average test loss "
-                f"**{_f4(run['test_loss'])}**, after {run.get('epochs_done')} epochs.")
+        seeds = _seeds(run)
+        over = f" (mean ± standard deviation over {seeds} seeds)" if seeds else ""
+        return (f"{what} (**{run['label']}**): test mAP **{_spread(run, 'test_map')}**, average test loss "
+                f"**{_spread(run, 'test_loss')}**, after {run.get('epochs_done')} epochs{over}.")
 
 
 @dataclass(frozen=True)
@@ -212,8 +217,8 @@ class AblationItem(Item):
         for row in self.rows:
             run = runs.get(row.key, {})
             mark = " (best by val mAP)" if row.key == best else ""
-            body.append([str(row.serial), (row.label or run.get("label", MISSING)) + mark, _f4(run.get("val_map")),
-                         _f4(run.get("test_map"))])
+            body.append([str(row.serial), (row.label or run.get("label", MISSING)) + mark, _spread(run, "val_map"),
+                         _spread(run, "test_map")])
             if row.skipped:
                 notes.append(f"Row {row.serial} was skipped: {row.skipped}.")
             elif run and run.get("status") != "complete":
@@ -221,6 +226,11 @@ class AblationItem(Item):
                              + (f" ({run['reason']})" if run.get("reason") else "") + ".")
         table = _markdown(Table(body, ["Serial #", "Model architecture", "Val mAP", "Best mAP on test set"],
                                 align=["right", "left", "right", "right"]))
+        seeded = [row for row in self.rows if _seeds(runs.get(row.key, {}))]
+        if seeded:
+            notes.append(f"Row{'s' * (len(seeded) > 1)} {_and([str(row.serial) for row in seeded])}: mean ± standard "
+                         f"deviation over {_and(sorted({str(_seeds(runs[row.key])) for row in seeded}))} seeds; the "
+                         "best row is chosen by the mean val mAP.")
         return "\n\n".join(p for p in [table, " ".join(notes), self.note] if p)
 
 
@@ -259,10 +269,10 @@ class FindingItem(Item):
         context = entries[0][1]
         if context.chance is None:
             return "_The findings need the chance level, which no notebook recorded: rebuild the report._"
-        rows = []
+        rows, rules = [], any(findings.seeded(ctx.test_maps()) for _, ctx in entries)
         for item, ctx in entries:
             rows += findings.rows([item.finding], ctx.test_maps(), ctx.labels(), ctx.chance,
-                                  references=ctx.profile == "full")
+                                  references=ctx.profile == "full", rules=rules)
         return _markdown(Table(rows, note=entries[0][0].rule or findings.RULE))
 
 
@@ -340,9 +350,9 @@ class Manifest:
         """Return every run's label, by key."""
         return {key: entry["label"] for key, entry in self.runs.items()}
 
-    def add_run(self, key: str, name: str, label: str) -> None:
-        """Record run key as the run folder name with its label."""
-        self.runs[key] = {"run": name, "label": label}
+    def add_run(self, key: str, name: str, label: str, seeds=()) -> None:
+        """Record run key as the run folder name with its label, and with several seeds every seed's run folder name."""
+        self.runs[key] = {"run": name, "label": label, **({"seeds": list(seeds)} if len(seeds) > 1 else {})}
         self.save()
 
     def record(self, key: str, value):
@@ -410,6 +420,32 @@ def _lr(x) -> str:
     return MISSING if x is None else f"{x:g}"
 
 
+def _seeds(run: dict) -> int:
+    """Return over how many seeds a run's numbers are a mean (results.json's spread), or 0 for a single run."""
+    spread = (run.get("spread") or {}).get("test_map") or {}
+    return spread.get("n", 0) if spread.get("std") is not None else 0
+
+
+def _spread(run: dict, field: str) -> str:
+    """Return a run's val_map, test_map or test_loss: mean ± standard deviation over its seeds, or its own value."""
+    spread = (run.get("spread") or {}).get(field) or {}
+    if spread.get("std") is not None:
+        return f"{_f4(spread['mean'])} ± {_f4(spread['std'])}"
+    return _f4(run.get(field))
+
+
+def _and(words: list) -> str:
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _seeds_note(rows: list[dict]) -> str:
+    """Return the line naming the runs whose numbers are means over several seeds ("" when none is)."""
+    seeded = [f"{r['label']} ({_seeds(r)} seeds)" for r in rows if _seeds(r)]
+    if not seeded:
+        return ""
+    return f"_Mean ± standard deviation over the seeds of: {_and(seeded)}._"
+
+
 def _captioned(caption, body: str) -> str:
     return f"{caption}:\n\n{body}" if caption else body
 
@@ -430,13 +466,15 @@ def _settings_table(rows: list[dict]) -> str:
         shown_epochs = f"{done}/{epochs}" if done is not None and epochs is not None and done != epochs else str(epochs)
         body.append([r["label"], c.get("model", MISSING), c.get("optimizer", MISSING), _lr(c.get("lr")), shown_epochs,
                      str(c.get("batch_size", MISSING)), c.get("augment", MISSING), str(c.get("image_size", MISSING)),
-                     _f4(r.get("val_map")), _f4(r.get("test_map")), _f4(r.get("test_loss"))])
+                     _spread(r, "val_map"), _spread(r, "test_map"), _spread(r, "test_loss")])
         if r.get("status") != "complete":
             notes.append(f"_{r['label']}: the run is {r.get('status')}"
                          + (f" ({r['reason']})" if r.get("reason") else "") + "._")
     columns = ["Experiment", "Model", "Optimizer", "Learning rate", "Epochs", "Batch", "Augment", "Image", "Val mAP",
                "Test mAP", "Avg test loss"]
     align = ["left"] * 3 + ["right"] * 3 + ["left"] + ["right"] * 4
+    seeds = _seeds_note(rows)
+    notes += [seeds] if seeds else []
     return _markdown(Table(body, columns, align=align)) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -445,9 +483,21 @@ def _ap_table(rows: list[dict]) -> str:
     rows = [r for r in rows if r.get("test_ap")]
     if not rows:
         return ""
-    body = [[cls, *(_f4(r["test_ap"].get(cls)) for r in rows)] for cls in rows[0]["test_ap"]]
-    body.append(["**mAP**", *(f"**{_f4(r.get('test_map'))}**" for r in rows)])
-    return _markdown(Table(body, ["Class", *(str(r["label"]) for r in rows)], align=["left"] + ["right"] * len(rows)))
+    body = [[cls, *(_f4(_class_ap(r, cls)) for r in rows)] for cls in rows[0]["test_ap"]]
+    body.append(["**mAP**", *(f"**{_spread(r, 'test_map')}**" for r in rows)])
+    table = _markdown(Table(body, ["Class", *(str(r["label"]) for r in rows)], align=["left"] + ["right"] * len(rows)))
+    seeded = [f"{r['label']} ({_seeds(r)} seeds)" for r in rows if _seeds(r)]
+    return table + (f"\n\n_AP per class: the mean over the seeds of {_and(seeded)}; their mAP: mean ± standard "
+                    "deviation._" if seeded else "")
+
+
+def _class_ap(run: dict, cls: str):
+    """Return a run's test AP of class cls: the mean over its complete seeds when it ran with several."""
+    if not _seeds(run):
+        return run["test_ap"].get(cls)
+    values = [s["test_ap"].get(cls) for s in run.get("seeds", []) if s.get("status") == "complete" and s.get("test_ap")]
+    values = [v for v in values if v is not None]
+    return run_records.mean_and_std(values)[0]
 
 
 def _best_line(rows: list[dict], chance) -> str:
@@ -458,9 +508,11 @@ def _best_line(rows: list[dict], chance) -> str:
     if key is None:
         return "No run here has a val mAP to choose by (runs trained on trainval hold none out), so none is named best."
     best = rows[key]
-    if chance is not None and best["test_map"] is not None and best["test_map"] < NEAR_CHANCE * chance:
+    test = run_records.mean_and_std(run_records.seed_values(best, "test_map"))[0]
+    if chance is not None and test is not None and test < NEAR_CHANCE * chance:
         # Differences of a few thousandths near chance are noise: naming a winner would mislead.
         return (f"Every run here is near chance ({_f4(chance)}, the mAP of a network that has learned nothing), "
-                f"the best by val mAP at test mAP {_f4(best['test_map'])}: none has learned much yet.")
+                f"the best by val mAP at test mAP {_spread(best, 'test_map')}: none has learned much yet.")
+    mean = " (means over its seeds)" if _seeds(best) else ""
     return (f"Best by val mAP (chosen on val; test mAP only reports): **{best['label']}**, val mAP "
-            f"{_f4(best['val_map'])}, test mAP {_f4(best['test_map'])}.")
+            f"{_spread(best, 'val_map')}, test mAP {_spread(best, 'test_map')}{mean}.")

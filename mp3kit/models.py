@@ -162,6 +162,16 @@ def freeze_feature_layers(model: nn.Module) -> nn.Module:
     return model
 
 
+def head_layer(model: nn.Module, num_classes: int = 20) -> nn.Linear | None:
+    """Return the layer that gives the class scores: the last nn.Linear with num_classes outputs, or None.
+
+    "Last" in the order the modules were assigned in __init__, which is the order of the forward pass in every network
+    here (AlexNet's classifier[6], the simple classifier's and a spec's final Linear).
+    """
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    return found[-1] if found else None
+
+
 def alexnet(pretrained=False, weights_path=None, freeze_features=False, num_classes=20, allow_download=None) -> nn.Module:
     """Return torchvision's AlexNet with a num_classes head, optionally with ImageNet weights for the rest."""
     # Weights come from weights_path, else settings.alexnet_weights(), else torch's hub cache, else (only when

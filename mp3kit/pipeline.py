@@ -57,7 +57,8 @@ def _check_augment(augment: str) -> None:
 def cache_size_for(image_size: int, augment: str) -> int:
     """Return the side of the cached images that the augment preset needs for image_size crops."""
     _check_augment(augment)
-    return int(image_size) if augment == "none" else round(image_size * _MARGIN)
+    # A mirror needs no margin: "flip" shares the evaluation's cache.
+    return int(image_size) if augment in ("none", "flip") else round(image_size * _MARGIN)
 
 
 # ---------------------------------------------------------------- decode-once cache
@@ -283,6 +284,13 @@ def _standard_augment(x: torch.Tensor, image_size: int, generator: torch.Generat
     return _warp(x, theta, image_size)
 
 
+def _flip(x: torch.Tensor, image_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image of x (B, 3, H, H) left to right with probability 1/2, after the center crop."""
+    x = center_crop_batch(x, image_size)  # (B, 3, S, S)
+    mirrored = (_flip_signs(generator, x.shape[0]) < 0).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(mirrored, x.flip(-1), x)
+
+
 def center_crop_batch(x: torch.Tensor, image_size: int) -> torch.Tensor:
     """Return the central image_size x image_size window of x (B, C, H, W), as torchvision's CenterCrop picks it."""
     height, width = x.shape[-2:]
@@ -297,6 +305,8 @@ def augment_batch(x: torch.Tensor, augment: str, image_size: int, generator: tor
         return _jitter_flip_rotate(x, image_size, generator)
     if augment == "standard":
         return _standard_augment(x, image_size, generator)
+    if augment == "flip":
+        return _flip(x, image_size, generator)
     return center_crop_batch(x, image_size)
 
 

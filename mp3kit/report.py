@@ -315,7 +315,7 @@ def _notebook_results(runs_dir: Path, name: str, staging: Path, seconds) -> dict
     if not manifest_path.exists():
         return {"missing": True, "manifest": str(manifest_path)}
     manifest = items.Manifest.load(manifest_path)
-    runs = {key: _run_results(runs_dir / entry["run"], entry.get("label")) for key, entry in manifest.runs.items()}
+    runs = {key: _entry_results(runs_dir, entry) for key, entry in manifest.runs.items()}
     # Where the notebook saved its figures, then the runs folder's own figures/ (a runs folder moved from Drive).
     saved = [Path(manifest.figures_dir)] if manifest.figures_dir else []
     declared = []
@@ -375,6 +375,28 @@ def _run_results(path: Path, label) -> dict:
         "test_ap": dict(zip(classes, ap)) if ap else None,
         "config": {**config, "model": model_label(config.get("model"))},
     })
+
+
+SEED_FIELDS = ("name", "status", "seed", "val_map", "test_map", "test_loss", "test_ap")
+SPREAD_FIELDS = ("val_map", "test_map", "test_loss")
+
+
+def _entry_results(runs_dir: Path, entry: dict) -> dict:
+    """Return a manifest run entry's results: its run's, and for a config trained with several seeds each seed's
+    numbers ("seeds") and their mean, standard deviation and count over the complete ones ("spread")."""
+    result = _run_results(runs_dir / entry["run"], entry.get("label"))
+    names = entry.get("seeds") or []
+    if len(names) < 2:
+        return result
+    seeds = [_run_results(runs_dir / name, None) for name in names]
+    result["seeds"] = [{k: (s.get("config") or {}).get("seed") if k == "seed" else s.get(k) for k in SEED_FIELDS}
+                       for s in seeds]
+    result["spread"] = {}
+    for field in SPREAD_FIELDS:
+        values = run_records.seed_values(result, field)
+        mean, std = run_records.mean_and_std(values)
+        result["spread"][field] = {"mean": mean, "std": std, "n": len(values)}
+    return _clean(result)
 
 
 def model_label(model) -> str:

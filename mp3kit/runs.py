@@ -17,6 +17,7 @@ sibling <name>@<UTC time> (e.g. final@2026-12-06T10-12-03), which stays listed a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -52,6 +53,8 @@ class Run:
     device_info: dict = field(default_factory=dict)  # device, its name and compute capability, autocast dtype
     origin: str = ""  # what the fit() call that returned it did: reused, resumed or trained ("" when loaded)
     moved_aside: str = ""  # where that fit() call moved the earlier run it found in this folder ("" when none)
+    # The runs of the same config with several seeds (Experiment.run(seeds=N)), this one first; empty for one seed.
+    seeds: list = field(default_factory=list, repr=False)
 
     @property
     def test_map(self):
@@ -113,18 +116,62 @@ class Run:
         return f"Run({self.name!r}, status={self.status}, epochs={len(self.history)}, test_map={tm})"
 
 
+def _value(run, field: str):
+    """Return field (val_map, test_map, test_loss) of a complete Run or results.json run entry, else None."""
+    if isinstance(run, Run):
+        return getattr(run, field) if run.complete else None
+    return run.get(field) if run.get("status") == "complete" else None
+
+
+def seed_values(candidate, field: str) -> list:
+    """Return field (val_map, test_map, test_loss) of every complete run of a candidate that has it.
+
+    A candidate is a Run or a results.json run entry; with several seeds (a Run's seeds, an entry's "seeds"), it
+    stands for all of them.
+    """
+    group = candidate.seeds if isinstance(candidate, Run) else candidate.get("seeds")
+    values = [_value(run, field) for run in (group or [candidate])]
+    return [v for v in values if v is not None]
+
+
+def mean_and_std(values) -> tuple:
+    """Return the mean and the sample standard deviation (n - 1) of values; None for what too few values cannot give."""
+    values = [float(v) for v in values]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def score(candidate, field: str = "test_map"):
+    """Return what a candidate scored as findings.check takes it: the list of its complete seeds' values when it ran
+    with several, its own value when one, None when it has none (not complete, or no such number)."""
+    values = seed_values(candidate, field)
+    if len(values) > 1:
+        return values
+    return values[0] if values else None
+
+
+def as_shown(run: Run, field: str):
+    """Return a run's val_map, test_map or test_loss as a table shows it: the mean ± standard deviation of its complete
+    seeds (text) when it ran with several, else its own number."""
+    values = seed_values(run, field) if run.seeds else []
+    if len(values) < 2:
+        return getattr(run, field)
+    mean, std = mean_and_std(values)
+    return f"{mean:.4f} ± {std:.4f}"
+
+
 def best_by_val(candidates: dict):
     """Return the key of the complete run with the highest val mAP after its last epoch, or None.
 
-    candidates maps keys to Runs or to results.json run dicts. Val chooses, test only reports: a run without val
-    numbers (trained on trainval) is no candidate, and test mAP is never looked at.
+    candidates maps keys to Runs or to results.json run dicts; one that ran with several seeds counts with the mean
+    val mAP of its seeds. Val chooses, test only reports: a run without val numbers (trained on trainval) is no
+    candidate, and test mAP is never looked at.
     """
-    def val(run):
-        if isinstance(run, Run):
-            return run.val_map if run.complete else None
-        return run.get("val_map") if run.get("status") == "complete" else None
-
-    scored = {key: val(run) for key, run in candidates.items()}
+    scored = {key: mean_and_std(seed_values(run, "val_map"))[0] for key, run in candidates.items()}
     scored = {key: v for key, v in scored.items() if v is not None}
     return max(scored, key=scored.get) if scored else None
 

@@ -119,9 +119,34 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def make_optimizer(config: TrainConfig, params):
-    """Return the optimizer config names over the trainable params (fused kernels on CPU and CUDA)."""
-    params = [p for p in params if p.requires_grad]
+def param_groups(config: TrainConfig, model) -> list[dict]:
+    """Return the trainable parameters of model (a module, or its parameters) as the optimizer's groups.
+
+    Each group's lr_scale multiplies the lr (Session.set_lr). With config.head_lr_mult other than 1, the head, the layer
+    that gives the 20 scores (models.head_layer), is a group of its own at lr x head_lr_mult, after the rest at lr:
+    the fine-tuning recipe, in which a new head learns faster than the pretrained layers below it.
+    """
+    if config.head_lr_mult == 1:
+        params = model.parameters() if isinstance(model, torch.nn.Module) else model
+        return [{"params": [p for p in params if p.requires_grad], "lr_scale": 1.0}]
+    head = models.head_layer(model, len(voc.VOC_CLASSES)) if isinstance(model, torch.nn.Module) else None
+    if head is None:
+        raise UserError(f"TrainConfig.head_lr_mult={config.head_lr_mult:g} needs a network whose {len(voc.VOC_CLASSES)} "
+                        f"scores come from an nn.Linear layer, and {config.model_label()} has none: leave head_lr_mult "
+                        "at 1.")
+    in_head = {id(p) for p in head.parameters()}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in in_head]
+    groups = [{"params": body, "lr_scale": 1.0}, {"params": [p for p in head.parameters() if p.requires_grad],
+                                                  "lr_scale": float(config.head_lr_mult)}]
+    return [g for g in groups if g["params"]]  # a frozen body leaves the head alone
+
+
+def make_optimizer(config: TrainConfig, model):
+    """Return the optimizer config names over the trainable parameters of model, a module or its parameters, in
+    param_groups' groups (fused kernels on CPU and CUDA)."""
+    groups = param_groups(config, model)
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
     # The fused kernels are several times faster than the per-tensor loop (README, "Speed"); MPS keeps the default.
     if config.optimizer == "sgd":
         cls, options = torch.optim.SGD, dict(momentum=config.momentum)
@@ -129,12 +154,12 @@ def make_optimizer(config: TrainConfig, params):
         cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         options = dict(betas=tuple(config.betas), eps=config.eps)
     options.update(lr=config.lr, weight_decay=config.weight_decay)
-    if params[0].device.type in ("cuda", "cpu"):
+    if groups[0]["params"][0].device.type in ("cuda", "cpu"):
         try:
-            return cls(params, fused=True, **options)
+            return cls(groups, fused=True, **options)
         except (TypeError, RuntimeError):
             pass  # an older torch without this fused kernel (fused SGD came in 2.3, fused Adam on the CPU in 2.4)
-    return cls(params, **options)
+    return cls(groups, **options)
 
 
 def place_model(model, device):
@@ -280,9 +305,9 @@ class Session:
         return precision_info(self.device, self.amp)
 
     def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every parameter group."""
+        """Set the learning rate: lr for the network, times its lr_scale for a group that has one (param_groups)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a checkpoint written before the groups had no scale
 
     def step(self, x, y) -> torch.Tensor:
         """Take one optimizer step on the batch (x, y) (train_step); return the loss, left on the device."""
@@ -317,7 +342,7 @@ def start_session(config: TrainConfig, training: voc.VOCSplit, *, device=None, c
     model = place_model(build_model(config), device).train()
     amp = amp_dtype(config, device)
     configure_backends(device)
-    return Session(config, device, training, model, make_optimizer(config, model.parameters()), amp, grad_scaler(amp),
+    return Session(config, device, training, model, make_optimizer(config, model), amp, grad_scaler(amp),
                    _pos_weight(config, training.targets, device), cache_dir=cache_dir, progress=progress)
 
 
@@ -530,7 +555,8 @@ class _CheckpointWriter:
 
     def wait(self) -> None:
         if self._thread is not None:
-            self._thread.join()
+            if self._thread.ident is not None:  # a signal may land between making the writer thread and starting it
+                self._thread.join()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None

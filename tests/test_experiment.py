@@ -4,6 +4,7 @@ import json
 import re
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -419,3 +420,80 @@ def test_runs_and_figures_folders_given_with_a_tilde_are_in_the_home_folder(tmp_
     assert exp.figure("curve", "A curve") == home / "mp3" / "figures" / "curve.png"
     assert exp.manifest_path.parent == home / "mp3" / "runs" and exp.manifest_path.is_file()
     assert list(work.iterdir()) == []  # no folder literally named ~
+
+
+# ---------------------------------------------------------------- seeds: spread, not one number
+
+
+def test_seeds_change_the_numbers_and_the_spread_is_reported_in_the_notebook_and_the_report(exp, capsys):
+    from mp3kit import report
+
+    run = exp.run("a", exp.config(**TINY), label="run a", seeds=3)
+    exp.run("b", exp.config(**{**TINY, "lr": 0.001}), label="run b")
+    out = capsys.readouterr().out
+    # Each seed is its own run, with its own folder, seed and numbers.
+    assert [r.name for r in run.seeds] == ["01-smoke-a", "01-smoke-a-seed1", "01-smoke-a-seed2"] and run.seeds[0] is run
+    assert [r.config["seed"] for r in run.seeds] == [0, 1, 2] and all(r.complete for r in run.seeds)
+    tests = [r.test_map for r in run.seeds]
+    assert len(set(tests)) == 3, "the seeds should change the numbers"
+    mean, sd = float(np.mean(tests)), float(np.std(tests, ddof=1))
+    assert f"test mAP {mean:.4f} ± {sd:.4f} (mean ± standard deviation)" in out and "a, 3 seeds:" in out
+    assert _manifest(exp)["runs"]["a"] == {"run": "01-smoke-a", "label": "run a", "seeds": [r.name for r in run.seeds]}
+    table = exp.runs_table()
+    assert table.rows[0]["test mAP"] == f"{mean:.4f} ± {sd:.4f}" and table.rows[0]["seeds"] == 3
+    assert table.rows[1]["test mAP"] == exp.runs["b"].test_map and table.rows[1]["seeds"] == 1
+
+    exp.table("runs", ["a", "b"], "The runs", section="simple-results")
+    exp.result("a", "Run a", section="simple-results")
+    built = report.build("smoke", runs_dir=exp.runs_dir, report_dir=exp.runs_dir.parent / "report", execute=False)
+    results = json.loads((built.parent / "results.json").read_text())
+    entry = results["notebooks"]["01_introduction"]["runs"]["a"]
+    assert [s["seed"] for s in entry["seeds"]] == [0, 1, 2] and [s["test_map"] for s in entry["seeds"]] == tests
+    assert entry["spread"]["test_map"] == {"mean": pytest.approx(mean), "std": pytest.approx(sd), "n": 3}
+    section = report.generated_text(built.read_text())["simple-results"]
+    assert "| run a | tiny | sgd | 0.01 | 1 | 40 | none | 64 | " in section and f"| {mean:.4f} ± {sd:.4f} |" in section
+    assert "_Mean ± standard deviation over the seeds of: run a (3 seeds)._" in section
+    assert f"test mAP **{mean:.4f} ± {sd:.4f}**" in section and "(mean ± standard deviation over 3 seeds)" in section
+
+    capsys.readouterr()
+    again = Experiment("01_introduction", "smoke", None, exp.runs_dir, exp.figures_dir, quiet=True)
+    assert [r.test_map for r in again.run("a", again.config(**TINY), seeds=3).seeds] == tests
+    assert capsys.readouterr().out.count("reused from disk") == 3
+
+
+def test_the_best_ablation_row_is_chosen_by_its_mean_val_map_and_findings_judge_it_by_the_spread(exp, capsys, monkeypatch):
+    # Row 2's first seed has the highest val mAP of all, but its mean over its seeds is below row 1's.
+    vals = {"01-smoke-ablation-1": 0.30, "01-smoke-ablation-2": 0.40, "01-smoke-ablation-2-seed1": 0.10}
+    tests = {"01-smoke-ablation-1": 0.20, "01-smoke-ablation-2": 0.25, "01-smoke-ablation-2-seed1": 0.21}
+    fit = train.fit
+
+    def fit_and_set(config, **kw):  # the numbers of a trained run, set so that the choice is known
+        run = fit(config, **kw)
+        run.history[-1]["val_map"], run.metrics["test_map"] = vals[run.name], tests[run.name]
+        return run
+
+    monkeypatch.setattr(train, "fit", fit_and_set)
+    ablation = exp.ablation([("one seed", TINY_NET, {}), ("two seeds", TINY_NET, {"lr": 0.001})], epochs=1, seeds={2: 2})
+    assert [r.name for r in ablation.runs["ablation-2"].seeds] == ["01-smoke-ablation-2", "01-smoke-ablation-2-seed1"]
+    assert ablation.best == "ablation-1"
+    assert ablation.table.rows[1]["val mAP"] == "0.2500 ± 0.2121" and ablation.table.rows[1]["seeds"] == 2
+    capsys.readouterr()
+    # 0.23 against 0.20: more than the fixed margin, less than twice the standard deviation of row 2's seeds (0.0283).
+    assert exp.finding(9, "two seeds beat one", [("beats", "ablation-2", "ablation-1")]) == "not reproduced"
+    assert ("NOT REPRODUCED (measured spread: 2 × pooled SD = 0.0566); two seeds 0.2300 ± 0.0283 (2 seeds) vs one seed "
+            "0.2000") in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"seeds name row 3, which it does not have"):
+        exp.ablation([("one seed", TINY_NET, {})], epochs=1, seeds={3: 2})
+    with pytest.raises(UserError, match=r"seeds=0 is not a number of seeds"):
+        exp.run("c", exp.config(**TINY), seeds=0)
+
+
+def test_the_worked_example_trains_its_decisive_rows_with_the_profiles_seeds(tmp_path, voc_root):
+    example = Experiment("03_develop_classifier", "quick", None, tmp_path / "runs", tmp_path / "figures", quiet=True,
+                         worked_example=True)
+    labels = [label for label, _, _ in example.worked_example_rows()]
+    seeds = example.worked_example_seeds()
+    assert [labels[serial - 1] for serial in seeds] == ["BaseNet (Adam)", "BaseNet (Adam) + data augmentation",
+                                                        "+ 1 BatchNorm"]
+    assert set(seeds.values()) == {config.PROFILES["quick"].decisive_seeds} == {2}
+    assert config.PROFILES["full"].decisive_seeds == 1

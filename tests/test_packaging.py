@@ -1,5 +1,6 @@
 """The project's set-up files agree with each other and the console entry points work."""
 
+import json
 import re
 import subprocess
 import sys
@@ -58,6 +59,23 @@ def test_readme_shows_the_two_commands():
     assert "make report" in readme and "make test" in readme
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^report:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def test_measure_report_times_the_report_make_report_builds(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("measure_report", ROOT / "tools" / "measure_report.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    commands = []
+    monkeypatch.setattr(tool, "measure", lambda command, env, interval: commands.append(command) or {"exit_status": 0})
+    assert tool.main(["--state", "warm"]) == 0
+    recipe = re.search(r"^report:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    given = re.findall(r"--set (\S+)", recipe)
+    assert given == ["WORKED_EXAMPLE=True"]  # the worked example's ablation is most of the report's training
+    (command,) = commands
+    assert [c.split("=", 1)[1] for c in command if c.startswith("--set=")] == given
+    assert json.loads(capsys.readouterr().out)["command"] == "mp3kit report --profile quick --set WORKED_EXAMPLE=True"
 
 
 def _specs(requirements) -> dict:

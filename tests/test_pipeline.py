@@ -216,8 +216,9 @@ def test_cache_size_for_presets():
     assert pipeline.cache_size_for(227, "none") == 227
     assert pipeline.cache_size_for(227, "jitter-flip-rotate") == 256
     assert pipeline.cache_size_for(227, "standard") == 256
-    with pytest.raises(UserError, match="flip"):
-        pipeline.cache_size_for(227, "flip")
+    assert pipeline.cache_size_for(227, "flip") == 227  # a mirror needs no margin: it shares the evaluation's cache
+    with pytest.raises(UserError, match="mirror"):
+        pipeline.cache_size_for(227, "mirror")
 
 
 # ---------------------------------------------------------------- BatchLoader
@@ -370,10 +371,13 @@ def test_augment_presets_shape_determinism_and_effect(augment):
         # Per-sample randomness: the images of one batch are not all transformed alike.
         same = np.repeat(images[:1], 6, axis=0)
         y = _one_batch(same, augment, train=True)
-        assert all(not torch.allclose(y[0], y[i]) for i in range(1, 6))
+        if augment == "flip":  # two outcomes only: mirrored or not
+            assert any(not torch.allclose(y[0], y[i]) for i in range(1, 6))
+        else:
+            assert all(not torch.allclose(y[0], y[i]) for i in range(1, 6))
 
 
-@pytest.mark.parametrize("augment", ["jitter-flip-rotate", "standard"])
+@pytest.mark.parametrize("augment", ["jitter-flip-rotate", "standard", "flip"])
 def test_augment_presets_flip_about_half_the_images(augment):
     # Brightness grows from left to right: a mirrored image's columns get darker instead.
     ramp = np.broadcast_to(np.linspace(0, 255, 40).astype(np.uint8)[None, :, None], (40, 40, 3))
@@ -385,6 +389,16 @@ def test_augment_presets_flip_about_half_the_images(augment):
     assert (slope.abs() > 0.1).all()
     assert 0.25 < flipped < 0.75
     assert (_one_batch(images, "none", train=True).mean(dim=(1, 2)).diff(dim=1) >= 0).all()
+
+
+def test_the_flip_preset_mirrors_the_crop_and_changes_nothing_else():
+    images = _photo_like(n=16, size=32)
+    x = _one_batch(images, "flip", train=True)
+    plain = _one_batch(images, "none", train=True)
+    mirrored = [torch.allclose(x[i], plain[i].flip(-1), atol=1e-6) for i in range(16)]
+    kept = [torch.allclose(x[i], plain[i], atol=1e-6) for i in range(16)]
+    assert all(m != k for m, k in zip(mirrored, kept))  # every image is exactly one of the two
+    assert 0 < sum(mirrored) < 16
 
 
 def test_jitter_flip_rotate_preset_rotates_and_jitters_colour():
@@ -415,7 +429,7 @@ def test_hue_and_saturation_match_torchvision_per_image():
 
 def test_per_item_and_cached_loaders_give_the_same_batches(split, tmp_path):
     options = dict(batch_size=4, image_size=32, seed=2, device="cpu", cache_dir=tmp_path, progress=False)
-    for augment, train in (("none", True), ("standard", True), ("jitter-flip-rotate", False)):
+    for augment, train in (("none", True), ("standard", True), ("flip", True), ("jitter-flip-rotate", False)):
         cached = list(pipeline.make_loader(split, augment=augment, train=train, pipeline="cached", **options))
         per_item = list(pipeline.make_loader(split, augment=augment, train=train, pipeline="per-item", **options))
         assert len(cached) == len(per_item) == 3

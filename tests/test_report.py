@@ -540,3 +540,29 @@ def test_a_report_md_saved_as_windows_1252_is_one_sentence_and_stays_as_it_was(t
                           f"Windows-1252 writes curly quotes and dashes): save it as UTF-8 (in Notepad: File, Save As, "
                           f"Encoding UTF-8), then run mp3kit report again.\n")
     assert sorted((p.name, p.read_bytes()) for p in report_dir.iterdir()) == before
+
+
+def test_a_row_with_several_seeds_shows_its_spread_is_chosen_by_its_mean_and_its_findings_say_their_rule(tmp_path):
+    kit = make_kit(tmp_path)
+    runs_dir = kit["runs_dir"]
+    path = runs_dir / "03_develop_classifier.manifest.json"
+    manifest = json.loads(path.read_text())
+    # Row 2's first seed has the higher val mAP (0.45 against 0.40), its mean over two seeds the lower (0.35).
+    write_run(runs_dir, "03-ablation-1", test_map=0.20, test_loss=0.3, val_map=0.40)
+    write_run(runs_dir, "03-ablation-2", test_map=0.26, test_loss=0.3, val_map=0.45)
+    write_run(runs_dir, "03-ablation-2-seed1", test_map=0.22, test_loss=0.3, val_map=0.25, seed=1)
+    manifest["runs"]["ablation-2"]["seeds"] = ["03-ablation-2", "03-ablation-2-seed1"]
+    manifest["report"].append(finding(9, "row 2 beats row 1", [("beats", "ablation-2", "ablation-1")]))
+    path.write_text(json.dumps(manifest))
+    sections = report.generated_text(build(kit).read_text())
+    assert "| 1 | BaseNet (SGD) (best by val mAP) | 0.4000 | 0.2000 |" in sections["ablation"]
+    assert "| 2 | BaseNet (Adam) \\| + BatchNorm | 0.3500 ± 0.1414 | 0.2400 ± 0.0283 |" in sections["ablation"]
+    assert "Row 2: mean ± standard deviation over 2 seeds; the best row is chosen by the mean val mAP." in sections["ablation"]
+    rows = {line.split(" | ")[0]: line for line in sections["findings"].splitlines() if line.startswith("| ")}
+    assert rows["| #"].endswith("| verdict | rule |")
+    # 0.24 against 0.20 is above the fixed margin but within twice the spread of row 2's seeds (2 x 0.0283).
+    assert rows["| 9"].endswith("| not reproduced | measured spread: 2 × pooled SD = 0.0566 |")
+    assert rows["| 1"].endswith("| reproduced | fixed margins |") and rows["| 2"].endswith(f"| fixed margin {findings.MARGIN} |")
+    entry = json.loads((kit["report_dir"] / "results.json").read_text())["notebooks"]["03_develop_classifier"]["runs"]
+    assert entry["ablation-2"]["spread"]["val_map"] == {"mean": pytest.approx(0.35), "std": pytest.approx(0.1414, abs=1e-4),
+                                                       "n": 2}

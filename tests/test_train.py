@@ -165,6 +165,26 @@ def test_cli_train_writes_the_run_with_test_metrics(voc_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_trains_one_config_with_several_seeds_as_runs_of_their_own_and_prints_their_spread(voc_root, tmp_path):
+    out = _cli("train", "--data-root", str(voc_root), "--name", "cli", "--runs-dir", str(tmp_path), "--epochs", "1",
+               "--image-size", "64", "--max-images", "30", "--seed", "4", "--seeds", "3", "--quiet")
+    assert out.returncode == 0, out.stderr
+    seeds = [runs.load_run(tmp_path / name) for name in ("cli", "cli-seed5", "cli-seed6")]
+    assert [r.config["seed"] for r in seeds] == [4, 5, 6] and all(r.complete for r in seeds)
+    tests = [r.test_map for r in seeds]
+    assert len(set(tests)) == 3, "the seeds should change the numbers"
+    for r in seeds:
+        assert f"{r.name}: test mAP {r.test_map:.4f}" in out.stdout
+    mean, sd = np.mean(tests), np.std(tests, ddof=1)
+    assert out.stdout.rstrip().endswith(f"test mAP {mean:.4f} ± {sd:.4f} (mean ± standard deviation)")
+    assert "3 seeds (4, 5, 6): val mAP " in out.stdout
+    refused = _cli("train", "--seeds", "0", "--runs-dir", str(tmp_path / "none"))
+    assert refused.returncode == 2
+    assert refused.stderr == "mp3kit: --seeds 0 is not a number of seeds: give a whole number of at least 1.\n"
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
 def test_cli_user_errors_are_one_sentence_and_exit_2(tmp_path):
     out = _cli("train", "--data-root", str(tmp_path / "nowhere"), "--name", "x", "--runs-dir", str(tmp_path))
     assert out.returncode == 2
@@ -549,7 +569,7 @@ def test_an_old_name_is_refused_in_one_sentence_that_lists_the_known_ones(tmp_pa
     with pytest.raises(UserError, match=r"^Unknown model 'seed': use one of simple, alexnet, alexnet-pretrained, "
                                         r"alexnet-pretrained-frozen, alexnet-bn, basenet, a spec"):
         train.TrainConfig(model="seed")
-    with pytest.raises(UserError, match=r"^TrainConfig.augment='seed' is not one of none, jitter-flip-rotate, standard\.$"):
+    with pytest.raises(UserError, match=r"^TrainConfig.augment='seed' is not one of none, jitter-flip-rotate, standard, flip\.$"):
         train.TrainConfig(augment="seed")
     out = _cli("train", "--model", "seed", "--runs-dir", str(tmp_path))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Unknown model 'seed'" in out.stderr
@@ -572,6 +592,75 @@ def test_a_pretrained_run_at_the_quick_profiles_width_loads_back(voc_root, tmp_p
     assert model.features[0].out_channels == 64 and model.classifier[6].out_features == 20
     saved = torch.load(run.checkpoint_path, weights_only=True)["model"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------- fine-tuning: a faster head, flips
+
+
+@pytest.mark.slow
+def test_the_fine_tuning_recipe_trains_the_new_head_at_its_multiple_of_the_pretrained_layers_lr(
+        voc_root, tmp_path, monkeypatch):
+    # A locally written file stands in for the ImageNet weights, as notebook 2's pretrained AlexNet reads them.
+    with torch.device("meta"):
+        shapes = torchvision.models.alexnet().state_dict()
+    torch.save({k: torch.randn(v.shape) * 0.01 for k, v in shapes.items()}, tmp_path / "imagenet.pth")
+    monkeypatch.setenv(settings.ALEXNET_WEIGHTS, str(tmp_path / "imagenet.pth"))
+    seen = []
+
+    def recording(session, loader, epoch, stop=None):  # the optimizer's groups as each epoch trains with them
+        named = {id(p): n for n, p in session.model.named_parameters()}
+        seen.append([(g["lr"], sorted(named[id(p)] for p in g["params"])) for g in session.optimizer.param_groups])
+        return train_one_epoch(session, loader, epoch, stop)
+
+    train_one_epoch = train.train_one_epoch
+    monkeypatch.setattr(train, "train_one_epoch", recording)
+    recipe = train.TrainConfig(model="alexnet-pretrained", lr=1e-3, head_lr_mult=10, augment="flip", image_size=64,
+                               max_images=20, epochs=2, eval_every=1, batch_size=20, schedule="step", step_size=1,
+                               gamma=0.5)
+    run = train.fit(recipe, voc_root, name="finetuned", runs_dir=tmp_path / "runs", progress=False)
+    assert run.complete and run.test_map is not None
+    head = ["classifier.6.bias", "classifier.6.weight"]  # the new 4096 -> 20 layer
+    for epoch, groups in enumerate(seen):  # the schedule scales both groups alike, epoch after epoch
+        (body_lr, body), (head_lr, in_head) = groups
+        assert body_lr == pytest.approx(1e-3 * 0.5 ** epoch) and head_lr == pytest.approx(1e-2 * 0.5 ** epoch)
+        assert in_head == head and len(body) == len(dict(train.build_model(recipe).named_parameters())) - 2
+    assert [h["lr"] for h in run.history] == pytest.approx([1e-3, 5e-4])  # the history records the pretrained layers' lr
+    assert run.config["head_lr_mult"] == 10 and run.config["augment"] == "flip"
+    # The course's single lr is another run: it records no multiplier and is not reused for the recipe.
+    single = train.TrainConfig(model="alexnet-pretrained")
+    assert "head_lr_mult" not in single.to_dict() and single.default_name() != single.replace(head_lr_mult=10).default_name()
+
+
+@pytest.mark.slow
+def test_a_faster_head_learns_more_from_the_same_steps():
+    # A network whose layers learn at a small lr: with the head 30 times faster, the same steps lower the loss more.
+    data = train.load_data(synth.ensure_synthetic(), SMALL["max_images"])
+    losses = {}
+    for mult in (1, 30):
+        session = train.start_session(train.TrainConfig(**{**SMALL, "lr": 1e-3, "head_lr_mult": mult}), data.train)
+        loader = session.train_loader()
+        losses[mult] = [train.train_one_epoch(session, loader, epoch)["train_loss"] for epoch in range(4)]
+    assert losses[1][0] == pytest.approx(losses[30][0], abs=0.02)  # the same start
+    assert losses[30][-1] < losses[1][-1] - 0.02, losses
+
+
+class ConvScores(torch.nn.Module):
+    """A network whose 20 scores come from a 1x1 convolution, averaged: it has no Linear layer."""
+
+    def __init__(self, num_classes=20):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))  # (B, 20)
+
+
+def test_a_head_multiplier_without_a_linear_head_is_one_sentence(voc_root, tmp_path):
+    with pytest.raises(UserError, match=r"^TrainConfig.head_lr_mult=10 needs a network whose 20 scores come from an "
+                                        r"nn.Linear layer, and ConvScores has none: leave head_lr_mult at 1\.$"):
+        train.fit(train.TrainConfig(**{**SMALL, "model": ConvScores, "head_lr_mult": 10}), voc_root, name="x",
+                  runs_dir=tmp_path, progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------- recipes: trainval, flip TTA, the lr range test
@@ -779,6 +868,17 @@ def test_sigterm_lets_the_checkpoint_being_written_land_and_fit_restores_the_old
     worker.join()
     assert results and results[0].status == "complete" and results[0].origin == "resumed"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_before_the_checkpoint_writer_starts_ends_the_run_as_that_signal(tmp_path, monkeypatch):
+    # fit's SIGTERM handler raises where the main thread is; here, between making the writer thread and starting it.
+    def signalled(self):
+        raise train.Interrupted(signum=signal.SIGTERM)
+
+    monkeypatch.setattr(threading.Thread, "start", signalled)
+    with pytest.raises(train.Interrupted), train._CheckpointWriter() as writer:
+        writer.save(tmp_path / "checkpoint.pt", {"epoch": 1})
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Measure `mp3kit report` (what `make report` runs after set-up): wall time and peak memory, as one JSON line.
+"""Measure `mp3kit report` as `make report` runs it after set-up: wall time and peak memory, as one JSON line.
 
 Usage (from the repository root, after `make setup`):
 
@@ -11,6 +11,8 @@ fresh clone (set-up, i.e. creating .venv, is excluded).
 Runs are keyed to the data's folder, so a --state warm run straight after a fresh one trains again (it reads the
 dataset from the usual cache); the one after that measures the warm rebuild.
 The report goes to a temporary folder unless --report-dir is given, so report/ is left alone.
+The notebooks get make report's --set WORKED_EXAMPLE=True (notebook 3 runs the seed report's ablation), unless
+--set gives other values.
 
 Memory is reported two ways:
   peak_tree_rss_mib    the largest sum of resident memory over the whole process tree (mp3kit plus the Jupyter
@@ -36,6 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+MAKE_REPORT_SETS = ["WORKED_EXAMPLE=True"]  # what the Makefile's report target gives mp3kit report
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -101,6 +104,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", choices=["smoke", "quick", "full"], default="quick")
     p.add_argument("--report-dir", default=None, help="where the report goes (default: a temporary folder)")
     p.add_argument("--interval", type=float, default=0.2, help="memory sampling interval in seconds")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help="the notebooks' parameters, as mp3kit report --set takes them (default: WORKED_EXAMPLE=True, as "
+                        "make report gives)")
     args = p.parse_args(argv)
 
     env = dict(os.environ)
@@ -113,14 +119,17 @@ def main(argv=None) -> int:
             print(f"measure_report: moving {runs} aside to {aside} (state fresh)", file=sys.stderr)
             runs.rename(aside)
         env["MP3KIT_CACHE"] = str(scratch / "cache")
-    command = [sys.executable, "-m", "mp3kit", "report", "--profile", args.profile, "--report-dir", str(report_dir)]
+    given = args.set if args.set is not None else MAKE_REPORT_SETS
+    command = [sys.executable, "-m", "mp3kit", "report", "--profile", args.profile, "--report-dir", str(report_dir),
+               *(f"--set={item}" for item in given)]
     try:
         result = measure(command, env, args.interval)
     finally:
         shutil.rmtree(scratch / "cache", ignore_errors=True)
         if not args.report_dir:
             shutil.rmtree(scratch, ignore_errors=True)
-    result = {"command": "mp3kit report --profile " + args.profile, "state": args.state, **result,
+    result = {"command": " ".join(["mp3kit report --profile", args.profile, *(f"--set {item}" for item in given)]),
+              "state": args.state, **result,
               "cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(), "python": platform.python_version()}
     print(json.dumps(result))
     return result["exit_status"]
