@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mp3kit-installed
 
-.PHONY: setup report test bench colab-check
+.PHONY: setup report test test-quick bench colab-check
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ report: setup
 test: setup
 	$(PY) -m ruff check .
 	MP3KIT_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
+# The loop while working on mp3kit: leaves out the tests marked slow (kernels, browsers, virtualenvs, long training).
+test-quick: setup
+	MP3KIT_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest -q -m "not slow" tests -p no:cacheprovider
 
 bench: setup
 	$(PY) -m mp3kit bench

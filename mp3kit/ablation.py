@@ -138,8 +138,8 @@ def _ablation_row(row, serial: int) -> tuple[str, object, dict]:
     return label, network, recipe
 
 
-# The worked example's rows whose differences decide finding 9 by a few hundredths on the quick profile (README,
-# "Profiles"): Adam (row 2), augmentation on top of it (row 3) and BatchNorm after conv 1 (row 4); Experiment's
+# The worked example's rows whose differences decide finding 9 by a few hundredths on the quick profile
+# (docs/design-notes.md): Adam (row 2), augmentation on top of it (row 3) and BatchNorm after conv 1 (row 4); Experiment's
 # worked_example_seeds gives them the profile's decisive_seeds.
 DECISIVE_ROWS = (2, 3, 4)
 

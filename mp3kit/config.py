@@ -363,7 +363,7 @@ PROFILES = {
         final_epochs=3,
         decisive_seeds=2,
     ),
-    # Sized for a 2-core CPU (README, "Profiles"): the course's 20 epochs (40 for longer training) at batch 10, so a
+    # Sized for a 2-core CPU (docs/design-notes.md): the course's 20 epochs (40 for longer training) at batch 10, so a
     # run takes 1,000 steps, enough for the slow starters (SGD without BatchNorm) to begin to leave chance; the simple
     # classifier gets 1,250 (batch 8), as its SGD run leaves chance late with some seeds. The networks trained from
     # scratch are built at 1/8 width (TrainConfig.width) and the simple classifier sees 32 px, which makes a step
@@ -377,7 +377,7 @@ PROFILES = {
         train={"image_size": 64, "epochs": 20, "batch_size": 10, "eval_every": 5, "width": 0.125},
         long_epochs=40,
         final_epochs=40,
-        decisive_seeds=2,  # the 5-minute budget of `make report` holds with them (README, "Profiles")
+        decisive_seeds=2,  # the 5-minute budget of `make report` holds with them (docs/design-notes.md)
         notebooks={"01": {"train": {"image_size": 32, "batch_size": 8}}, "03": {"train": {"image_size": 128}}},
     ),
     "full": Profile(

@@ -77,7 +77,7 @@ def average_precision(targets, scores, difficult=None, count_difficult=False, vo
     Each class's AP is scikit-learn's average_precision_score of its column (entries left out as weight 0);
     voc07=True interpolates the same precision-recall curve at recall 0, 0.1, ..., 1 as VOC 2007's devkit did.
     scikit-learn is slower than a vectorised hand-written AP but costs a fraction of a second per evaluation of a full
-    split (README, "Speed"), so the well-kept library is the one used.
+    split (docs/measurements.md), so the well-kept library is the one used.
     """
     from sklearn.metrics import average_precision_score, precision_recall_curve  # slow to import: only when needed
 

@@ -147,7 +147,7 @@ def make_optimizer(config: TrainConfig, model):
     groups = param_groups(config, model)
     for group in groups:
         group["lr"] = config.lr * group["lr_scale"]
-    # The fused kernels are several times faster than the per-tensor loop (README, "Speed"); MPS keeps the default.
+    # The fused kernels are several times faster than the per-tensor loop (docs/measurements.md); MPS keeps the default.
     if config.optimizer == "sgd":
         cls, options = torch.optim.SGD, dict(momentum=config.momentum)
     else:
@@ -166,7 +166,7 @@ def place_model(model, device):
     """Move model to device, in the memory layout training uses there; return it."""
     model.to(device)
     if device.type in ("cpu", "cuda"):
-        # Channels-last convolutions: faster training on the CPU (README, "Speed"), and the usual layout for
+        # Channels-last convolutions: faster training on the CPU (docs/measurements.md), and the usual layout for
         # mixed precision on CUDA. MPS keeps the default layout.
         model.to(memory_format=torch.channels_last)
     return model
@@ -326,7 +326,7 @@ class Session:
     def eval_loader(self, split: voc.VOCSplit):
         """Return the loader that evaluates split: in order, unaugmented, at twice the training batch."""
         # Evaluation keeps no activations for a backward pass, so twice the batch fits wherever training fits,
-        # and AlexNet-sized layers run faster on bigger batches (README, "Speed").
+        # and AlexNet-sized layers run faster on bigger batches (docs/measurements.md).
         return self._loader(split, train=False, batch_size=2 * self.config.batch_size)
 
 
@@ -516,8 +516,8 @@ def _cpu_copy(obj):
 class _CheckpointWriter:
     """Writes the epochs' checkpoints one at a time in a background thread, so the disk works while training goes on.
 
-    A checkpoint of AlexNet with Adam is 685 MB, and writing one takes a noticeable part of an epoch (README,
-    "Speed"). save() snapshots the state first (training changes the weights in place); wait() returns
+    A checkpoint of AlexNet with Adam is 685 MB, and writing one takes a noticeable part of an epoch
+    (docs/measurements.md). save() snapshots the state first (training changes the weights in place); wait() returns
     once the last checkpoint is on disk and raises the error its writing met, if any (a full disk as WriteFailed),
     so that error stops the run at the end of the next epoch at the latest. kept is the epoch of the last
     checkpoint known to be on disk.

@@ -113,3 +113,15 @@ def test_every_lower_bound_admits_what_colab_ships():
                for n in [re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].strip().lower()]
                if n in colab and not SpecifierSet(r[len(n):].split(";")[0]).contains(colab[n], prereleases=True)]
     assert not refused, f"these requirements refuse the version Colab ships: {refused}"
+
+
+def test_the_readme_links_docs_pages_that_exist_and_say_when_they_were_written():
+    # The README keeps what a student and an instructor need; the investigation notes live in docs/, each page dated.
+    readme = (ROOT / "README.md").read_text()
+    linked = set(re.findall(r"\]\((docs/[^)#]+)\)", readme))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert linked == pages and pages >= {"docs/design-notes.md", "docs/measurements.md", "docs/contributing.md"}
+    for page in pages:
+        assert re.search(r"^\*Updated \d{4}-\d{2}-\d{2}\.\*", (ROOT / page).read_text(), re.M), f"{page} has no date"
+    # The quick loop the contributing page promises is a make target, and it leaves out the slow tests.
+    assert re.search(r'^test-quick:.*\n(\t.*\n)*\t.*-m "not slow"', (ROOT / "Makefile").read_text(), re.M)

@@ -9,7 +9,7 @@ mp3kit.metrics computes each class's AP with scikit-learn's average_precision_sc
 NumPy AP mp3kit used before (taken from git: the last revision of mp3kit/metrics.py that defined _ranked_curves),
 loaded next to today's. Both score the same random scores and VOC-like labels (class frequencies of 1% to 40%, some
 difficult-only entries) in alternating rounds; the script prints the fastest of at least 10 calls of each, their ratio,
-and the largest difference between their APs. The README ("Speed") states the figures.
+and the largest difference between their APs. docs/measurements.md states the figures.
 """
 
 from __future__ import annotations

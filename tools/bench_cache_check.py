@@ -11,7 +11,7 @@ git: the parent of the commit that made CACHE_VERSION 2), loaded next to today's
 synthetic split in a temporary folder; then, in alternating rounds, each opens its warm cache (cache_images) and
 drains the loader over it as `mp3kit bench` does (the fastest whole pass of at least 5 and 2 s). It prints the fastest
 open, the warm pipeline's images/s (mp3kit bench's "cached" figure), and both together (one open and one pass, as an
-evaluation loader of a short run sees it), with today's / baseline ratios. The README ("Speed") states the figures.
+evaluation loader of a short run sees it), with today's / baseline ratios. docs/measurements.md states the figures.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ in one place only:
   frozen + BN        row 4 with conv 1 kept at its random initial filters
 
 It prints each run's test mAP and, per seed, the difference to row 3. Nothing is written outside a temporary
-folder. The README ("Profiles and what the synthetic numbers mean") states what these runs showed on the
+folder. docs/design-notes.md ("The seed report's findings") states what these runs showed on the
 development VM and what it means for finding 9.
 """
 
