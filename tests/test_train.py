@@ -32,6 +32,25 @@ def voc_root():
     return synth.ensure_synthetic()
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(voc_root, tmp_path_factory):
+    """Return a function giving SMALL's uninterrupted run with an augmentation, each trained once; tests only read them."""
+    folder, made = tmp_path_factory.mktemp("whole"), {}
+
+    def run(augment: str = "none"):
+        if augment not in made:
+            made[augment] = train.fit(train.TrainConfig(**SMALL, augment=augment), voc_root, name=f"whole-{augment}",
+                                      runs_dir=folder, progress=False)
+        return made[augment]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def whole_run(uninterrupted):
+    return uninterrupted()
+
+
 def _history_numbers(run):
     keys = ("train_loss", "val_loss", "train_map", "val_map")
     return [[h[k] for k in keys] for h in run.history]
@@ -51,14 +70,14 @@ def test_training_lowers_loss_and_lifts_map_well_above_chance(voc_root, tmp_path
     assert run.test_map < 0.95  # the synthetic set is learnable, not trivial
 
 
-def test_run_record_on_disk_matches_the_returned_run(voc_root, tmp_path):
-    run = train.fit(train.TrainConfig(**SMALL), voc_root, name="rec", runs_dir=tmp_path, progress=False)
+def test_run_record_on_disk_matches_the_returned_run(whole_run):
+    run = whole_run
     assert run.status == "complete"
     for f in runs.RUN_FILES:
-        assert (tmp_path / "rec" / f).exists(), f
-    loaded = runs.load_run(tmp_path / "rec")
+        assert (run.path / f).exists(), f
+    loaded = runs.load_run(run.path)
     assert loaded.history == run.history and loaded.metrics == run.metrics and loaded.status == "complete"
-    metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
+    metrics = json.loads((run.path / "metrics.json").read_text())
     assert len(metrics["test_ap"]) == 20 and 0 <= metrics["test_map"] <= 1 and metrics["test_loss"] > 0
     assert metrics["synthetic"] is True
     evals = [h["epoch"] for h in run.history if h["val_map"] is not None]
@@ -75,9 +94,9 @@ def test_eval_epochs_follow_the_kits_test_frequency(voc_root, tmp_path):
 
 
 @pytest.mark.parametrize("augment", ["none", "standard"])
-def test_resumed_run_ends_like_an_uninterrupted_one(voc_root, tmp_path, augment):
+def test_resumed_run_ends_like_an_uninterrupted_one(voc_root, tmp_path, uninterrupted, augment):
     cfg = train.TrainConfig(**SMALL, augment=augment)
-    whole = train.fit(cfg, voc_root, name="whole", runs_dir=tmp_path, progress=False)
+    whole = uninterrupted(augment)
 
     stop = threading.Event()
     stopped = train.fit(cfg, voc_root, name="cut", runs_dir=tmp_path, progress=False, stop=stop,
@@ -434,12 +453,6 @@ def _folder_refuses_writes(monkeypatch, folder: Path, code: int) -> None:
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
 
 
-@pytest.fixture(scope="module")
-def whole_run(voc_root, tmp_path_factory):
-    return train.fit(train.TrainConfig(**SMALL), voc_root, name="whole", runs_dir=tmp_path_factory.mktemp("whole"),
-                     progress=False)
-
-
 @pytest.mark.parametrize("file, nth, room, kept", [
     ("checkpoint.pt", 2, 4096, 1),  # epoch 2's checkpoint, in the background writer
     ("history.json", 2, 10, 1),  # the history after epoch 1
@@ -719,10 +732,11 @@ class _OneBatch:
 
 def test_tta_is_recorded_in_the_config_and_a_run_without_the_new_fields_is_still_reused(recipe_data, recipe_run, tmp_path):
     assert recipe_run.config["tta"] == "none"
-    old = runs.load_run(recipe_run.path)
+    copy = shutil.copytree(recipe_run.path, tmp_path / recipe_run.name)  # the other tests read the run as trained
+    old = runs.load_run(copy)
     config = {k: v for k, v in old.config.items() if k not in ("train_split", "tta")}  # as saved before they existed
-    (recipe_run.path / "config.json").write_text(json.dumps(config))
-    again = train.fit(train.TrainConfig(**RECIPE), name="train", runs_dir=recipe_run.path.parent, progress=False,
+    (copy / "config.json").write_text(json.dumps(config))
+    again = train.fit(train.TrainConfig(**RECIPE), name="train", runs_dir=tmp_path, progress=False,
                       data=recipe_data, reuse=True)
     assert again.origin == "reused"
     with pytest.raises(UserError, match="TrainConfig.tta='mirror' is not one of none, flip"):
