@@ -80,14 +80,14 @@ def test_a_notebooks_estimate_counts_reused_runs_as_nothing_and_warns_past_an_ho
     tiny = exp.config(model="simple", image_size=32, epochs=1)
     exp.run("done", tiny)
     capsys.readouterr()
-    total = exp.estimate({"done": tiny, "new": tiny.replace(epochs=2)})
-    out = capsys.readouterr().out
+    exp.estimate({"done": tiny, "new": tiny.replace(epochs=2)})
+    out, total = capsys.readouterr().out, exp.manifest.values["estimate"]["seconds"]
     assert "finished: reused" in out and "0 s" in out and total > 0 and "more than an hour" not in out
     # A network whose steps take 10 s (a stand-in timing) makes hours of work: the warning says what to do.
     (key,) = exp._timings
     exp._timings[key] = estimate.Timing(10.0, 0.1, "a slow GPU")
-    total = exp.estimate({"long": tiny.replace(epochs=400)})
-    out = capsys.readouterr().out
+    exp.estimate({"long": tiny.replace(epochs=400)})
+    out, total = capsys.readouterr().out, exp.manifest.values["estimate"]["seconds"]
     assert total > estimate.LONG_S and "more than an hour" in out and "RUNS_ON_DRIVE = True" in out
     assert "about 2 h" in out and "a slow GPU" in out  # 400 steps of 10 s (smoke: one batch an epoch)
 
