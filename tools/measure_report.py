@@ -16,7 +16,9 @@ The notebooks get make report's --set WORKED_EXAMPLE=True (notebook 3 runs the s
 
 Where the time goes, from the same build (the runs it trained: those whose config.json it wrote):
   runs                 per run, its estimate (status.json, made before it trained; mp3kit.estimate) against the seconds
-                       fit took (metrics.json), and their ratio; worst_ratio is the run furthest from 1 either way
+                       fit took (metrics.json), and their ratio; worst_ratio is the run furthest from 1 either way;
+                       epoch_ratio compares an epoch's estimated steps with the run's median epoch (history.json),
+                       which a burst of load elsewhere on a shared machine moves far less than the run's total
   share                the report's wall time spent in training steps (the sum of the runs' epochs' seconds in
                        history.json) against the rest: evaluation inside fit, the estimate cells, the notebooks' other
                        cells (data, caches, figures, explanations), kernel starts, and mp3kit report outside the notebooks
@@ -40,6 +42,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,14 +121,18 @@ def trained_runs(runs_dir: Path, since: float) -> list:
 
 
 def run_times(trained: list) -> list[dict]:
-    """Return each run's estimated and actual seconds, their ratio, and its training steps' seconds."""
+    """Return each run's estimated and actual seconds and their ratio, its training steps' seconds, and the estimated
+    steps of an epoch against the median epoch's (a ratio that a burst of load on a shared machine hardly moves)."""
     rows = []
     for run in trained:
         estimated, actual = run.estimate.get("seconds"), run.metrics.get("seconds")
+        epochs = [h["seconds"] for h in run.history if h.get("seconds")]
+        per_epoch = (run.estimate.get("steps") or 0) * (run.estimate.get("step_s") or 0) / (run.estimate.get("epochs") or 1)
         rows.append({"run": run.name, "status": run.status, "estimated_s": estimated,
                      "actual_s": None if actual is None else round(actual, 2),
                      "ratio": round(estimated / actual, 3) if estimated and actual else None,
-                     "steps_s": round(sum(h.get("seconds") or 0.0 for h in run.history), 2)})
+                     "steps_s": round(sum(epochs), 2),
+                     "epoch_ratio": round(per_epoch / statistics.median(epochs), 3) if per_epoch and epochs else None})
     return rows
 
 
@@ -172,8 +179,9 @@ def summary(result: dict) -> str:
     lines = [f"load average {result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after "
              f"({result['cpus']} CPUs)"]
     if rows:
-        lines.append(f"{'run':<44} {'estimated s':>11} {'actual s':>9} {'ratio':>6}")
-        lines += [f"{r['run']:<44} {r['estimated_s']:>11.1f} {r['actual_s']:>9.1f} {r['ratio']:>6.2f}" for r in rows]
+        lines.append(f"{'run':<44} {'estimated s':>11} {'actual s':>9} {'ratio':>6} {'median epoch ratio':>18}")
+        lines += [f"{r['run']:<44} {r['estimated_s']:>11.1f} {r['actual_s']:>9.1f} {r['ratio']:>6.2f} "
+                  f"{r['epoch_ratio'] or float('nan'):>18.2f}" for r in rows]
         lines.append(f"worst ratio (estimated / actual): {result['worst_ratio']:.2f}; all {len(rows)} runs: estimated "
                      f"{sum(r['estimated_s'] for r in rows):.0f} s, actual {sum(r['actual_s'] for r in rows):.0f} s")
     time_parts = result.get("time", {})
