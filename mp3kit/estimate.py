@@ -3,10 +3,10 @@
 measure(config, data) builds config's network and optimizer afresh (train.start_session), takes two warm-up steps and
 then a few timed training steps on the run's own first batches, and scores one evaluation batch; the random number
 generators are put back afterwards, so the run it was measured for trains exactly as it would have. A pretrained
-network is timed with its layers' fresh weights: a step takes as long whatever the weights hold, and the ImageNet
-file need not be on disk to say how long its run will take. A run's time is
-then its remaining training steps times a step, plus the images its evaluations score times an image (run_cost:
-the epochs evaluated, train and val each time, test at the end, twice with flip TTA). Not in it: building the image
+network is timed with its layers' fresh weights: a step takes as long whatever the weights hold, and the ImageNet file
+need not be on disk to say how long its run will take. A run's time is then its remaining training steps times a step,
+plus the images its evaluations score times an image (run_cost: the epochs evaluated, train and val each time, test at
+the end, twice with flip TTA). Not in it: building the image
 cache the first time, the kernel's start, and checkpoint writes (they run beside training). fit records a run's
 estimate in its status.json (Estimate.record), beside the seconds it took (metrics.json), and tools/measure_report.py
 compares the two over a report's runs.
