@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mp3kit import items, models, runs, train
+from mp3kit import estimate, items, models, runs, train
 from mp3kit.config import TrainConfig
 from mp3kit.table import Table
 from mp3kit.util import UserError
@@ -80,12 +80,8 @@ def run_ablation(rows, base: TrainConfig, run, chance: float, seeds=1) -> Ablati
         sizes.add(config.image_size)
         if models.scales_with_width(config.model):
             widths.add(config.width)
-        try:
-            with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
-                params = sum(p.numel() for p in train.build_model(config).parameters())
-        except UserError as exc:
-            # A network too deep for this profile's small images (the full profile's 227 px fit them all).
-            reason = str(exc).split(" (")[0]
+        params, reason = _parameters(config)
+        if reason:
             print(f"{key} ({label}): skipped, {reason}.")
             recorded.append(items.AblationRow(serial, label, key, reason))
             table.append({"serial": serial, "architecture": label, "params": None, "val mAP": None,
@@ -111,6 +107,32 @@ def run_ablation(rows, base: TrainConfig, run, chance: float, seeds=1) -> Ablati
     columns = ["serial", "architecture", "params", "val mAP", "test mAP", *(["seeds"] if seeded else []), "note"]
     return Ablation(Table(table, columns, " ".join(filter(None, [note, built]))), recorded, chosen, best, base, rows,
                     " ".join(filter(None, [NOTE, built])))
+
+
+def plan_ablation(rows, base: TrainConfig, seeds=1, final: dict | None = None) -> dict:
+    """Return the runs an ablation of rows on base will train, as Experiment.estimate takes them: each row whose network
+    fits base's images, keyed ablation-1, ... with its seeds (as run_ablation takes them), and with final (the final
+    model's changes, e.g. {"epochs": 40}) the final model, one of those rows' configs with them, chosen later by val."""
+    per_row = _seeds_per_row(seeds, len(rows))
+    planned = {}
+    for serial, row in enumerate(rows, start=1):
+        _, network, recipe = _ablation_row(row, serial)
+        config = base.replace(**{**recipe, "model": network})
+        if not _parameters(config)[1]:  # a row skipped for its image size trains nothing
+            planned[f"ablation-{serial}"] = estimate.Planned(config, per_row[serial])
+    if final is not None and planned:
+        planned["final"] = estimate.Planned(tuple(p.configs[0].replace(**final) for p in planned.values()))
+    return planned
+
+
+def _parameters(config: TrainConfig) -> tuple[int | None, str]:
+    """Return the parameters of config's network, or None and why it cannot take config's images."""
+    try:
+        with torch.device("meta"):  # shapes and counts only: no memory, no initialisation
+            return sum(p.numel() for p in train.build_model(config).parameters()), ""
+    except UserError as exc:
+        # A network too deep for this profile's small images (the full profile's 227 px fit them all).
+        return None, str(exc).split(" (")[0]
 
 
 def _seeds_per_row(seeds, n_rows: int) -> dict:

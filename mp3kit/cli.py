@@ -65,14 +65,15 @@ def _cmd_train(args) -> int:
     data = train.load_data(args.data_root, config.max_images)  # loaded once for every seed
     done, status = [], 0
     for c, name in zip(configs, names):
-        if not args.quiet:  # how long it will take, timed here, before the time is spent
+        expected = None
+        if not args.quiet:  # how long it will take, timed here, before the time is spent (and kept with the run)
             from mp3kit import estimate
 
             expected = estimate.estimate_run(c, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False)
             if expected.timing is not None:
                 print(expected.line(name), flush=True)
         run = train.fit(c, args.data_root, name=name, runs_dir=args.runs_dir, resume=args.resume,
-                        progress=not args.quiet, data=data)
+                        progress=not args.quiet, data=data, expected=expected and expected.timing and expected.record())
         if run.moved_aside and args.quiet:  # with progress on, fit has said so
             print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
         if run.status != "complete":

@@ -2,11 +2,14 @@
 
 measure(config, data) builds config's network and optimizer afresh (train.start_session), takes two warm-up steps and
 then a few timed training steps on the run's own first batches, and scores one evaluation batch; the random number
-generators are put back afterwards, so the run it was measured for trains exactly as it would have. A run's time is
-then its remaining training steps times a step, plus the images its evaluations score times an image (run_cost:
-the epochs evaluated, train and val each time, test at the end, twice with flip TTA). Not in it: building the image
-cache the first time, the kernel's start, and checkpoint writes (they run beside training). The README ("Speed")
-gives the estimate's measured error on the quick profile (tools/measure_eta.py).
+generators are put back afterwards, so the run it was measured for trains exactly as it would have. A pretrained
+network is timed with its layers' fresh weights: a step takes as long whatever the weights hold, and the ImageNet file
+need not be on disk to say how long its run will take. A run's time is then its remaining training steps times a step,
+plus the images its evaluations score times an image (run_cost: the epochs evaluated, train and val each time, test at
+the end, twice with flip TTA). Not in it: building the image
+cache the first time, the kernel's start, and checkpoint writes (they run beside training). fit records a run's
+estimate in its status.json (Estimate.record), beside the seconds it took (metrics.json), and tools/measure_report.py
+compares the two over a report's runs.
 """
 
 from __future__ import annotations
@@ -50,12 +53,33 @@ class Estimate:
             return 0.0
         return self.steps * self.timing.step_s + self.eval_images * self.timing.eval_image_s
 
+    def record(self) -> dict:
+        """Return what a run's record keeps of its estimate (fit writes it to status.json)."""
+        t = self.timing
+        return {"seconds": round(self.seconds, 2), "epochs": self.epochs, "steps": self.steps,
+                "eval_images": self.eval_images, "step_s": t and t.step_s, "eval_image_s": t and t.eval_image_s,
+                "device": t and t.device}
+
     def line(self, what: str) -> str:
         """Return the sentence that says how long what will take."""
         if self.timing is None:
             return f"{what}: finished already, reused (0 s)"
         return (f"{what}: about {duration(self.seconds)} on {self.timing.device} ({self.steps:,} training steps of "
                 f"{1000 * self.timing.step_s:,.0f} ms and {self.eval_images:,} images evaluated, timed on this device)")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run of a notebook's plan (Experiment.estimate) that one config does not say: one trained with several seeds
+    (each seed its own run, costing what the first costs unless it is finished), or one whose config is chosen later
+    among candidates (notebook 3's final model: the ablation's best row, known once the ablation has trained)."""
+
+    configs: tuple  # the config (a TrainConfig or a dict of changes to the profile's), or the candidates
+    seeds: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.configs, tuple):
+            object.__setattr__(self, "configs", (self.configs,))
 
 
 def duration(seconds: float) -> str:
@@ -85,7 +109,7 @@ def measure(config: TrainConfig, data: train.Data, *, cache_dir=None) -> Timing:
     numpy_state = np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        session = train.start_session(config, data.training(config.train_split), cache_dir=cache_dir)
+        session = train.start_session(config, data.training(config.train_split), cache_dir=cache_dir, imagenet=False)
         try:
             step_s = _time_steps(session)
             eval_image_s = _time_evaluation(session)

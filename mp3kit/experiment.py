@@ -35,7 +35,7 @@ import torch
 
 from mp3kit import data as voc
 from mp3kit import estimate, explain, findings, items, kaggle, layout, metrics, models, plots, runs, settings, synth, train
-from mp3kit.ablation import DECISIVE_ROWS, Ablation, run_ablation, worked_example_rows
+from mp3kit.ablation import DECISIVE_ROWS, Ablation, plan_ablation, run_ablation, worked_example_rows
 from mp3kit.config import TrainConfig, get_profile
 from mp3kit.metrics import NoPositivesWarning
 from mp3kit.runs import Run
@@ -210,10 +210,12 @@ class Experiment:
 
     def _train(self, key: str, config: TrainConfig) -> Run:
         """Train (or reuse, or resume) config as run key and print its line; a diverging run comes back failed."""
-        name = self.run_name(key)
-        if self.progress:  # a person is watching: say how long it will take before the time is spent
+        name, expected = self.run_name(key), None
+        if self.progress or estimate.timing_key(config) in self._timings:
+            # A person watching is told how long it will take before the time is spent; after the notebook's plan
+            # (exp.estimate) the timing is here already. Either way the run keeps its estimate (fit's expected).
             expected = self._estimate(config, name)
-            if expected.timing is not None:
+            if self.progress and expected.timing is not None:
                 print(expected.line(key), flush=True)
         t0 = time.perf_counter()
         try:
@@ -223,7 +225,8 @@ class Experiment:
                     warnings.simplefilter("ignore", NoPositivesWarning)
                 # fit decides: reuse a complete run with this config and data, resume an unfinished one, or train.
                 run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=False if self.retrain else "auto",
-                                reuse=not self.retrain, progress=self.progress, data=self._data_for(config.max_images))
+                                reuse=not self.retrain, progress=self.progress, data=self._data_for(config.max_images),
+                                expected=expected and expected.timing and expected.record())
         except train.NonFiniteLoss as exc:
             run = runs.load_run(self.runs_dir / name)
             print(f"{key}: FAILED, {exc}")
@@ -244,26 +247,49 @@ class Experiment:
             self._timings[estimate.timing_key(config)] = expected.timing
         return expected
 
-    def estimate(self, plan: dict) -> float:
-        """Print how long the runs of plan ({key: config}) will take on this device and return the total in seconds.
+    def estimate(self, plan: dict) -> None:
+        """Print how long the runs of plan will take on this device, and record it in the manifest ("estimate": the
+        total and each run's seconds, by run folder name).
 
-        Finished runs with the same settings cost nothing (they are reused); an interrupted one costs its remaining
-        epochs. A few steps of each kind of network are timed here (mp3kit.estimate); past an hour, a plain warning
-        says what to do about Colab's sessions.
+        plan maps each run key to what exp.run will train there: a config (a TrainConfig, or a dict of changes to the
+        profile's), or an estimate.Planned for one trained with several seeds or chosen later among candidates
+        (exp.ablation_plan gives notebook 3's). Finished runs with the same settings cost nothing (they are reused),
+        and so does each finished seed; an interrupted one costs its remaining epochs; a config chosen later costs
+        what the candidate already in its folder costs, else what the slowest costs. A few steps of each kind of
+        network are timed here (mp3kit.estimate; a pretrained one with fresh weights, so its ImageNet file need not be
+        there yet); past an hour, a plain warning says what to do about Colab's sessions.
         """
-        rows, total = [], 0.0
-        for key, config in plan.items():
-            config = self._as_config(config)
-            expected = self._estimate(config, self.run_name(key))
-            total += expected.seconds
-            what = "finished: reused" if expected.timing is None else f"{expected.steps:,} steps"
-            rows.append({"run": key, "what happens": what,
-                         "estimate": estimate.duration(expected.seconds) if expected.timing else "0 s"})
+        rows, total, recorded = [], 0.0, {}
+        for key, entry in plan.items():
+            entry = entry if isinstance(entry, estimate.Planned) else estimate.Planned(entry)
+            configs, seeds = [self._as_config(c) for c in entry.configs], seed_count(entry.seeds)
+            names = [self.run_name(key if i == 0 else f"{key}-seed{configs[0].seed + i}") for i in range(seeds)]
+            found = [self._expected([c.replace(seed=c.seed + i) for c in configs], name) for i, name in enumerate(names)]
+            expected = [e for e, _ in found]
+            seconds = sum(e.seconds for e in expected)
+            total += seconds
+            recorded.update({name: round(e.seconds, 2) for name, e in zip(names, expected)})
+            slowest = len(configs) if any(guessed for _, guessed in found) else 1
+            rows.append({"run": key, "what happens": plan_line(expected, slowest), "estimate": estimate.duration(seconds)})
         devices = sorted({t.device for t in self._timings.values()}) or ["this machine"]
         print(Table(rows, ["run", "what happens", "estimate"], align=["left", "left", "right"]).to_text())
-        print(f"This notebook's runs still to train: about {estimate.duration(total)} on {', '.join(devices)}. "
-              + estimate.long_warning(total))
-        return total
+        warning = estimate.long_warning(total)
+        print(f"This notebook's runs still to train: about {estimate.duration(total)} on {', '.join(devices)}."
+              + (f" {warning}" if warning else ""))
+        self.record("estimate", {"seconds": round(total, 2), "devices": devices, "runs": recorded})
+
+    def _expected(self, configs: list, name: str) -> tuple[estimate.Estimate, bool]:
+        """Return how long fit will take for run name trained with one of configs, and whether that is a guess: the one
+        its folder already holds (finished or interrupted), else the slowest (a guess when there are several)."""
+        found = [self._estimate(config, name) for config in configs]
+        started = [e for config, e in zip(configs, found) if e.epochs < config.epochs]
+        return (started[0], False) if started else (max(found, key=lambda e: e.seconds), len(found) > 1)
+
+    def ablation_plan(self, rows, seeds=1, final: dict | None = None, epochs: int | None = None) -> dict:
+        """Return the runs exp.ablation(rows, epochs, seeds=seeds) and exp.final(ablation, **final) will train, as
+        exp.estimate takes them: every row whose network takes this profile's images, with its seeds, and the final
+        model, whose row val chooses once the ablation has trained (until then, any row may be it)."""
+        return plan_ablation(rows, self.config(epochs=epochs or self.epochs), seeds, final)
 
     def _as_config(self, config) -> TrainConfig:
         """Return config as a TrainConfig: None is the profile's, a dict holds changes to it."""
@@ -656,6 +682,19 @@ def verdict_line(finding: findings.Finding, runs_by_key: dict, labels: dict, cha
     rule = f" ({findings.rule_used(finding, maps)})" if findings.seeded(maps) else ""
     return verdict, (f"Finding {finding.number} ({finding.text}): {verdict.upper()}{rule}; "
                      f"{findings.evidence(finding, maps, labels, chance)}.")
+
+
+def plan_line(expected: list, slowest_of: int = 1) -> str:
+    """Return what happens to a plan's run key (its estimates, one per seed): reused, or the steps it trains, and
+    whether they are the slowest of slowest_of configs it may be (chosen later)."""
+    left = [e for e in expected if e.timing is not None]
+    what = f"{sum(e.steps for e in left):,} steps" if left else "finished: reused"
+    if len(expected) > 1:
+        done = len(expected) - len(left)
+        what = f"{len(expected)} seeds" + (f", {done} finished" if done else "") + (f": {what}" if left else "")
+    if slowest_of > 1 and left:
+        what += f" (the slowest of the {slowest_of} configs it may be)"
+    return what
 
 
 def seed_count(seeds) -> int:

@@ -4,7 +4,8 @@ runs/<name>/
     config.json       the TrainConfig that made the run
     history.json      one dict per completed epoch
     metrics.json      the test evaluation (written when the run completes)
-    status.json       running | complete | stopped | interrupted | failed, with a reason, and what the run trains on
+    status.json       running | complete | stopped | interrupted | failed, with a reason, what the run trains on, and
+                      how long it was expected to take when it started (mp3kit.estimate; absent when not estimated)
     test_scores.npz   ids, scores (N, 20), targets, difficult of the test split
     val_scores.npz    the same of the val split, and whether val was held out (explanations need no model)
     checkpoint.pt     model, optimizer, gradient scaler, epoch, history, RNG states, config
@@ -51,6 +52,9 @@ class Run:
     status: str = "running"
     reason: str = ""
     device_info: dict = field(default_factory=dict)  # device, its name and compute capability, autocast dtype
+    # The estimate made before this training started (mp3kit.estimate.Estimate.record: seconds, steps, device ...);
+    # empty when none was made. A resumed run's covers the epochs it resumed, as its metrics' seconds do.
+    estimate: dict = field(default_factory=dict)
     origin: str = ""  # what the fit() call that returned it did: reused, resumed or trained ("" when loaded)
     moved_aside: str = ""  # where that fit() call moved the earlier run it found in this folder ("" when none)
     # The runs of the same config with several seeds (Experiment.run(seeds=N)), this one first; empty for one seed.
@@ -201,6 +205,7 @@ def load_run(path) -> Run:
         status=status.get("status", "running"),
         reason=status.get("reason", ""),
         device_info=status.get("device", {}),
+        estimate=status.get("estimate", {}),
     )
 
 
@@ -227,8 +232,9 @@ def write_progress(run: Run) -> None:
 
 
 def write_status(run: Run) -> None:
-    """Write the run's status.json: its status, the reason, and what it trains on."""
-    atomic_write_json(run.path / "status.json", {"status": run.status, "reason": run.reason, "device": run.device_info})
+    """Write the run's status.json: its status, the reason, what it trains on and, when made, its estimate."""
+    status = {"status": run.status, "reason": run.reason, "device": run.device_info}
+    atomic_write_json(run.path / "status.json", {**status, "estimate": run.estimate} if run.estimate else status)
 
 
 def write_metrics(run: Run) -> None:

@@ -331,15 +331,16 @@ class Session:
 
 
 def start_session(config: TrainConfig, training: voc.VOCSplit, *, device=None, cache_dir=None,
-                  progress: bool = False) -> Session:
+                  progress: bool = False, imagenet: bool = True) -> Session:
     """Seed, build and place config's network, its optimizer, precision and backends, to train on training.
 
-    device defaults to the one config names. The loaders are made on demand (Session.train_loader, eval_loader):
+    device defaults to the one config names; imagenet=False builds a pretrained network's layers with fresh weights
+    (build_model), for timing its steps. The loaders are made on demand (Session.train_loader, eval_loader):
     building the image cache can wait until fit knows it trains.
     """
     device = pick_device(config.device) if device is None else device
     _set_seed(config.seed)
-    model = place_model(build_model(config), device).train()
+    model = place_model(build_model(config, imagenet), device).train()
     amp = amp_dtype(config, device)
     configure_backends(device)
     return Session(config, device, training, model, make_optimizer(config, model), amp, grad_scaler(amp),
@@ -797,7 +798,7 @@ def _interrupted(run: Run, writer: _CheckpointWriter, signum: int) -> Interrupte
 
 def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_dir="runs", resume=False,
         reuse: bool = False, progress: bool = True, callback=None, stop=None, cache_dir=None, data: Data | None = None,
-        ) -> Run:
+        expected: dict | None = None) -> Run:
     """Train config on data_root's train split, validate on val, test on test; record and return the Run.
 
     Decides alone whether a run is reused, resumed or trained afresh, and says which in the Run's origin:
@@ -806,6 +807,8 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     does so when the settings match and starts afresh otherwise. Starting afresh never deletes a run: the one
     in the folder moves aside to name@<UTC time> (the Run's moved_aside says where). While it trains, the run's
     folder is locked (runs.RunLock): a second fit of the same run stops with a sentence naming the first.
+    expected: how long this training was estimated to take (mp3kit.estimate.Estimate.record), kept in status.json
+    beside the seconds it takes; a reused run keeps its record as it was.
     """
     if not isinstance(config, TrainConfig):
         raise UserError("fit() needs a TrainConfig: build one with mp3kit.train.TrainConfig(...).")
@@ -813,7 +816,7 @@ def fit(config: TrainConfig, data_root=None, *, name: str | None = None, runs_di
     name = runs.check_name(config.default_name() if name is None else name)
     data = data or load_data(data_root, config.max_images)
     run = Run(name=name, path=Path(runs_dir) / name, config={**config.to_dict(), "data": {
-        "root": data.root, "synthetic": data.synthetic, "identities": _identities(data)}})
+        "root": data.root, "synthetic": data.synthetic, "identities": _identities(data)}}, estimate=dict(expected or {}))
     reused = _reusable(run, config, data, resume, reuse)  # reading a finished run needs no lock
     if reused is not None:
         return reused

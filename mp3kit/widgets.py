@@ -193,7 +193,8 @@ class TrainPanel:
                                  f"{estimate.duration(self.estimate.seconds)} on {self.estimate.timing.device} ...", "busy")
             self._started = time.monotonic()
             run = train.fit(config, self.data_root, name=name, runs_dir=self.runs_dir, resume=resume, progress=False,
-                            callback=self._on_epoch, stop=stop, data=data)
+                            callback=self._on_epoch, stop=stop, data=data,
+                            expected=self.estimate.timing and self.estimate.record())
             self.last_run = run
             self._show_end(run)
         except UserError as exc:

@@ -127,6 +127,28 @@ plots.plot_label_stats(exp.data.train,
 # whether it does.)
 
 # %% [markdown]
+# ## Before training: how long will it take?
+#
+# Every run this notebook trains is listed once, here, in `PLAN`: its key and its settings
+# (`exp.config(...)` gives the course's defaults at this profile's sizes with the changes named).
+# The training cells below take their settings from `PLAN`, so what is timed here is what trains. The
+# cell times a few real training steps of each network on this machine and prints each run's
+# estimate and the total still to train; a run already finished with the same settings costs
+# nothing (it is reused). If the total is long, plan for it: Colab ends idle sessions and caps long
+# ones, so set `RUNS_ON_DRIVE = True` in the first cell (finished runs are kept on your Drive and an
+# interrupted one resumes), run the training cells over several sittings, or choose a smaller
+# `PROFILE`.
+
+# %%
+PLAN = {
+    "simple-default": exp.config(model="simple"),
+    **{f"simple-lr{lr:g}": exp.config(model="simple", lr=lr) for lr in LOWER_LEARNING_RATES},
+    "simple-long": exp.config(model="simple", epochs=exp.long_epochs),
+    "simple-adam": exp.config(model="simple", optimizer="adam", lr=ADAM_LR),
+}
+exp.estimate(PLAN)
+
+# %% [markdown]
 # ## The simple classifier, with the course's defaults
 #
 # The course's simple classifier has three convolution layers (5×5, 3×3, 3×3), each followed by a
@@ -145,10 +167,10 @@ exp.architecture("simple")
 # *train*; train and val mAP are measured at the first epoch, every 5th and the last (the kit's
 # `test_frequency`), and the test split is scored once, at the end. `exp.config(...)` returns
 # these defaults with the profile's sizes and your changes applied; `print(exp.config())` shows
-# every field.
+# every field, and `PLAN` above holds each run's.
 
 # %%
-default = exp.run("simple-default", exp.config(model="simple"), label="simple, SGD lr 0.01 (course defaults)")
+default = exp.run("simple-default", PLAN["simple-default"], label="simple, SGD lr 0.01 (course defaults)")
 exp.result("simple-default", "Simple classifier with the course defaults", section="simple-results")
 exp.map_conventions(default)
 
@@ -228,12 +250,12 @@ exp.context_errors("simple-default", expect=("chair", "diningtable"), section="s
 # train, then check its prediction with the runs below.
 
 # %%
-lr_found = exp.lr_find(exp.config(model="simple"), section="simple-plots")
+lr_found = exp.lr_find(PLAN["simple-default"], section="simple-plots")
 
 # %%
 lr_runs = [default]
 for lr in LOWER_LEARNING_RATES:
-    lr_runs.append(exp.run(f"simple-lr{lr:g}", exp.config(model="simple", lr=lr), label=f"simple, SGD lr {lr:g}"))
+    lr_runs.append(exp.run(f"simple-lr{lr:g}", PLAN[f"simple-lr{lr:g}"], label=f"simple, SGD lr {lr:g}"))
 
 # %%
 plots.plot_history(exp.labelled(*lr_runs),
@@ -245,8 +267,7 @@ plots.plot_history(exp.labelled(*lr_runs),
 # the validation curves in the second half: still improving, flat, or getting worse?
 
 # %%
-long = exp.run("simple-long", exp.config(model="simple", epochs=exp.long_epochs),
-               label=f"simple, SGD lr 0.01, {exp.long_epochs} epochs")
+long = exp.run("simple-long", PLAN["simple-long"], label=f"simple, SGD lr 0.01, {exp.long_epochs} epochs")
 plots.plot_history(long, path=exp.figure("simple-long-curves", "Simple classifier, longer training: loss and mAP per epoch",
                                          "simple-plots"))
 
@@ -256,8 +277,7 @@ plots.plot_history(long, path=exp.figure("simple-long-curves", "Simple classifie
 # lr 1e-4, betas (0.9, 0.999) and eps 1e-8 (the defaults of `TrainConfig`).
 
 # %%
-adam = exp.run("simple-adam", exp.config(model="simple", optimizer="adam", lr=ADAM_LR),
-               label=f"simple, Adam lr {ADAM_LR:g}")
+adam = exp.run("simple-adam", PLAN["simple-adam"], label=f"simple, Adam lr {ADAM_LR:g}")
 plots.plot_history(adam, path=exp.figure("simple-adam-curves", "Simple classifier with Adam: loss and mAP per epoch",
                                          "simple-plots"))
 

@@ -85,6 +85,29 @@ exp = Experiment("02_scratch_vs_pretrained", PROFILE, DATA_ROOT, RUNS_DIR, FIGUR
 exp.architecture("alexnet")
 
 # %% [markdown]
+# ## Before training: how long will it take?
+#
+# Every run this notebook trains is listed once, here, in `PLAN` (the training cells below take
+# their settings from it, so what is timed here is what trains). The cell times a few real training
+# steps of each network on this machine and prints each run's estimate and the total still to
+# train; a run already finished with the same settings costs nothing (it is reused). The pretrained
+# runs are timed too, whether or not the ImageNet weights are on disk yet: a step takes as long
+# whatever the weights hold. AlexNet is the slowest network of the course, so on `full` read the total
+# before you start: Colab ends idle sessions and caps long ones, so set `RUNS_ON_DRIVE = True` in the
+# first cell (finished runs are kept on your Drive and an interrupted one resumes), run the training
+# cells over several sittings, or choose a smaller `PROFILE`.
+
+# %%
+PLAN = {
+    "alexnet-scratch-sgd": exp.config(model="alexnet"),
+    "alexnet-scratch-tuned": exp.config(model="alexnet", epochs=exp.long_epochs),
+    "alexnet-scratch-adam": exp.config(model="alexnet", optimizer="adam", lr=ADAM_LR),
+    "alexnet-pretrained": exp.config(model="alexnet-pretrained"),
+    "alexnet-finetuned": exp.config(model="alexnet-pretrained", lr=FINETUNE_LR, head_lr_mult=HEAD_LR_MULT, augment="flip"),
+}
+exp.estimate(PLAN)
+
+# %% [markdown]
 # ## From scratch, three recipes
 #
 # 1. **Course SGD**: the course's defaults (SGD, lr 0.01, momentum 0.9), as in notebook 1.
@@ -103,19 +126,19 @@ exp.architecture("alexnet")
 # is one thing BatchNorm buys.
 
 # %%
-scratch_sgd = exp.run("alexnet-scratch-sgd", exp.config(model="alexnet"), label="AlexNet from scratch, SGD lr 0.01")
+scratch_sgd = exp.run("alexnet-scratch-sgd", PLAN["alexnet-scratch-sgd"], label="AlexNet from scratch, SGD lr 0.01")
 exp.result("alexnet-scratch-sgd", "AlexNet from scratch, course defaults", section="scratch-results")
 plots.plot_history(scratch_sgd, path=exp.figure("alexnet-scratch-sgd-curves",
                                                 "AlexNet from scratch, course SGD: loss and mAP per epoch", "scratch-plots"))
 
 # %%
-scratch_tuned = exp.run("alexnet-scratch-tuned", exp.config(model="alexnet", epochs=exp.long_epochs),
+scratch_tuned = exp.run("alexnet-scratch-tuned", PLAN["alexnet-scratch-tuned"],
                         label=f"AlexNet from scratch, SGD lr 0.01, {exp.long_epochs} epochs")
 plots.plot_history(scratch_tuned, path=exp.figure("alexnet-scratch-tuned-curves",
                                                   "AlexNet from scratch, tuned SGD: loss and mAP per epoch", "scratch-plots"))
 
 # %%
-scratch_adam = exp.run("alexnet-scratch-adam", exp.config(model="alexnet", optimizer="adam", lr=ADAM_LR),
+scratch_adam = exp.run("alexnet-scratch-adam", PLAN["alexnet-scratch-adam"],
                        label=f"AlexNet from scratch, Adam lr {ADAM_LR:g}")
 exp.table("scratch-runs", ["alexnet-scratch-sgd", "alexnet-scratch-tuned", "alexnet-scratch-adam"], section="scratch-results",
           best=True)
@@ -139,7 +162,7 @@ missing = exp.check_pretrained(sections=["pretrained-results", "pretrained-plots
 
 # %%
 if missing is None:
-    pretrained = exp.run("alexnet-pretrained", exp.config(model="alexnet-pretrained"),
+    pretrained = exp.run("alexnet-pretrained", PLAN["alexnet-pretrained"],
                          label="AlexNet pretrained on ImageNet, SGD lr 0.01")
     exp.result("alexnet-pretrained", "ImageNet-pretrained AlexNet", section="pretrained-results")
     exp.table("pretrained-run", ["alexnet-pretrained"], section="pretrained-results")
@@ -171,8 +194,7 @@ if missing is None:
 
 # %%
 if missing is None:
-    finetuned = exp.run("alexnet-finetuned", exp.config(model="alexnet-pretrained", lr=FINETUNE_LR, head_lr_mult=HEAD_LR_MULT,
-                                                        augment="flip"),
+    finetuned = exp.run("alexnet-finetuned", PLAN["alexnet-finetuned"],
                         label=f"AlexNet pretrained, fine-tuned: SGD lr {FINETUNE_LR:g}, head x{HEAD_LR_MULT:g}, flip")
     exp.result("alexnet-finetuned", "ImageNet-pretrained AlexNet with the fine-tuning recipe (published on real VOC 2007: "
                "about 0.78 test mAP, Pathak et al., CVPR 2016)", section="pretrained-results")

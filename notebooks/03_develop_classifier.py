@@ -205,6 +205,22 @@ if WORKED_EXAMPLE:  # the seed report's BaseNet, Adam, augmentation, BatchNorm s
     if SEEDS == 1:  # its decisive rows (2-4) with the profile's decisive_seeds
         SEEDS = exp.worked_example_seeds()
 
+# %% [markdown]
+# **Before training: how long will it take?** The cell below lists the runs that the ablation and
+# the final model will train, from `ABLATION` and `SEEDS` as they stand (each extra seed is a run
+# of its own; one already finished costs nothing), times a few real training steps of each network
+# on this machine and prints each run's estimate and the total still to train. The final model is
+# the best row by val, which only the ablation can tell, so until then it counts as the slowest row
+# trained `FINAL`'s way (the cells below take `ABLATION`, `SEEDS` and `FINAL` as they are here). If
+# the total is long, plan for it: Colab ends idle sessions and caps long ones, so set
+# `RUNS_ON_DRIVE = True` in the first cell (finished runs are kept on your Drive and an interrupted one
+# resumes), train fewer rows or seeds at a time, or choose a smaller `PROFILE`.
+
+# %%
+FINAL = {"epochs": exp.final_epochs, "train_split": FINAL_TRAIN_SPLIT, "tta": FINAL_TTA}  # the best row, trained longer
+PLAN = exp.ablation_plan(ABLATION, seeds=SEEDS, final=FINAL)
+exp.estimate(PLAN)
+
 # %%
 ablation = exp.ablation(ABLATION, seeds=SEEDS)
 ablation
@@ -232,7 +248,7 @@ plots.plot_per_class_ap(exp.labelled(*steps), path=exp.figure("ablation-bars", "
 # your network before you spend epochs on it.
 
 # %%
-final = exp.final(ablation, epochs=exp.final_epochs, train_split=FINAL_TRAIN_SPLIT, tta=FINAL_TTA)
+final = exp.final(ablation, **FINAL)
 exp.result("final", "Final model", section="final-results")
 exp.table("final-run", ["final"], section="final-results")
 exp.result("final", "Final model", section="ablation")  # below the ablation table too

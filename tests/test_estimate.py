@@ -80,14 +80,14 @@ def test_a_notebooks_estimate_counts_reused_runs_as_nothing_and_warns_past_an_ho
     tiny = exp.config(model="simple", image_size=32, epochs=1)
     exp.run("done", tiny)
     capsys.readouterr()
-    total = exp.estimate({"done": tiny, "new": tiny.replace(epochs=2)})
-    out = capsys.readouterr().out
+    exp.estimate({"done": tiny, "new": tiny.replace(epochs=2)})
+    out, total = capsys.readouterr().out, exp.manifest.values["estimate"]["seconds"]
     assert "finished: reused" in out and "0 s" in out and total > 0 and "more than an hour" not in out
     # A network whose steps take 10 s (a stand-in timing) makes hours of work: the warning says what to do.
     (key,) = exp._timings
     exp._timings[key] = estimate.Timing(10.0, 0.1, "a slow GPU")
-    total = exp.estimate({"long": tiny.replace(epochs=400)})
-    out = capsys.readouterr().out
+    exp.estimate({"long": tiny.replace(epochs=400)})
+    out, total = capsys.readouterr().out, exp.manifest.values["estimate"]["seconds"]
     assert total > estimate.LONG_S and "more than an hour" in out and "RUNS_ON_DRIVE = True" in out
     assert "about 2 h" in out and "a slow GPU" in out  # 400 steps of 10 s (smoke: one batch an epoch)
 
@@ -108,3 +108,69 @@ def test_mp3kit_train_says_how_long_before_it_trains(tmp_path, capsys):
     assert out[0].startswith("t: about ") and "4 training steps" in out[0] and "on the CPU" in out[0]
     assert cli.main([*argv, "--quiet"]) == 0  # --quiet: no estimate, nothing timed
     assert not any("about" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_plans_seeds_each_cost_a_run_and_a_finished_seed_costs_nothing(tmp_path, capsys):
+    exp = Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    tiny = exp.config(model="simple", image_size=32, epochs=1)
+    exp.estimate({"a": estimate.Planned(tiny, seeds=3)})
+    planned = exp.manifest.values["estimate"]["runs"]
+    assert list(planned) == ["01-smoke-a", "01-smoke-a-seed1", "01-smoke-a-seed2"]  # the names exp.run gives them
+    assert len(set(planned.values())) == 1 and planned["01-smoke-a"] > 0  # each seed costs what the first costs
+    assert exp.manifest.values["estimate"]["seconds"] == pytest.approx(3 * planned["01-smoke-a"], abs=0.02)
+    assert "3 seeds: 3 steps" in capsys.readouterr().out
+    exp.run("a", tiny, seeds=2)
+    capsys.readouterr()
+    exp.estimate({"a": estimate.Planned(tiny, seeds=3)})
+    assert list(exp.manifest.values["estimate"]["runs"].values()) == [0, 0, planned["01-smoke-a-seed2"]]
+    assert "3 seeds, 2 finished: 1 steps" in capsys.readouterr().out
+
+
+def test_the_final_model_counts_as_the_slowest_row_until_its_folder_holds_one(tmp_path, capsys):
+    from mp3kit import models
+
+    exp = Experiment("03_develop_classifier", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    too_deep = models.SEED_ABLATION[-1][1]  # the extra convolutions: more than 64 px images can take
+    rows = [("fast", "simple", {}), ("slow", "simple", {"image_size": 128}), ("too deep", too_deep, {})]
+    plan = exp.ablation_plan(rows, final={"epochs": 3})
+    assert list(plan) == ["ablation-1", "ablation-2", "final"]  # a row the ablation skips trains nothing
+    exp.estimate(plan)
+    planned = exp.manifest.values["estimate"]["runs"]
+    slow, fast = (exp._estimate(c, "03-smoke-final").seconds for c in (plan["final"].configs[1], plan["final"].configs[0]))
+    assert slow > fast and planned["03-smoke-final"] == round(slow, 2)
+    assert "(the slowest of the 2 configs it may be)" in capsys.readouterr().out
+    exp.run("final", plan["final"].configs[0])  # val chose the fast row: its final run is on disk now
+    exp.estimate(plan)
+    assert exp.manifest.values["estimate"]["runs"]["03-smoke-final"] == 0
+
+
+def test_a_pretrained_network_whose_weights_are_missing_is_timed_with_fresh_weights(tmp_path, monkeypatch, capsys):
+    from mp3kit import settings
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty hub cache, no file named
+    monkeypatch.delenv(settings.ALEXNET_WEIGHTS, raising=False)
+    monkeypatch.delenv(settings.ALLOW_DOWNLOAD, raising=False)
+    exp = Experiment("02_scratch_vs_pretrained", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    assert exp.check_pretrained() is not None  # the weights cannot be loaded here
+    capsys.readouterr()
+    exp.estimate({"alexnet-pretrained": exp.config(model="alexnet-pretrained", epochs=1)})
+    out = capsys.readouterr().out
+    assert exp.manifest.values["estimate"]["runs"]["02-smoke-alexnet-pretrained"] > 0
+    assert "alexnet-pretrained  1 steps" in out and "on the CPU" in out
+
+
+def test_a_run_keeps_its_estimate_beside_the_seconds_it_took(tmp_path, capsys):
+    from mp3kit import runs
+
+    exp = Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    tiny = exp.config(model="simple", image_size=32, epochs=2)
+    exp.estimate({"a": tiny})
+    run = exp.run("a", tiny)
+    recorded = runs.load_run(run.path)
+    assert recorded.estimate["seconds"] == exp.manifest.values["estimate"]["runs"]["01-smoke-a"] > 0
+    assert recorded.estimate["steps"] == 2 and recorded.estimate["device"] == "the CPU"
+    assert recorded.metrics["seconds"] > 0  # the time it took, to compare with (tools/measure_report.py)
+    status = (run.path / "status.json").read_bytes()
+    again = Experiment("01_introduction", "smoke", None, tmp_path / "runs", tmp_path / "figures", quiet=True)
+    again.estimate({"a": tiny})
+    assert again.run("a", tiny).origin == "reused" and (run.path / "status.json").read_bytes() == status

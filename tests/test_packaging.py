@@ -69,6 +69,7 @@ def test_measure_report_times_the_report_make_report_builds(monkeypatch, capsys)
     spec.loader.exec_module(tool)
     commands = []
     monkeypatch.setattr(tool, "measure", lambda command, env, interval: commands.append(command) or {"exit_status": 0})
+    monkeypatch.setattr(tool, "bench_reference", lambda env: {})
     assert tool.main(["--state", "warm"]) == 0
     recipe = re.search(r"^report:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     given = re.findall(r"--set (\S+)", recipe)

@@ -14,6 +14,18 @@ The report goes to a temporary folder unless --report-dir is given, so report/ i
 The notebooks get make report's --set WORKED_EXAMPLE=True (notebook 3 runs the seed report's ablation), unless
 --set gives other values.
 
+Where the time goes, from the same build (the runs it trained: those whose config.json it wrote):
+  runs                 per run, its estimate (status.json, made before it trained; mp3kit.estimate) against the seconds
+                       fit took (metrics.json), and their ratio; worst_ratio is the run furthest from 1 either way;
+                       epoch_ratio compares an epoch's estimated steps with the run's median epoch (history.json),
+                       which a burst of load elsewhere on a shared machine moves far less than the run's total
+  share                the report's wall time spent in training steps (the sum of the runs' epochs' seconds in
+                       history.json) against the rest: evaluation inside fit, the estimate cells, the notebooks' other
+                       cells (data, caches, figures, explanations), kernel starts, and mp3kit report outside the notebooks
+  bench                this machine's `mp3kit bench` training figure (SimpleClassifier, images/s, cached pipeline),
+                       run after the report in the same invocation, as a reference for comparing machines
+A short summary of these goes to stderr; the JSON line to stdout holds every figure.
+
 Memory is reported two ways:
   peak_tree_rss_mib    the largest sum of resident memory over the whole process tree (mp3kit plus the Jupyter
                        kernels it starts), sampled from /proc every --interval seconds (a peak shorter than the
@@ -30,12 +42,17 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import nbformat
+
+from mp3kit import runs as run_records
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_REPORT_SETS = ["WORKED_EXAMPLE=True"]  # what the Makefile's report target gives mp3kit report
@@ -96,6 +113,90 @@ def measure(command: list[str], env: dict, interval: float) -> dict:
     }
 
 
+def trained_runs(runs_dir: Path, since: float) -> list:
+    """Return the runs in runs_dir that a build started at since trained (their config.json is written when training
+    starts; a reused run keeps its old one)."""
+    folders = [p.parent for p in Path(runs_dir).glob("*/config.json") if p.stat().st_mtime >= since]
+    return [run_records.load_run(folder) for folder in sorted(folders)]
+
+
+def run_times(trained: list) -> list[dict]:
+    """Return each run's estimated and actual seconds and their ratio, its training steps' seconds, and the estimated
+    steps of an epoch against the median epoch's (a ratio that a burst of load on a shared machine hardly moves)."""
+    rows = []
+    for run in trained:
+        estimated, actual = run.estimate.get("seconds"), run.metrics.get("seconds")
+        epochs = [h["seconds"] for h in run.history if h.get("seconds")]
+        per_epoch = (run.estimate.get("steps") or 0) * (run.estimate.get("step_s") or 0) / (run.estimate.get("epochs") or 1)
+        rows.append({"run": run.name, "status": run.status, "estimated_s": estimated,
+                     "actual_s": None if actual is None else round(actual, 2),
+                     "ratio": round(estimated / actual, 3) if estimated and actual else None,
+                     "steps_s": round(sum(epochs), 2),
+                     "epoch_ratio": round(per_epoch / statistics.median(epochs), 3) if per_epoch and epochs else None})
+    return rows
+
+
+def cell_seconds(executed: Path) -> tuple[float, float]:
+    """Return the seconds of an executed notebook's estimate cells and of all its cells (papermill's durations)."""
+    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
+    took = [(c.source, (c.metadata.get("papermill") or {}).get("duration") or 0.0) for c in cells]
+    return sum(s for source, s in took if "exp.estimate(" in source), sum(s for _, s in took)
+
+
+def where_time_goes(wall: float, rows: list[dict], report_dir: Path) -> dict:
+    """Return the seconds of the build's parts, from the runs (rows) and the report's results.json and executed notebooks."""
+    steps = sum(r["steps_s"] for r in rows)
+    fit = sum(r["actual_s"] or r["steps_s"] for r in rows)
+    results = report_dir / "results.json"
+    notebooks = json.loads(results.read_text())["notebooks"].values() if results.exists() else []
+    in_notebooks = sum(nb.get("seconds") or 0.0 for nb in notebooks)
+    estimating = in_cells = 0.0
+    for nb in notebooks:
+        if nb.get("executed") and (report_dir / nb["executed"]).exists():
+            estimate_cells, cells = cell_seconds(report_dir / nb["executed"])
+            estimating, in_cells = estimating + estimate_cells, in_cells + cells
+    parts = {"training_steps_s": steps, "evaluation_in_fit_s": fit - steps, "estimate_cells_s": estimating,
+             "other_cells_s": in_cells - fit - estimating, "kernel_starts_s": in_notebooks - in_cells,
+             "outside_notebooks_s": wall - in_notebooks}
+    return {**{k: round(v, 1) for k, v in parts.items()}, "training_steps_share": round(steps / wall, 3) if wall else None}
+
+
+def bench_reference(env: dict) -> dict:
+    """Run `mp3kit bench` (its whole set, as documented) and return its training figure and how long it took."""
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "mp3kit", "bench"], cwd=REPO, env=env, capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+    figures = json.loads(lines[-1])
+    return {"simple_cached_train_img_s": figures["simple_cached_img_s"], "image_size": figures["image_size"],
+            "batch_size": figures["batch_size"], "device": figures["device"], "seconds": round(time.monotonic() - t0, 1)}
+
+
+def summary(result: dict) -> str:
+    """Return the human summary of the time figures: estimates against actual times, the training share, the bench."""
+    rows = [r for r in result.get("runs", []) if r["ratio"] is not None]
+    lines = [f"load average {result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after "
+             f"({result['cpus']} CPUs)"]
+    if rows:
+        lines.append(f"{'run':<44} {'estimated s':>11} {'actual s':>9} {'ratio':>6} {'median epoch ratio':>18}")
+        lines += [f"{r['run']:<44} {r['estimated_s']:>11.1f} {r['actual_s']:>9.1f} {r['ratio']:>6.2f} "
+                  f"{r['epoch_ratio'] or float('nan'):>18.2f}" for r in rows]
+        lines.append(f"worst ratio (estimated / actual): {result['worst_ratio']:.2f}; all {len(rows)} runs: estimated "
+                     f"{sum(r['estimated_s'] for r in rows):.0f} s, actual {sum(r['actual_s'] for r in rows):.0f} s")
+    time_parts = result.get("time", {})
+    if time_parts.get("training_steps_share") is not None:
+        parts = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.0f} s" for k, v in time_parts.items()
+                          if k.endswith("_s"))
+        lines.append(f"training steps: {time_parts['training_steps_share']:.0%} of the wall time {result['wall_s']:.0f} s "
+                     f"(goal 80%): {parts}")
+    bench = result.get("bench", {})
+    if "simple_cached_train_img_s" in bench:
+        lines.append(f"mp3kit bench on this machine: SimpleClassifier training {bench['simple_cached_train_img_s']:.1f} "
+                     f"images/s ({bench['image_size']} px, batch {bench['batch_size']}, {bench['device']})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     """Parse the arguments, prepare the state, run the report and print one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -122,15 +223,24 @@ def main(argv=None) -> int:
     given = args.set if args.set is not None else MAKE_REPORT_SETS
     command = [sys.executable, "-m", "mp3kit", "report", "--profile", args.profile, "--report-dir", str(report_dir),
                *(f"--set={item}" for item in given)]
+    load_before, since = os.getloadavg(), time.time() - 1  # a second's slack for file systems that round mtimes
     try:
         result = measure(command, env, args.interval)
+        rows = run_times(trained_runs(REPO / "runs" / args.profile, since))
+        parts = where_time_goes(result.get("wall_s", 0.0), rows, report_dir)
     finally:
         shutil.rmtree(scratch / "cache", ignore_errors=True)
         if not args.report_dir:
             shutil.rmtree(scratch, ignore_errors=True)
+    ratios = [r["ratio"] for r in rows if r["ratio"]]
+    bench = bench_reference(dict(os.environ))
     result = {"command": " ".join(["mp3kit report --profile", args.profile, *(f"--set {item}" for item in given)]),
               "state": args.state, **result,
-              "cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(), "python": platform.python_version()}
+              "cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(), "python": platform.python_version(),
+              "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+              "runs": rows, "worst_ratio": max(ratios, key=lambda r: max(r, 1 / r)) if ratios else None, "time": parts,
+              "bench": bench}
+    print(summary(result), file=sys.stderr)
     print(json.dumps(result))
     return result["exit_status"]
 
