@@ -6,10 +6,9 @@ generators are put back afterwards, so the run it was measured for trains exactl
 network is timed with its layers' fresh weights: a step takes as long whatever the weights hold, and the ImageNet file
 need not be on disk to say how long its run will take. A run's time is then its remaining training steps times a step,
 plus the images its evaluations score times an image (run_cost: the epochs evaluated, train and val each time, test at
-the end, twice with flip TTA). Not in it: building the image
-cache the first time, the kernel's start, and checkpoint writes (they run beside training). fit records a run's
-estimate in its status.json (Estimate.record), beside the seconds it took (metrics.json), and tools/measure_report.py
-compares the two over a report's runs.
+the end, twice with flip TTA). Not in it: building the image cache the first time, the kernel's start, and checkpoint
+writes (they run beside training). fit records a run's estimate in its status.json (Estimate.record), beside the
+seconds it took (metrics.json), and tools/measure_report.py compares the two over a report's runs.
 """
 
 from __future__ import annotations
@@ -128,18 +127,22 @@ def _sync(device) -> None:
 
 
 def _time_steps(session: train.Session) -> float:
-    """Return the median time of a training step after the warm-up ones, batches reused when the split is short."""
+    """Return the median time of a training step after the warm-up ones, batches reused when the split is short.
+
+    A step is timed from asking the loader for its batch, as fit pays it: the loader moves, converts and augments the
+    batch (timing the model's step alone made the quick profile's augmented runs' estimates about half their time).
+    """
     loader = session.train_loader()
     loader.set_epoch(0)
     batches, times = iter(loader), []
     for i in range(WARMUP_STEPS + TIMED_STEPS):
+        _sync(session.device)
+        start = time.perf_counter()
         try:
             x, y = next(batches)
         except StopIteration:
             batches = iter(loader)
             x, y = next(batches)
-        _sync(session.device)
-        start = time.perf_counter()
         session.step(x, y)
         _sync(session.device)
         if i >= WARMUP_STEPS:
