@@ -188,10 +188,11 @@ exp.architecture(Classifier)
 # trains each row with that many seeds (`seeds={2: 3}` gives one row three): the table then shows
 # each row's mean ± standard deviation, the best row is chosen by its mean val mAP, and the findings
 # below count a difference only when it exceeds twice the pooled standard deviation of the seeds.
-# The worked example trains its three decisive rows (Adam, augmentation, the first BatchNorm, whose
-# differences are a few hundredths) with the profile's `decisive_seeds`: 2 on `quick`, where `make
-# report` still builds in under 5 minutes on 2 CPU cores with them, and 1 on `full`, where each run
-# costs GPU minutes (set `SEEDS` to spend them).
+# The worked example's three decisive rows (Adam, augmentation, the first BatchNorm) differ by a few
+# hundredths, about as much as two seeds of one row. They get the profile's `decisive_seeds`: 2 on
+# `smoke`, 1 on `quick` (with 2, `make report` took 263 to 325 s on a 2-core CPU, over its 5-minute
+# budget in two builds of three) and on `full`, where each run costs GPU minutes. `SEEDS = {2: 2, 3: 2,
+# 4: 2}` in the first cell spends them.
 
 # %%
 SGD = {"optimizer": "sgd", "lr": 0.01}  # the course's defaults

@@ -495,5 +495,6 @@ def test_the_worked_example_trains_its_decisive_rows_with_the_profiles_seeds(tmp
     seeds = example.worked_example_seeds()
     assert [labels[serial - 1] for serial in seeds] == ["BaseNet (Adam)", "BaseNet (Adam) + data augmentation",
                                                         "+ 1 BatchNorm"]
-    assert set(seeds.values()) == {config.PROFILES["quick"].decisive_seeds} == {2}
-    assert config.PROFILES["full"].decisive_seeds == 1
+    assert set(seeds.values()) == {config.PROFILES["quick"].decisive_seeds}
+    # The smoke profile, which the tests and nbval run, trains them with two seeds, so the spread is always exercised.
+    assert config.PROFILES["smoke"].decisive_seeds == 2
