@@ -351,8 +351,9 @@ exp.grad_cam(["final", *alexnets], TOP_CLASS, section="diagnostics")
 # comes out "not reproduced" there. A likely reason for the first: the synthetic classes are told apart
 # mostly by colour, and centring conv 1's eight colour channels before their ReLU cuts half of each away
 # (the same BatchNorm placed after the ReLU costs little in that comparison); photographs are not.
-# With two seeds for rows 2 to 4 on `quick`, the augmentation step is judged by its spread rather than
-# by one draw. On real VOC (`full`) every row runs at 227 px.
+# With two seeds for rows 2 to 4 (`SEEDS = {2: 2, 3: 2, 4: 2}`; `quick` trains them once to keep
+# `make report` within 5 minutes), those steps are judged by their spread rather than by one draw. On
+# real VOC (`full`) every row runs at 227 px.
 
 # %%
 if WORKED_EXAMPLE:
