@@ -60,20 +60,23 @@ def _cmd_train(args) -> int:
     config = config_from_args(args)
     # Seeds seed, seed + 1, ...: each its own run, named NAME, then NAME-seed<seed> (without --name, each by its config).
     configs = [config.replace(seed=config.seed + i) for i in range(args.seeds)]
-    names = [(args.name or c.default_name()) if i == 0 or args.name is None else f"{args.name}-seed{c.seed}"
-             for i, c in enumerate(configs)]
+    names = (runs.seed_names(args.name, config.seed, args.seeds) if args.name is not None
+             else [c.default_name() for c in configs])
     data = train.load_data(args.data_root, config.max_images)  # loaded once for every seed
-    done, status = [], 0
+    done, status, timing = [], 0, None
     for c, name in zip(configs, names):
         expected = None
         if not args.quiet:  # how long it will take, timed here, before the time is spent (and kept with the run)
             from mp3kit import estimate
 
-            expected = estimate.estimate_run(c, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False)
+            # The seeds' steps take as long as each other (estimate.timing_key leaves the seed out): timed once.
+            expected = estimate.estimate_run(c, data, path=Path(args.runs_dir) / name, resume=args.resume, reuse=False,
+                                             timing=timing)
             if expected.timing is not None:
+                timing = expected.timing
                 print(expected.line(name), flush=True)
         run = train.fit(c, args.data_root, name=name, runs_dir=args.runs_dir, resume=args.resume,
-                        progress=not args.quiet, data=data, expected=expected and expected.timing and expected.record())
+                        progress=not args.quiet, data=data, expected=expected.record() if expected and expected.timing else None)
         if run.moved_aside and args.quiet:  # with progress on, fit has said so
             print(f"{run.name}: the earlier run in {run.path} moved to {run.moved_aside} (kept, listed by mp3kit runs).")
         if run.status != "complete":

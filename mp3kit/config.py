@@ -78,21 +78,17 @@ def setting(default, help: str, *, low=None, above=None, below=None, check=None,
 
 
 def _model_value(value):
+    # A spec given as JSON text or a .json path is kept as the spec it says, so that editing the file makes a new run,
+    # and Python and `mp3kit train --model` name the same network alike.
     from mp3kit import models
 
-    return models.canonical(value)
+    return models.spec_or_name(value)
 
 
 def _check_model(value, config) -> None:
     from mp3kit import models
 
     models.entry(value)  # the registry's own sentence for an unknown name or a bad spec
-
-
-def _model_from_text(text: str):
-    from mp3kit import models
-
-    return models.spec_or_name(text)
 
 
 def _check_weights_file(value, config) -> str | None:
@@ -136,7 +132,7 @@ class TrainConfig:
         "simple", "the network: a model name (e.g. simple, alexnet, alexnet-pretrained, alexnet-bn; "
         "mp3kit.models.MODELS lists them) or a spec (a dict, JSON text or a .json file); in Python also your own "
         "nn.Module class or a function returning one (kept as a UserModel)",
-        convert=_model_value, check=_check_model, parse=_model_from_text, panel=Control("Model", "model"))
+        convert=_model_value, check=_check_model, panel=Control("Model", "model"))
     pretrained_weights: str | None = setting(
         None, f"the AlexNet ImageNet weights file of a pretrained model (default: ${settings.ALEXNET_WEIGHTS}, else "
         f"torch's hub cache)", check=_check_weights_file)

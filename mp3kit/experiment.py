@@ -16,9 +16,8 @@ marker named by its section (default: its own key), in the order declared. The r
 result and ablation items from the run records, when it is built.
 
 Environment variables (named in mp3kit.settings): settings.PROFILE gives the notebooks' default PROFILE (nbval
-runs them with smoke); settings.QUIET hides (1) or shows (0) progress bars. With it unset, bars show in an
-interactive front end (JupyterLab, Colab, VS Code, a terminal) and not under papermill or nbval, which run cells
-with stdin disallowed. `mp3kit report` sets it to 1.
+runs them with smoke); settings.QUIET hides (1) or shows (0) progress bars. With it unset, bars show in IPython
+and Jupyter front ends and in a terminal; `mp3kit report` and the test suite set it to 1.
 """
 
 from __future__ import annotations
@@ -195,7 +194,7 @@ class Experiment:
         """
         config = self._as_config(config)
         seeds = seed_count(seeds)
-        keys = [key] + [f"{key}-seed{config.seed + i}" for i in range(1, seeds)]
+        keys = runs.seed_names(key, config.seed, seeds)
         group = [self._train(k, config.replace(seed=config.seed + i)) for i, k in enumerate(keys)]
         run = group[0]
         if seeds > 1:
@@ -226,7 +225,7 @@ class Experiment:
                 # fit decides: reuse a complete run with this config and data, resume an unfinished one, or train.
                 run = train.fit(config, name=name, runs_dir=self.runs_dir, resume=False if self.retrain else "auto",
                                 reuse=not self.retrain, progress=self.progress, data=self._data_for(config.max_images),
-                                expected=expected and expected.timing and expected.record())
+                                expected=expected.record() if expected and expected.timing else None)
         except train.NonFiniteLoss as exc:
             run = runs.load_run(self.runs_dir / name)
             print(f"{key}: FAILED, {exc}")
@@ -263,7 +262,7 @@ class Experiment:
         for key, entry in plan.items():
             entry = entry if isinstance(entry, estimate.Planned) else estimate.Planned(entry)
             configs, seeds = [self._as_config(c) for c in entry.configs], seed_count(entry.seeds)
-            names = [self.run_name(key if i == 0 else f"{key}-seed{configs[0].seed + i}") for i in range(seeds)]
+            names = [self.run_name(k) for k in runs.seed_names(key, configs[0].seed, seeds)]
             found = [self._expected([c.replace(seed=c.seed + i) for c in configs], name) for i, name in enumerate(names)]
             expected = [e for e, _ in found]
             seconds = sum(e.seconds for e in expected)

@@ -127,6 +127,11 @@ def _value(run, field: str):
     return run.get(field) if run.get("status") == "complete" else None
 
 
+def seed_names(name: str, first_seed: int, seeds: int) -> list[str]:
+    """Return the run names of a config trained with seeds first_seed, first_seed + 1, ...: name, then name-seed<seed>."""
+    return [name] + [f"{name}-seed{first_seed + i}" for i in range(1, seeds)]
+
+
 def seed_values(candidate, field: str) -> list:
     """Return field (val_map, test_map, test_loss) of every complete run of a candidate that has it.
 

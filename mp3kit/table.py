@@ -80,7 +80,7 @@ class Table:
 
 
 def format_cell(value) -> str:
-    """Return a table cell: floats with 4 decimals, ints with thousands separators, None and NaN as '-'."""
+    """Return a table cell: floats with 4 decimals, ints with thousands separators, None and NaN as MISSING."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
     if isinstance(value, bool):

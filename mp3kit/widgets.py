@@ -187,7 +187,7 @@ class TrainPanel:
     def _work(self, config: TrainConfig, name: str, resume: bool, stop: threading.Event) -> None:
         try:
             data = self._load_data(config)
-            self.estimate = estimate.estimate_run(config, data, path=self.runs_dir / name, resume=resume)
+            self.estimate = estimate.estimate_run(config, data, path=self.runs_dir / name, resume=resume, reuse=False)
             if self.estimate.timing is not None:
                 self._set_status(f"{'resuming' if resume else 'starting'} {name}: about "
                                  f"{estimate.duration(self.estimate.seconds)} on {self.estimate.timing.device} ...", "busy")

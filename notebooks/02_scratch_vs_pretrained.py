@@ -165,7 +165,6 @@ if missing is None:
     pretrained = exp.run("alexnet-pretrained", PLAN["alexnet-pretrained"],
                          label="AlexNet pretrained on ImageNet, SGD lr 0.01")
     exp.result("alexnet-pretrained", "ImageNet-pretrained AlexNet", section="pretrained-results")
-    exp.table("pretrained-run", ["alexnet-pretrained"], section="pretrained-results")
     plots.plot_history(pretrained, path=exp.figure("alexnet-pretrained-curves", "Pretrained AlexNet: loss and mAP per epoch",
                                                    "pretrained-plots"))
 

@@ -190,9 +190,9 @@ exp.architecture(Classifier)
 # below count a difference only when it exceeds twice the pooled standard deviation of the seeds.
 # The worked example's three decisive rows (Adam, augmentation, the first BatchNorm) differ by a few
 # hundredths, about as much as two seeds of one row. They get the profile's `decisive_seeds`: 2 on
-# `smoke`, 1 on `quick` (with 2, `make report` took 263 to 325 s on a 2-core CPU, over its 5-minute
-# budget in two builds of three) and on `full`, where each run costs GPU minutes. `SEEDS = {2: 2, 3: 2,
-# 4: 2}` in the first cell spends them.
+# `smoke`, 1 on `quick` (with 2, `make report` went over its 5-minute budget on a 2-core CPU:
+# docs/measurements.md in the repository) and on `full`, where each run costs GPU minutes.
+# `SEEDS = {2: 2, 3: 2, 4: 2}` in the first cell spends them.
 
 # %%
 SGD = {"optimizer": "sgd", "lr": 0.01}  # the course's defaults

@@ -157,3 +157,16 @@ def test_help_lists_every_setting_without_importing_torch():
     assert out.stdout.strip().endswith("no torch")
     for s in settings_of(TrainConfig):
         assert f"{s.flag} " in out.stdout or f"{s.flag}," in out.stdout, s.flag
+
+
+def test_a_spec_file_is_kept_as_the_spec_it_says_so_editing_it_makes_a_new_run(tmp_path):
+    import json
+
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps({"blocks": [{"conv": 8, "pool": 2}], "pool": "adaptive2"}))
+    from_python = TrainConfig(model=str(path))
+    from_cli = cli.config_from_args(cli.build_parser().parse_args(["train", "--model", str(path)]))
+    assert from_python.identity() == from_cli.identity() and isinstance(from_python.model, dict)
+    path.write_text(json.dumps({"blocks": [{"conv": 16, "pool": 2}], "pool": "adaptive2"}))
+    edited = TrainConfig(model=str(path))
+    assert edited.identity() != from_python.identity() and edited.default_name() != from_python.default_name()

@@ -65,8 +65,8 @@ def test_timing_a_run_changes_nothing_it_then_trains(data, tmp_path):
 
 @pytest.mark.slow
 def test_the_estimate_is_within_a_factor_of_3_of_the_time_the_run_takes(data, tmp_path):
-    # The README states the factor measured on the quick profile (tools/measure_eta.py); a tiny run here must stay
-    # within 3x either way, or the schedule's arithmetic or the timing is wrong.
+    # docs/measurements.md states the error measured on the quick profile (tools/measure_report.py); a run here must
+    # stay within 3x either way, or the schedule's arithmetic or the timing is wrong.
     config = TrainConfig(**{**SMALL, "image_size": 64, "epochs": 4, "max_images": None})
     full = train.load_data(synth.ensure_synthetic())
     expected = estimate.estimate_run(config, full)

@@ -129,7 +129,7 @@ def test_fit_records_val_scores_and_an_older_run_is_scored_from_its_checkpoint(s
     assert (old / "val_scores.npz").exists()  # recorded for the next time
 
 
-def test_the_predictions_figure_shows_the_same_images_for_every_run(smoke_run, tmp_path):
+def test_the_predictions_figure_draws_several_runs_on_images_picked_from_the_val_split_alone(smoke_run, tmp_path):
     split = explain.val_split(smoke_run)
     explain.show_predictions([smoke_run, smoke_run], split, n=4, path=tmp_path / "p.png")
     with Image.open(tmp_path / "p.png") as image:

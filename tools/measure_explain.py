@@ -20,20 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import nbformat
 import torch
+from measure_report import cell_seconds  # tools/ is on sys.path when this script runs
 
 from mp3kit import explain, pipeline, runs, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = ("exp.show_predictions", "exp.context_errors", "exp.runs_from", "exp.grad_cam")
-
-
-def cell_seconds(executed: Path) -> tuple[float, float]:
-    """Return the seconds of an executed notebook's explanation cells and of all its cells (papermill's durations)."""
-    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
-    took = [(c.source, (c.metadata.get("papermill") or {}).get("duration") or 0.0) for c in cells]
-    return sum(s for source, s in took if any(call in source for call in CALLS)), sum(s for _, s in took)
 
 
 def classifier(width: float, folder: Path):
@@ -84,7 +77,7 @@ def main() -> None:
     for name, nb in results["notebooks"].items():
         if nb.get("missing") or not nb.get("executed"):
             continue
-        explaining, _ = cell_seconds(args.report_dir / nb["executed"])
+        explaining, _ = cell_seconds(args.report_dir / nb["executed"], CALLS)
         passes, seconds = val_pass_seconds(args.runs_dir, name), nb["seconds"]
         print(f"{name:<26} {seconds:>10.1f} {explaining:>27.1f} {passes:>12.1f} {(explaining + passes) / seconds:>7.1%}")
         totals = [totals[0] + seconds, totals[1] + explaining, totals[2] + passes]

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import nbformat
 
+from mp3kit import layout
 from mp3kit import runs as run_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,11 +137,12 @@ def run_times(trained: list) -> list[dict]:
     return rows
 
 
-def cell_seconds(executed: Path) -> tuple[float, float]:
-    """Return the seconds of an executed notebook's estimate cells and of all its cells (papermill's durations)."""
+def cell_seconds(executed: Path, calls=("exp.estimate(",)) -> tuple[float, float]:
+    """Return the seconds of an executed notebook's cells that make one of calls, and of all its cells (papermill's
+    durations)."""
     cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
     took = [(c.source, (c.metadata.get("papermill") or {}).get("duration") or 0.0) for c in cells]
-    return sum(s for source, s in took if "exp.estimate(" in source), sum(s for _, s in took)
+    return sum(s for source, s in took if any(call in source for call in calls)), sum(s for _, s in took)
 
 
 def where_time_goes(wall: float, rows: list[dict], report_dir: Path) -> dict:
@@ -213,8 +215,9 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     scratch = Path(tempfile.mkdtemp(prefix="mp3kit-measure-"))
     report_dir = Path(args.report_dir) if args.report_dir else scratch / "report"
+    # Where mp3kit report, run from here, keeps the profile's runs ($MP3KIT_RUNS_DIR included).
+    runs = layout.runs_folder(args.profile, notebooks_dir=REPO / "notebooks")
     if args.state == "fresh":
-        runs = REPO / "runs" / args.profile
         if runs.exists():
             aside = runs.with_name(f"{runs.name}@{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}")
             print(f"measure_report: moving {runs} aside to {aside} (state fresh)", file=sys.stderr)
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
     load_before, since = os.getloadavg(), time.time() - 1  # a second's slack for file systems that round mtimes
     try:
         result = measure(command, env, args.interval)
-        rows = run_times(trained_runs(REPO / "runs" / args.profile, since))
+        rows = run_times(trained_runs(runs, since))
         parts = where_time_goes(result.get("wall_s", 0.0), rows, report_dir)
     finally:
         shutil.rmtree(scratch / "cache", ignore_errors=True)
